@@ -1,0 +1,31 @@
+//! The pure core of pullbroker.
+//!
+//! Everything here is plain data and functions: no network, no files, no clock
+//! reads (callers pass `now`). Adapters (the registry client, the broker, the
+//! Kubernetes controller, the CLI) translate between the world and these types,
+//! so the rules that matter — how an image reference is normalized, which
+//! credential a docker config offers for an image — live in one place and are
+//! tested exhaustively without I/O.
+//!
+//! - [`reference`]: image references, normalized exactly as Docker/containerd do.
+//! - [`digest`]: content digests (`sha256:…`) and their validation.
+//! - [`credential`]: registry credentials whose secrets redact themselves.
+//! - [`dockerconfig`]: `.dockerconfigjson` / `config.json` parsing and the
+//!   kubelet's credential matching rules.
+//! - [`secret`]: Kubernetes `Secret` manifests of the docker-config types.
+//! - [`keychain`]: the small trait that hands credentials to a registry client.
+//! - [`jwt`]: reading (not verifying) a JWT's expiry for display.
+
+pub mod credential;
+pub mod digest;
+pub mod dockerconfig;
+pub mod jwt;
+pub mod keychain;
+pub mod reference;
+pub mod secret;
+
+pub use credential::Credential;
+pub use digest::Digest;
+pub use dockerconfig::DockerConfig;
+pub use keychain::Keychain;
+pub use reference::Reference;
