@@ -1,0 +1,114 @@
+//! Errors of the registry adapter. Every variant names the registry (and the
+//! repository where known); none carries credentials — details come from
+//! status codes, registry error codes and transport causes only.
+
+use std::time::Duration;
+
+/// Why a registry operation failed. `Clone` so de-duplicated callers share it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{registry}: unauthorized for repository {repository:?}: {detail}")]
+    Unauthorized {
+        registry: String,
+        repository: String,
+        detail: String,
+    },
+    #[error("{registry}: access to repository {repository:?} denied: {detail}")]
+    Denied {
+        registry: String,
+        repository: String,
+        detail: String,
+    },
+    #[error("{registry}: {repository}:{reference} not found: {detail}")]
+    NotFound {
+        registry: String,
+        repository: String,
+        reference: String,
+        detail: String,
+    },
+    #[error("{registry}: connection failed: {detail}")]
+    Connect { registry: String, detail: String },
+    #[error("{registry}: no answer within {timeout:?}")]
+    Timeout { registry: String, timeout: Duration },
+    #[error("{registry}: HTTP {status} after {attempts} attempt(s)")]
+    Unavailable {
+        registry: String,
+        status: u16,
+        attempts: u32,
+    },
+    #[error("{registry}: digest mismatch for {repository}: expected {expected}, content hashes to {actual}")]
+    DigestMismatch {
+        registry: String,
+        repository: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{registry}: {detail}")]
+    Protocol { registry: String, detail: String },
+    #[error("{image}: no manifest for platform {platform} (index offers: {available})")]
+    NoPlatform {
+        image: String,
+        platform: String,
+        available: String,
+    },
+}
+
+impl RegistryError {
+    /// True when another credential might succeed where this one failed.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Unauthorized { .. } | RegistryError::Denied { .. }
+        )
+    }
+
+    /// A short stable class name, for JSON output and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            RegistryError::Unauthorized { .. } => "unauthorized",
+            RegistryError::Denied { .. } => "denied",
+            RegistryError::NotFound { .. } => "not_found",
+            RegistryError::Connect { .. } => "connect",
+            RegistryError::Timeout { .. } => "timeout",
+            RegistryError::Unavailable { .. } => "unavailable",
+            RegistryError::DigestMismatch { .. } => "digest_mismatch",
+            RegistryError::Protocol { .. } => "protocol",
+            RegistryError::NoPlatform { .. } => "no_platform",
+        }
+    }
+}
+
+/// The innermost cause of a transport error, without the URL (URLs of token
+/// endpoints carry query parameters we prefer not to repeat).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let mut msg = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    if msg.is_empty() {
+        "transport error".into()
+    } else {
+        msg
+    }
+}
+
+/// Classifies a transport error for `registry`.
+pub(crate) fn from_transport(
+    registry: &str,
+    e: &reqwest::Error,
+    timeout: Duration,
+) -> RegistryError {
+    if e.is_timeout() {
+        RegistryError::Timeout {
+            registry: registry.to_string(),
+            timeout,
+        }
+    } else {
+        RegistryError::Connect {
+            registry: registry.to_string(),
+            detail: describe(e),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! How the client reaches registries: timeouts, retries, TLS trust, and which
+//! registries are spoken to over plain HTTP.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Client-wide settings. `Default` is right for public registries.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Limit for one HTTP request, from connect to the last body byte.
+    pub timeout: Duration,
+    /// Limit for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Extra attempts after a 429 or 5xx answer (never after connection errors).
+    pub retries: u32,
+    /// First backoff delay; doubles per attempt, capped by `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Registries (`host[:port]`) reached over plain HTTP only.
+    pub plain_http: Vec<String>,
+    /// Registries whose TLS certificate is not verified; like Docker's
+    /// "insecure registries" they also fall back to plain HTTP.
+    pub insecure: Vec<String>,
+    /// Extra trusted CA certificates (PEM bundles).
+    pub ca_pems: Vec<Vec<u8>>,
+    /// Idle connections kept per host; should cover the resolver's concurrency.
+    pub max_idle_per_host: usize,
+    pub user_agent: String,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            retries: 2,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            plain_http: Vec::new(),
+            insecure: Vec::new(),
+            ca_pems: Vec::new(),
+            max_idle_per_host: 64,
+            user_agent: concat!("pullbroker/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// One way of reaching a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Https,
+    HttpsNoVerify,
+    Http,
+}
+
+impl ClientSettings {
+    /// Transports to try for `registry`, in order. Loopback registries follow
+    /// Docker: HTTPS first, then plain HTTP (containerd goes straight to HTTP).
+    pub fn transports(&self, registry: &str) -> Vec<Transport> {
+        if self.plain_http.iter().any(|r| r == registry) {
+            vec![Transport::Http]
+        } else if self.insecure.iter().any(|r| r == registry) {
+            vec![Transport::HttpsNoVerify, Transport::Http]
+        } else if is_loopback(registry) {
+            vec![Transport::Https, Transport::Http]
+        } else {
+            vec![Transport::Https]
+        }
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1`, with or without a port.
+pub fn is_loopback(registry: &str) -> bool {
+    let (host, _) = pullbroker_core::reference::split_host_port(registry);
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The API host for a registry name: Docker Hub is served from `registry-1.docker.io`.
+pub fn api_host(registry: &str) -> &str {
+    if registry == pullbroker_core::reference::DOCKER_HUB {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_choice() {
+        let s = ClientSettings {
+            plain_http: vec!["lab:5000".into()],
+            insecure: vec!["self-signed.example".into()],
+            ..Default::default()
+        };
+        assert_eq!(s.transports("lab:5000"), [Transport::Http]);
+        assert_eq!(
+            s.transports("self-signed.example"),
+            [Transport::HttpsNoVerify, Transport::Http]
+        );
+        assert_eq!(
+            s.transports("127.0.0.1:5001"),
+            [Transport::Https, Transport::Http]
+        );
+        assert_eq!(
+            s.transports("[::1]:5001"),
+            [Transport::Https, Transport::Http]
+        );
+        assert_eq!(
+            s.transports("localhost"),
+            [Transport::Https, Transport::Http]
+        );
+        assert_eq!(s.transports("ghcr.io"), [Transport::Https]);
+        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+    }
+}
