@@ -1,0 +1,68 @@
+//! Keys and certificates for tests, generated in-process with rcgen.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, SanType, PKCS_ECDSA_P256_SHA256};
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A self-signed server certificate for 127.0.0.1 and localhost.
+pub fn self_signed_server(dir: &Path) -> Result<TlsFiles, String> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string()]).map_err(|e| e.to_string())?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let files = TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
+    std::fs::write(&files.cert, cert.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(&files.key, key.serialize_pem()).map_err(|e| e.to_string())?;
+    Ok(files)
+}
+
+/// A token-signing key and its self-signed certificate (for a registry's
+/// `rootcertbundle`).
+pub struct SigningKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub kid: String,
+}
+
+pub fn signing_key(common_name: &str) -> Result<SigningKey, String> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok(SigningKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        kid: libtrust_kid(&key.subject_public_key_info()),
+    })
+}
+
+/// docker/libtrust key ID: base32 of the first 240 bits of SHA-256 over the
+/// DER SubjectPublicKeyInfo, in 12 groups of 4 joined by ':'. Registry 2.8
+/// matches a token's `kid` against this.
+pub fn libtrust_kid(spki_der: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(spki_der);
+    let b32 = data_encoding::BASE32_NOPAD.encode(&hash[..30]);
+    b32.as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).expect("ascii"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
