@@ -1,0 +1,300 @@
+//! Client behaviours a real registry cannot be made to show on demand —
+//! 429/5xx with retries, a missing or lying `Docker-Content-Digest`, a revoked
+//! bearer token, request counts under de-duplication — against a scripted
+//! HTTP server on loopback. Correctness against real registries is in
+//! `real_registries.rs`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, Response};
+use pullbroker_core::{Digest, Reference};
+use pullbroker_registry::{
+    ClientSettings, RegistryClient, RegistryError, Resolver, ResolverOptions,
+};
+
+const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+
+type Script = dyn Fn(&Request<Body>, usize) -> Response<Body> + Send + Sync;
+
+struct Scripted {
+    addr: std::net::SocketAddr,
+    manifest_requests: Arc<AtomicUsize>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+/// Serves `/v2/` as 200 and every other path with `script(request, n)`, where
+/// `n` counts manifest requests so far (from 0).
+async fn serve(
+    script: impl Fn(&Request<Body>, usize) -> Response<Body> + Send + Sync + 'static,
+) -> Scripted {
+    let script: Arc<Script> = Arc::new(script);
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let (script, count) = (script.clone(), c.clone());
+        async move {
+            if req.uri().path() == "/v2/" {
+                return Response::new(Body::empty());
+            }
+            let n = if req.uri().path().contains("/manifests/") {
+                count.fetch_add(1, Ordering::SeqCst)
+            } else {
+                usize::MAX
+            };
+            script(&req, n)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Scripted {
+        addr,
+        manifest_requests: count,
+        _server: server,
+    }
+}
+
+fn manifest_response(method: &Method, digest_header: Option<&str>) -> Response<Body> {
+    let mut b = Response::builder()
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .header("content-length", MANIFEST.len());
+    if let Some(d) = digest_header {
+        b = b.header("docker-content-digest", d);
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(MANIFEST)
+    };
+    b.body(body).unwrap()
+}
+
+fn status(code: u16) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn settings(addr: std::net::SocketAddr) -> ClientSettings {
+    ClientSettings {
+        plain_http: vec![addr.to_string()],
+        backoff: Duration::from_millis(1),
+        ..Default::default()
+    }
+}
+
+fn resolver(s: &Scripted, options: ResolverOptions) -> Resolver {
+    Resolver::new(
+        RegistryClient::new(settings(s.addr)).unwrap(),
+        Arc::new(pullbroker_core::keychain::Anonymous),
+        options,
+    )
+}
+
+fn image(s: &Scripted, tag: &str) -> Reference {
+    Reference::parse(&format!("{}/demo/app:{tag}", s.addr)).unwrap()
+}
+
+fn good_digest() -> String {
+    Digest::sha256_of(MANIFEST).to_string()
+}
+
+#[tokio::test]
+async fn retries_429_and_5xx_then_succeeds() {
+    let s = serve(|req, n| match n {
+        0 => status(429),
+        1 => status(503),
+        _ => manifest_response(req.method(), Some(&good_digest())),
+    })
+    .await;
+    let got = resolver(&s, ResolverOptions::default())
+        .resolve(&image(&s, "v1"))
+        .await
+        .unwrap();
+    assert_eq!(got.digest.to_string(), good_digest());
+    assert_eq!(s.manifest_requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn retries_are_bounded() {
+    let s = serve(|_, _| status(500)).await;
+    let err = resolver(&s, ResolverOptions::default())
+        .resolve(&image(&s, "v1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Unavailable {
+                status: 500,
+                attempts: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        s.manifest_requests.load(Ordering::SeqCst),
+        3,
+        "1 try + 2 retries"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let s = serve(|_, _| status(400)).await;
+    let err = resolver(&s, ResolverOptions::default())
+        .resolve(&image(&s, "v1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Protocol { .. }), "{err}");
+    assert_eq!(s.manifest_requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn head_without_digest_falls_back_to_get_and_hashes_the_body() {
+    let s = serve(|req, _| manifest_response(req.method(), None)).await;
+    let got = resolver(&s, ResolverOptions::default())
+        .resolve(&image(&s, "v1"))
+        .await
+        .unwrap();
+    assert_eq!(got.digest.to_string(), good_digest());
+    assert_eq!(
+        s.manifest_requests.load(Ordering::SeqCst),
+        2,
+        "HEAD, then GET"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_match_its_digest_is_refused() {
+    let lie = format!("sha256:{}", "0".repeat(64));
+    let s = serve(move |req, _| manifest_response(req.method(), Some(&lie))).await;
+    let client = RegistryClient::new(settings(s.addr)).unwrap();
+    let err = client
+        .get_manifest(&image(&s, "v1"), "v1", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    // Asking by digest: the body must hash to the digest asked for.
+    let s = serve(|req, _| manifest_response(req.method(), None)).await;
+    let client = RegistryClient::new(settings(s.addr)).unwrap();
+    let other = format!("sha256:{}", "1".repeat(64));
+    let err = client
+        .get_manifest(&image(&s, "v1"), &other, &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn identical_concurrent_resolutions_share_one_request() {
+    let s = serve(|req, _| manifest_response(req.method(), Some(&good_digest()))).await;
+    let r = resolver(
+        &s,
+        ResolverOptions {
+            cache_ttl: Duration::ZERO,
+            ..Default::default()
+        },
+    );
+    let img = image(&s, "v1");
+    let all = futures::future::join_all((0..16).map(|_| r.resolve(&img))).await;
+    assert!(all
+        .iter()
+        .all(|x| x.as_ref().unwrap().digest.to_string() == good_digest()));
+    assert_eq!(s.manifest_requests.load(Ordering::SeqCst), 1);
+    // With the cache off, a later resolution asks again.
+    r.resolve(&img).await.unwrap();
+    assert_eq!(s.manifest_requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn digest_cache_serves_repeat_tags_until_ttl() {
+    let s = serve(|req, _| manifest_response(req.method(), Some(&good_digest()))).await;
+    let r = resolver(&s, ResolverOptions::default());
+    let first = r.resolve(&image(&s, "v1")).await.unwrap();
+    let second = r.resolve(&image(&s, "v1")).await.unwrap();
+    assert!(first.from_registry && !second.from_registry);
+    assert_eq!(s.manifest_requests.load(Ordering::SeqCst), 1);
+    r.resolve(&image(&s, "v2")).await.unwrap();
+    assert_eq!(
+        s.manifest_requests.load(Ordering::SeqCst),
+        2,
+        "another tag is another request"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_renewed_once() {
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let t = tokens.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let realm = format!("http://{addr}/token");
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let (t, realm) = (t.clone(), realm.clone());
+        async move {
+            let challenge = format!(r#"Bearer realm="{realm}",service="svc""#);
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            match req.uri().path() {
+                "/token" => {
+                    let n = t.fetch_add(1, Ordering::SeqCst);
+                    Response::new(Body::from(format!(
+                        r#"{{"token":"tok-{n}","expires_in":300}}"#
+                    )))
+                }
+                "/v2/" => Response::builder()
+                    .status(401)
+                    .header("www-authenticate", challenge)
+                    .body(Body::empty())
+                    .unwrap(),
+                // The first token is "revoked": only tok-1 is accepted.
+                _ if auth == "Bearer tok-1" => {
+                    manifest_response(req.method(), Some(&good_digest()))
+                }
+                _ => Response::builder()
+                    .status(401)
+                    .header(
+                        "www-authenticate",
+                        format!(r#"{challenge},error="invalid_token""#),
+                    )
+                    .body(Body::empty())
+                    .unwrap(),
+            }
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = RegistryClient::new(ClientSettings {
+        plain_http: vec![addr.to_string()],
+        ..Default::default()
+    })
+    .unwrap();
+    let r = Resolver::new(
+        client,
+        Arc::new(pullbroker_core::keychain::Anonymous),
+        ResolverOptions::default(),
+    );
+    let img = Reference::parse(&format!("{addr}/demo/app:v1")).unwrap();
+    assert_eq!(
+        r.resolve(&img).await.unwrap().digest.to_string(),
+        good_digest()
+    );
+    assert_eq!(tokens.load(Ordering::SeqCst), 2);
+    // A token the registry keeps refusing is an error, not a loop.
+    let img = Reference::parse(&format!("{addr}/other/app:v1")).unwrap();
+    let err = r.resolve(&img).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("invalid_token"), "{err}");
+    assert_eq!(tokens.load(Ordering::SeqCst), 4);
+}
