@@ -1,0 +1,300 @@
+//! The `pullbroker` binary, run as a user would, against real registries.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use pullbroker_testenv::{skopeo, Env, PASSWORD, REPO, USER};
+
+fn pullbroker(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+        .args(args)
+        // Never pick up the developer's own ~/.docker/config.json.
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pullbroker");
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        pipe.write_all(input.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_no_secret(out: &Output, secret: &str) {
+    assert!(
+        !text(&out.stdout).contains(secret),
+        "stdout leaked the secret"
+    );
+    assert!(
+        !text(&out.stderr).contains(secret),
+        "stderr leaked the secret"
+    );
+}
+
+/// A Secret manifest made by `pullbroker secret create` itself.
+fn secret_file(dir: &std::path::Path, registry: &str, password: &str) -> std::path::PathBuf {
+    let out = pullbroker(
+        &[
+            "secret",
+            "create",
+            "--registry",
+            registry,
+            "--username",
+            USER,
+            "--password-stdin",
+            "--name",
+            "corp-pull",
+            "--namespace",
+            "team-a",
+        ],
+        Some(&format!("{password}\n")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path = dir.join(format!("secret-{}.yaml", registry.replace(':', "_")));
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}
+
+#[test]
+fn resolves_like_skopeo_with_secret_and_docker_config() {
+    let env = Env::shared();
+    let dir = tempfile::tempdir().unwrap();
+    // Basic registry via a Secret manifest; token registry via a docker config.
+    let secret = secret_file(dir.path(), &env.basic.host(), PASSWORD);
+    let docker_config = dir.path().join("config.json");
+    std::fs::write(
+        &docker_config,
+        format!(
+            r#"{{"auths":{{"http://{}/v2/":{{"username":"{USER}","password":"{PASSWORD}"}}}}}}"#,
+            env.token.host()
+        ),
+    )
+    .unwrap();
+    let images = [
+        env.image(&env.anon, "v1"),
+        env.image(&env.anon, "multi-docker"),
+        env.image(&env.basic, "multi"),
+        env.image(&env.token, "v1-docker"),
+    ];
+    let mut args = vec![
+        "resolve",
+        "--secret",
+        secret.to_str().unwrap(),
+        "--docker-config",
+        docker_config.to_str().unwrap(),
+    ];
+    args.extend(images.iter().map(String::as_str));
+    let out = pullbroker(&args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), images.len());
+    for (image, line) in images.iter().zip(&lines) {
+        let creds = (!image.starts_with(&env.anon.host())).then_some((USER, PASSWORD));
+        assert_eq!(
+            line,
+            &format!("{image}@{}", skopeo::digest(image, creds).unwrap())
+        );
+    }
+    assert_no_secret(&out, PASSWORD);
+}
+
+#[test]
+fn reads_stdin_and_reports_each_failure_in_json() {
+    let env = Env::shared();
+    let input = format!(
+        "# images to pin\n{}\n\n{}\nNot/A/Valid:Ref\n{}/{REPO}@sha256:{}\n",
+        env.image(&env.anon, "v1"),
+        env.image(&env.anon, "missing-tag"),
+        env.anon.host(),
+        "a".repeat(64)
+    );
+    let out = pullbroker(&["resolve", "-o", "json", "-"], Some(&input));
+    assert_eq!(out.status.code(), Some(1), "some images failed");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = json.as_array().unwrap();
+    assert_eq!(items.len(), 4, "comments and blank lines are skipped");
+    assert_eq!(items[0]["digest"], env.fixtures.tags["v1"].as_str());
+    assert_eq!(
+        items[0]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(items[1]["error"]["class"], "not_found");
+    assert_eq!(items[2]["error"]["class"], "invalid_reference");
+    assert!(items[2]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("lowercase"));
+    assert_eq!(
+        items[3]["digest"],
+        format!("sha256:{}", "a".repeat(64)),
+        "digest refs need no registry"
+    );
+    assert!(text(&out.stderr).contains("2 of 4 image(s) failed"));
+}
+
+#[test]
+fn wrong_password_is_a_clear_error_without_the_password() {
+    let env = Env::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "wrong-CANARY-pass";
+    let secret = secret_file(dir.path(), &env.token.host(), wrong);
+    let image = env.image(&env.token, "v1");
+    let out = pullbroker(
+        &["resolve", "--secret", secret.to_str().unwrap(), &image],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unauthorized") && err.contains(&env.token.host()) && err.contains(REPO),
+        "{err}"
+    );
+    assert_no_secret(&out, wrong);
+}
+
+#[test]
+fn platform_flag_pins_the_platform_manifest() {
+    let env = Env::shared();
+    let image = env.image(&env.anon, "multi");
+    let out = pullbroker(&["resolve", "--platform", "linux/arm64", &image], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("{image}@{}", env.fixtures.platforms["linux/arm64"])
+    );
+    let out = pullbroker(&["resolve", "--platform", "linux", &image], None);
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    assert!(text(&out.stderr).contains("os/arch"));
+}
+
+#[test]
+fn secret_inspect_shows_kinds_users_and_jwt_expiry_never_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    // A JWT-shaped password (as cloud registries hand out) with a known exp.
+    let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJleHAiOjE3OTUzNDQ0MzF9.c2lnbmF0dXJl";
+    let path = secret_file(dir.path(), "registry.corp.example:5000", jwt);
+    let out = pullbroker(&["secret", "inspect", path.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("Secret (kubernetes.io/dockerconfigjson) team-a/corp-pull"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("registry.corp.example:5000")
+            && shown.contains("basic")
+            && shown.contains(USER),
+        "{shown}"
+    );
+    // exp 1795344431 = 2026-11-22T10:47:11Z, already past.
+    assert!(
+        shown.contains("2026-11-22T10:47:11+00:00 (expired)"),
+        "JWT expiry shown: {shown}"
+    );
+    assert_no_secret(&out, jwt);
+    assert_no_secret(&out, "c2lnbmF0dXJl");
+
+    let out = pullbroker(
+        &["secret", "inspect", "-o", "json", path.to_str().unwrap()],
+        None,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["username"], USER);
+    assert_eq!(json[0]["expired"], true);
+    assert_no_secret(&out, jwt);
+}
+
+#[test]
+fn secret_validate_reports_precise_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = secret_file(dir.path(), "r.example", "hunter2-CANARY");
+    let bad_json = dir.path().join("bad.yaml");
+    std::fs::write(&bad_json, "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{\"auths\":{\"r.example\":{\"auth\":\"bm9jb2xvbg==\",\"password\":\"hunter2-CANARY\"}}}'\n").unwrap();
+    let wrong_type = dir.path().join("opaque.yaml");
+    std::fs::write(
+        &wrong_type,
+        "apiVersion: v1\nkind: Secret\ntype: Opaque\ndata: {}\n",
+    )
+    .unwrap();
+    let out = pullbroker(&["secret", "validate", good.to_str().unwrap()], None);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("valid Secret (kubernetes.io/dockerconfigjson), 1 registry"));
+    let out = pullbroker(
+        &[
+            "secret",
+            "validate",
+            good.to_str().unwrap(),
+            bad_json.to_str().unwrap(),
+            wrong_type.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out.stdout);
+    assert!(report.contains(r#"bad.yaml: invalid: data[".dockerconfigjson"]: auths["r.example"].auth: must decode to "username:password""#), "{report}");
+    assert!(
+        report.contains(r#"opaque.yaml: invalid: type is "Opaque""#),
+        "{report}"
+    );
+    assert_no_secret(&out, "hunter2-CANARY");
+}
+
+#[test]
+fn secret_create_refuses_bad_input() {
+    let out = pullbroker(
+        &[
+            "secret",
+            "create",
+            "--registry",
+            "r.io",
+            "--username",
+            "u",
+            "--password-stdin",
+            "--name",
+            "Bad_Name",
+            "--namespace",
+            "ns",
+        ],
+        Some("pw"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("secret name \"Bad_Name\""));
+    let out = pullbroker(
+        &[
+            "secret",
+            "create",
+            "--registry",
+            "r.io",
+            "--username",
+            "u",
+            "--password-stdin",
+            "--name",
+            "ok",
+            "--namespace",
+            "ns",
+        ],
+        Some("\n"),
+    );
+    assert!(text(&out.stderr).contains("empty"));
+    let out = pullbroker(
+        &[
+            "secret",
+            "create",
+            "--registry",
+            "r.io",
+            "--username",
+            "u",
+            "--name",
+            "ok",
+        ],
+        Some("pw"),
+    );
+    assert_eq!(out.status.code(), Some(2), "--password-stdin is required");
+}
