@@ -202,7 +202,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let mut outcomes = outcomes.into_iter();
-    let results: Vec<(&str, Result<(Reference, Resolved), ResolveFailure>)> = inputs
+    let results: Vec<(&str, Outcome)> = inputs
         .iter()
         .zip(&parsed)
         .map(|(input, p)| {
@@ -265,6 +265,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// What happened to one input.
+type Outcome = Result<(Reference, Resolved), ResolveFailure>;
 
 enum ResolveFailure {
     Parse(String),
