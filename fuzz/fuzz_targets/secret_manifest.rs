@@ -1,0 +1,9 @@
+#![no_main]
+//! Kubernetes Secret manifests (YAML/JSON): never panic.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = pullbroker_core::secret::PullSecret::parse(s);
+    }
+});
