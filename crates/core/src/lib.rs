@@ -15,12 +15,14 @@
 //! - [`secret`]: Kubernetes `Secret` manifests of the docker-config types.
 //! - [`keychain`]: the small trait that hands credentials to a registry client.
 //! - [`jwt`]: reading (not verifying) a JWT's expiry for display.
+//! - [`policy`]: `RegistryCredential`, `PullGrant` and the decision function.
 
 pub mod credential;
 pub mod digest;
 pub mod dockerconfig;
 pub mod jwt;
 pub mod keychain;
+pub mod policy;
 pub mod reference;
 pub mod secret;
 

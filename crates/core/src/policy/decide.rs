@@ -1,0 +1,352 @@
+//! The one decision every consumer asks: may this service account use a
+//! credential for this repository, for this purpose — and why (not)?
+//! Default deny; an allow names the grant that allowed it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use super::glob::{name_matches, registry_matches, repository_matches};
+use super::model::{PullGrantSpec, Purpose, RegistryCredentialSpec};
+
+/// A named document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named<T> {
+    pub name: String,
+    pub spec: T,
+}
+
+/// A Kubernetes service account identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Subject {
+    pub fn new(namespace: impl Into<String>, service_account: impl Into<String>) -> Self {
+        Subject {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        }
+    }
+
+    /// Parses `system:serviceaccount:NAMESPACE:NAME`.
+    pub fn parse_username(s: &str) -> Result<Self, String> {
+        let rest = s.strip_prefix("system:serviceaccount:").ok_or_else(|| {
+            format!(
+                "{s:?} is not a service account (expected system:serviceaccount:NAMESPACE:NAME)"
+            )
+        })?;
+        match rest.split_once(':') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains(':') => {
+                Ok(Subject::new(ns, name))
+            }
+            _ => Err(format!(
+                "{s:?} is not a service account (expected system:serviceaccount:NAMESPACE:NAME)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// What is being accessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// An image's registry and repository (exchange, resolve, can-i).
+    Image {
+        registry: &'a str,
+        repository: &'a str,
+    },
+    /// A repository under a known credential (the registry token server knows
+    /// the credential from the `service` parameter, not the registry host).
+    Credential {
+        credential: &'a str,
+        repository: &'a str,
+    },
+}
+
+impl Target<'_> {
+    fn repository(&self) -> &str {
+        match self {
+            Target::Image { repository, .. } | Target::Credential { repository, .. } => repository,
+        }
+    }
+}
+
+impl fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Image {
+                registry,
+                repository,
+            } => write!(f, "{registry}/{repository}"),
+            Target::Credential {
+                credential,
+                repository,
+            } => write!(f, "{repository} (credential {credential})"),
+        }
+    }
+}
+
+/// A question for [`Policy::decide`].
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub subject: &'a Subject,
+    pub purpose: Purpose,
+    pub target: Target<'a>,
+    /// Resolve on behalf of this namespace (the subject is a controller).
+    pub on_behalf_of: Option<&'a str>,
+    /// Repository globs from the workload's own annotation: they can only
+    /// narrow what grants allow, never widen it.
+    pub narrowed_to: Option<&'a [String]>,
+}
+
+/// The answer, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub grant: Option<String>,
+    pub credential: Option<String>,
+    /// Longest lifetime of anything issued for this decision.
+    pub ttl: Duration,
+    pub reason: String,
+}
+
+/// Credentials, grants and the namespaces' operator-controlled labels.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    credentials: BTreeMap<String, RegistryCredentialSpec>,
+    grants: Vec<Named<PullGrantSpec>>,
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Policy {
+    /// Builds a policy. Invalid documents are left out and reported: an
+    /// invalid grant must never widen access, and a broken one must not stop
+    /// the valid ones from working.
+    pub fn new(
+        credentials: Vec<Named<RegistryCredentialSpec>>,
+        grants: Vec<Named<PullGrantSpec>>,
+        namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> (Policy, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut creds = BTreeMap::new();
+        for c in credentials {
+            match c.spec.validate() {
+                Ok(()) => {
+                    if creds.insert(c.name.clone(), c.spec).is_some() {
+                        problems.push(format!("RegistryCredential {:?} is defined twice", c.name));
+                    }
+                }
+                Err(e) => problems.push(format!("RegistryCredential {:?}: {e}", c.name)),
+            }
+        }
+        let mut valid = Vec::new();
+        for g in grants {
+            match g.spec.validate() {
+                Ok(()) if !creds.contains_key(&g.spec.credential) => problems.push(format!(
+                    "PullGrant {:?}: credential {:?} does not exist",
+                    g.name, g.spec.credential
+                )),
+                Ok(()) => valid.push(g),
+                Err(e) => problems.push(format!("PullGrant {:?}: {e}", g.name)),
+            }
+        }
+        valid.sort_by(|a, b| a.name.cmp(&b.name));
+        (
+            Policy {
+                credentials: creds,
+                grants: valid,
+                namespace_labels,
+            },
+            problems,
+        )
+    }
+
+    pub fn credentials(&self) -> &BTreeMap<String, RegistryCredentialSpec> {
+        &self.credentials
+    }
+
+    pub fn grants(&self) -> &[Named<PullGrantSpec>] {
+        &self.grants
+    }
+
+    /// Does `grant` select namespace `ns` (by name glob or label selector)?
+    pub fn selects_namespace(&self, grant: &PullGrantSpec, ns: &str) -> bool {
+        grant
+            .subjects
+            .namespaces
+            .iter()
+            .any(|p| name_matches(p, ns))
+            || grant
+                .subjects
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|sel| {
+                    // A namespace we know nothing about has no labels.
+                    let empty = BTreeMap::new();
+                    sel.matches(self.namespace_labels.get(ns).unwrap_or(&empty))
+                })
+    }
+
+    /// The credential that would serve `registry`, by name order.
+    pub fn credential_for_registry(
+        &self,
+        registry: &str,
+    ) -> Option<(&str, &RegistryCredentialSpec)> {
+        self.credentials
+            .iter()
+            .find(|(_, c)| c.registries.iter().any(|p| registry_matches(p, registry)))
+            .map(|(n, c)| (n.as_str(), c))
+    }
+
+    /// Decides a request. Grants are tried in name order; the first that
+    /// allows wins. A denial lists why each grant did not apply.
+    pub fn decide(&self, req: &Request<'_>) -> Decision {
+        let deny = |reason: String| Decision {
+            allowed: false,
+            grant: None,
+            credential: None,
+            ttl: Duration::ZERO,
+            reason,
+        };
+        let repository = req.target.repository();
+        if let Some(narrow) = req.narrowed_to {
+            if !narrow.iter().any(|p| repository_matches(p, repository)) {
+                return deny(format!(
+                    "the workload's own annotation narrows access to {narrow:?}, which excludes {repository}"
+                ));
+            }
+        }
+        if req.on_behalf_of.is_some() && req.purpose != Purpose::Resolve {
+            return deny(format!(
+                "acting on behalf of a namespace is only possible for resolve, not {}",
+                req.purpose
+            ));
+        }
+        let mut misses = Vec::new();
+        for g in &self.grants {
+            match self.grant_allows(g, req) {
+                Ok(()) => {
+                    return Decision {
+                        allowed: true,
+                        grant: Some(g.name.clone()),
+                        credential: Some(g.spec.credential.clone()),
+                        ttl: g.spec.ttl(),
+                        reason: format!(
+                            "allowed by PullGrant {:?} (credential {:?})",
+                            g.name, g.spec.credential
+                        ),
+                    }
+                }
+                Err(Some(miss)) => misses.push(format!("{}: {miss}", g.name)),
+                Err(None) => {}
+            }
+        }
+        let who = match req.on_behalf_of {
+            Some(ns) => format!("{} on behalf of namespace {ns}", req.subject),
+            None => req.subject.to_string(),
+        };
+        let mut reason = format!(
+            "no PullGrant allows {} of {} for {who}",
+            req.purpose, req.target
+        );
+        if misses.is_empty() {
+            reason.push_str(" (no grant covers this registry or credential)");
+        } else {
+            let shown: Vec<&str> = misses.iter().take(5).map(String::as_str).collect();
+            reason.push_str(&format!(" — {}", shown.join("; ")));
+            if misses.len() > 5 {
+                reason.push_str(&format!("; and {} more", misses.len() - 5));
+            }
+        }
+        deny(reason)
+    }
+
+    /// `Ok` if `g` allows `req`; `Err(Some(why))` for a near miss worth
+    /// reporting; `Err(None)` when the grant is about something else entirely.
+    fn grant_allows(
+        &self,
+        g: &Named<PullGrantSpec>,
+        req: &Request<'_>,
+    ) -> Result<(), Option<String>> {
+        let spec = &g.spec;
+        let cred = self.credentials.get(&spec.credential).ok_or(None)?;
+        match req.target {
+            Target::Image { registry, .. } => {
+                if !cred
+                    .registries
+                    .iter()
+                    .any(|p| registry_matches(p, registry))
+                {
+                    return Err(None);
+                }
+            }
+            Target::Credential { credential, .. } => {
+                if spec.credential != credential {
+                    return Err(None);
+                }
+            }
+        }
+        if !spec.purposes.contains(&req.purpose) {
+            return Err(Some(format!("purpose {} is not granted", req.purpose)));
+        }
+        let repository = req.target.repository();
+        if !spec
+            .repositories
+            .iter()
+            .any(|p| repository_matches(p, repository))
+        {
+            return Err(Some(format!(
+                "repository {repository} is not in {:?}",
+                spec.repositories
+            )));
+        }
+        match req.on_behalf_of {
+            None => {
+                if !self.selects_namespace(spec, &req.subject.namespace) {
+                    return Err(Some(format!(
+                        "namespace {} is not a subject",
+                        req.subject.namespace
+                    )));
+                }
+                if !spec
+                    .subjects
+                    .service_accounts
+                    .iter()
+                    .any(|p| name_matches(p, &req.subject.service_account))
+                {
+                    return Err(Some(format!(
+                        "service account {} is not a subject",
+                        req.subject.service_account
+                    )));
+                }
+            }
+            Some(ns) => {
+                if !self.selects_namespace(spec, ns) {
+                    return Err(Some(format!("namespace {ns} is not a subject")));
+                }
+                let caller = format!("{}/{}", req.subject.namespace, req.subject.service_account);
+                let is_resolver = spec.resolvers.iter().any(|r| {
+                    let (ns_glob, sa_glob) = r.split_once('/').unwrap_or((r, ""));
+                    name_matches(ns_glob, &req.subject.namespace)
+                        && name_matches(sa_glob, &req.subject.service_account)
+                });
+                if !is_resolver {
+                    return Err(Some(format!("{caller} is not listed in resolvers")));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! Operator-owned policy: credentials, grants, and the decision function.
+//!
+//! See [`glob`] for the exact pattern semantics and [`decide`] for the rules.
+
+pub mod decide;
+pub mod glob;
+pub mod model;
+
+pub use decide::{Decision, Named, Policy, Request, Subject, Target};
+pub use model::{PullGrantSpec, Purpose, RegistryCredentialSpec};

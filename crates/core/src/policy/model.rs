@@ -1,0 +1,375 @@
+//! The policy documents: `RegistryCredential` and `PullGrant` (group
+//! `pullbroker.dev`, version `v1alpha1`, cluster-scoped). They are plain serde
+//! types with JSON schemas so the Kubernetes adapter can turn them into CRDs;
+//! the standalone broker reads the same documents from a YAML file.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::glob;
+
+pub const GROUP: &str = "pullbroker.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const API_VERSION: &str = "pullbroker.dev/v1alpha1";
+
+/// Longest credential lifetime a grant may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Lifetime when a grant names none.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Which registries a credential covers and where its secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryCredentialSpec {
+    /// Registry patterns, `host[:port]`; `*` matches one DNS label.
+    pub registries: Vec<String>,
+    pub source: CredentialSource,
+}
+
+/// Exactly one source must be set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialSource {
+    /// A `kubernetes.io/dockerconfigjson` Secret in the system namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// A key the registry trusts: the broker mints repository-scoped registry tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_issuer: Option<TokenIssuer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// Secret name in the broker's system namespace.
+    pub name: String,
+}
+
+/// The registry trusts tokens signed with this key (`auth.token` in distribution).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenIssuer {
+    /// `kubernetes.io/tls` Secret: `tls.key` (EC P-256 PKCS#8) signs, `tls.crt` is published.
+    pub signing_key_secret_ref: SecretRef,
+    /// The previous key during a rotation: published and accepted, never used to sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_signing_key_secret_ref: Option<SecretRef>,
+    /// The registry's `auth.token.service` (the JWT `aud`).
+    pub service: String,
+    /// The registry's `auth.token.issuer` (the JWT `iss`).
+    pub issuer: String,
+    /// Lifetime of minted registry tokens (default 5m, capped by the grant's ttl).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ttl: Option<String>,
+}
+
+/// Who may use which credential, for which repositories and purposes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PullGrantSpec {
+    /// Name of a RegistryCredential.
+    pub credential: String,
+    pub subjects: Subjects,
+    /// Repository globs (`apps/team-a/**`); `*` stays within one path component.
+    pub repositories: Vec<String>,
+    pub purposes: Vec<Purpose>,
+    /// Longest lifetime of anything issued under this grant (e.g. `15m`; max 12h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Controllers (`namespace/serviceaccount` globs) allowed to resolve digests
+    /// on behalf of the subject namespaces (purpose `resolve`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<String>,
+    /// Sync may copy a static upstream password into namespaces (flagged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_static_copy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subjects {
+    /// Namespace name globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Namespaces whose (operator-controlled) labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Service account name globs within the selected namespaces.
+    pub service_accounts: Vec<String>,
+}
+
+/// A Kubernetes label selector.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelRequirement {
+    pub key: String,
+    pub operator: LabelOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LabelOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Kubernetes semantics: every label and every expression must hold; an
+    /// empty selector matches everything.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator {
+                    LabelOperator::In => value.is_some_and(|v| r.values.contains(v)),
+                    LabelOperator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    LabelOperator::Exists => value.is_some(),
+                    LabelOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+/// What a credential may be used for.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// Digest resolution (controllers, admission).
+    Resolve,
+    /// Image pulls (kubelet plugin, registry token server).
+    Pull,
+    /// Short-lived pull secrets synced into namespaces.
+    Sync,
+}
+
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Purpose::Resolve => "resolve",
+            Purpose::Pull => "pull",
+            Purpose::Sync => "sync",
+        })
+    }
+}
+
+impl std::str::FromStr for Purpose {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "resolve" => Ok(Purpose::Resolve),
+            "pull" => Ok(Purpose::Pull),
+            "sync" => Ok(Purpose::Sync),
+            other => Err(format!("unknown purpose {other:?} (resolve, pull or sync)")),
+        }
+    }
+}
+
+/// Parses `15m`, `1h30m`, `90s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut saw_unit = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                0
+            }
+            ('h', _) => 3600,
+            ('m', _) => 60,
+            ('s', _) => 1,
+            _ => return Err(format!("invalid duration {s:?} (use e.g. 90s, 15m, 1h30m)")),
+        };
+        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        num.clear();
+        saw_unit = true;
+    }
+    if !num.is_empty() || !saw_unit {
+        return Err(format!(
+            "invalid duration {s:?} (a unit is required: s, m or h)"
+        ));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+impl RegistryCredentialSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.registries.is_empty() {
+            return Err("registries must list at least one registry".into());
+        }
+        for r in &self.registries {
+            glob::validate("registry", r)?;
+            if r.contains('/') {
+                return Err(format!("registry {r:?} must be host[:port] without a path"));
+            }
+        }
+        match (&self.source.secret_ref, &self.source.token_issuer) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return Err("source must set exactly one of secretRef and tokenIssuer".into()),
+        }
+        if let Some(t) = &self.source.token_issuer {
+            if t.service.is_empty() || t.issuer.is_empty() {
+                return Err("tokenIssuer.service and tokenIssuer.issuer are required".into());
+            }
+            if let Some(ttl) = &t.token_ttl {
+                parse_duration(ttl)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PullGrantSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.credential.is_empty() {
+            return Err("credential is required".into());
+        }
+        if self.subjects.namespaces.is_empty() && self.subjects.namespace_selector.is_none() {
+            return Err("subjects must name namespaces or a namespaceSelector".into());
+        }
+        if self.subjects.service_accounts.is_empty() {
+            return Err("subjects.serviceAccounts must not be empty (use [\"*\"] for all)".into());
+        }
+        for n in &self.subjects.namespaces {
+            glob::validate("namespace", n)?;
+        }
+        for n in &self.subjects.service_accounts {
+            glob::validate("service account", n)?;
+        }
+        if self.repositories.is_empty() {
+            return Err("repositories must not be empty (use [\"**\"] for all)".into());
+        }
+        for r in &self.repositories {
+            glob::validate("repository", r)?;
+        }
+        if self.purposes.is_empty() {
+            return Err("purposes must not be empty".into());
+        }
+        for r in &self.resolvers {
+            let ok = r
+                .split_once('/')
+                .is_some_and(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains('/'));
+            if !ok {
+                return Err(format!("resolver {r:?} must be namespace/serviceaccount"));
+            }
+        }
+        if let Some(ttl) = &self.ttl {
+            let d = parse_duration(ttl)?;
+            if d.is_zero() || d > MAX_TTL {
+                return Err(format!("ttl {ttl:?} must be between 1s and 12h"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The grant's lifetime cap.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_TTL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::ZERO);
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+
+    #[test]
+    fn label_selectors() {
+        let labels = BTreeMap::from([
+            ("tenant".to_string(), "a".to_string()),
+            ("tier".to_string(), "prod".to_string()),
+        ]);
+        let sel = |yaml: &str| serde_yaml::from_str::<LabelSelector>(yaml).unwrap();
+        assert!(sel("matchLabels: {tenant: a}").matches(&labels));
+        assert!(!sel("matchLabels: {tenant: b}").matches(&labels));
+        assert!(
+            sel("matchExpressions: [{key: tier, operator: In, values: [prod, stage]}]")
+                .matches(&labels)
+        );
+        assert!(
+            !sel("matchExpressions: [{key: tier, operator: NotIn, values: [prod]}]")
+                .matches(&labels)
+        );
+        assert!(sel("matchExpressions: [{key: x, operator: DoesNotExist}]").matches(&labels));
+        assert!(!sel("matchExpressions: [{key: x, operator: Exists}]").matches(&labels));
+        assert!(sel("{}").matches(&labels));
+    }
+
+    #[test]
+    fn validation_errors() {
+        let grant = |yaml: &str| {
+            serde_yaml::from_str::<PullGrantSpec>(yaml)
+                .map_err(|e| e.to_string())
+                .and_then(|g| g.validate())
+        };
+        let base = "credential: c\nsubjects: {namespaces: [a], serviceAccounts: ['*']}\nrepositories: ['**']\npurposes: [pull]\n";
+        assert!(grant(base).is_ok());
+        assert!(grant(&format!("{base}ttl: 13h\n"))
+            .unwrap_err()
+            .contains("12h"));
+        assert!(grant(&format!("{base}resolvers: [controller]\n"))
+            .unwrap_err()
+            .contains("namespace/serviceaccount"));
+        assert!(
+            grant(&format!("{base}purposes: [push]\n")).is_err(),
+            "unknown purposes are rejected"
+        );
+        assert!(
+            grant(&format!("{base}extra: 1\n")).is_err(),
+            "unknown fields are rejected"
+        );
+        assert!(grant("credential: c\nsubjects: {serviceAccounts: ['*']}\nrepositories: ['**']\npurposes: [pull]\n").unwrap_err().contains("namespaces"));
+        let cred = |yaml: &str| {
+            serde_yaml::from_str::<RegistryCredentialSpec>(yaml)
+                .unwrap()
+                .validate()
+        };
+        assert!(cred("registries: [r.io]\nsource: {}\n")
+            .unwrap_err()
+            .contains("exactly one"));
+        assert!(
+            cred("registries: [r.io/x]\nsource: {secretRef: {name: s}}\n")
+                .unwrap_err()
+                .contains("without a path")
+        );
+        assert!(cred("registries: [r.io]\nsource: {secretRef: {name: s}}\n").is_ok());
+    }
+}
