@@ -18,16 +18,32 @@ use clap::{Parser, Subcommand};
                   Exit codes: 0 success, 1 a requested operation failed, 2 usage error."
 )]
 struct Cli {
-    /// Log filter for diagnostics on stderr (e.g. `debug`, `pullbroker_registry=debug`).
-    #[arg(long, global = true, env = "PULLBROKER_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter on stderr (e.g. `debug`, `pullbroker_registry=debug`).
+    /// Default: `info` for `serve` (audit events are info), `warn` otherwise.
+    #[arg(long, global = true, env = "PULLBROKER_LOG")]
+    log: Option<String>,
+    /// Log format. Default: json for `serve`, text otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker from a standalone YAML configuration (the embedded default).
+    Serve(cmd::serve::Args),
+    /// Policy dry-run: may this service account pull/resolve/sync that image, and why?
+    CanI(cmd::can_i::Args),
+    /// Generate a token-issuer signing key (EC P-256) and certificate.
+    Keygen(cmd::keygen::Args),
     /// Resolve image references to digests (IMAGE@sha256:…).
     Resolve(cmd::resolve::Args),
     /// Create, inspect and validate pull secrets (kubernetes.io/dockerconfigjson).
@@ -37,13 +53,32 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let serving = matches!(cli.command, Command::Serve(_));
+    let filter = cli
+        .log
+        .clone()
+        .unwrap_or_else(|| if serving { "info" } else { "warn" }.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into());
+    let json = cli
+        .log_format
+        .map(|f| f == LogFormat::Json)
+        .unwrap_or(serving);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.init();
+    }
     let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::CanI(args) => cmd::can_i::run(args),
+        Command::Keygen(args) => cmd::keygen::run(args),
         Command::Resolve(args) => cmd::resolve::run(args),
         Command::Secret(c) => cmd::secret::run(c),
     };

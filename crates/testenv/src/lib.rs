@@ -8,6 +8,7 @@
 //! (`scripts/test.sh`) installs the Debian packages this needs.
 
 pub mod fixtures;
+pub mod issuer;
 pub mod pki;
 pub mod process;
 pub mod registry;

@@ -1,2 +1,5 @@
+pub mod can_i;
+pub mod keygen;
 pub mod resolve;
 pub mod secret;
+pub mod serve;

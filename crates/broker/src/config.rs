@@ -1,0 +1,475 @@
+//! Standalone mode: everything from one YAML file of Kubernetes-shaped
+//! documents — a `BrokerConfig`, `RegistryCredential`s, `PullGrant`s,
+//! `Secret`s and `Namespace`s (for labels) — so the same documents can later
+//! be applied to a cluster. Secret data may also come from files
+//! (`BrokerConfig.spec.secretFiles`), relative to the config file.
+//!
+//! A file is accepted whole or not at all: any problem is an error, so a bad
+//! edit never half-applies.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use pullbroker_core::policy::model::{parse_duration, API_VERSION};
+use pullbroker_core::policy::{Named, Policy, PullGrantSpec, RegistryCredentialSpec};
+use pullbroker_core::DockerConfig;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::keys::{IssuerKeys, SigningKey};
+use crate::satoken::{IssuerSettings, JwksSource};
+
+/// The broker's own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerConfigSpec {
+    /// Listen address (default 127.0.0.1:8480).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The audience service-account tokens must be minted for (default `pullbroker`).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Namespace of central Secrets (default `pullbroker-system`).
+    #[serde(default)]
+    pub system_namespace: Option<String>,
+    pub service_account_issuer: IssuerSpec,
+    /// Secret data from files: `{secretName: {key: path}}`.
+    #[serde(default)]
+    pub secret_files: BTreeMap<String, BTreeMap<String, PathBuf>>,
+    /// Operator-controlled namespace labels, for `namespaceSelector`s.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerSpec {
+    /// Expected `iss` (e.g. https://kubernetes.default.svc).
+    pub issuer: String,
+    /// One of: a JWKS file, a JWKS URL, or an OIDC discovery base URL.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// Clock leeway for exp/nbf/iat (default 30s, at most 60s).
+    #[serde(default)]
+    pub leeway: Option<String>,
+    /// Bearer token file for fetching discovery/JWKS.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Online revocation check through an API server's TokenReview.
+    #[serde(default)]
+    pub token_review: Option<TokenReviewSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenReviewSpec {
+    pub api_server: String,
+    pub token_file: PathBuf,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A usable credential.
+pub enum CredentialRuntime {
+    /// The broker mints registry tokens with these keys.
+    TokenIssuer {
+        keys: IssuerKeys,
+        service: String,
+        issuer: String,
+        token_ttl: Duration,
+    },
+    /// A static upstream credential (dockerconfigjson).
+    Static { config: DockerConfig },
+}
+
+/// Everything the broker serves from, swapped whole on reload.
+pub struct Snapshot {
+    pub policy: Policy,
+    pub credentials: BTreeMap<String, CredentialRuntime>,
+    pub issuer: IssuerSettings,
+    pub token_review: Option<TokenReviewSpec>,
+    pub listen: SocketAddr,
+    /// Files whose change triggers a reload.
+    pub watched: Vec<PathBuf>,
+}
+
+impl Snapshot {
+    /// The token-issuer credential whose registry `service` this is.
+    pub fn by_service(&self, service: &str) -> Option<(&str, &CredentialRuntime)> {
+        self.credentials.iter().find_map(|(name, c)| match c {
+            CredentialRuntime::TokenIssuer { service: s, .. } if s == service => {
+                Some((name.as_str(), c))
+            }
+            _ => None,
+        })
+    }
+}
+
+fn meta_name(doc: &Value) -> Result<String, String> {
+    doc.get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| "metadata.name is required".to_string())
+}
+
+fn spec<T: serde::de::DeserializeOwned>(doc: &Value, what: &str) -> Result<T, String> {
+    let spec = doc
+        .get("spec")
+        .cloned()
+        .ok_or_else(|| format!("{what}: spec is required"))?;
+    // serde_yaml messages quote values; specs hold no secrets, so keep them.
+    serde_yaml::from_value(spec).map_err(|e| format!("{what}: {e}"))
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Loads and validates a standalone config file.
+pub fn load(path: &Path) -> Result<Snapshot, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut problems: Vec<String> = Vec::new();
+    let mut broker: Option<BrokerConfigSpec> = None;
+    let mut credentials = Vec::new();
+    let mut grants = Vec::new();
+    let mut secrets: BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)> =
+        BTreeMap::new();
+    let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+
+    for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let doc = match Value::deserialize(de) {
+            Ok(Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                let at = e
+                    .location()
+                    .map(|l| format!(" at line {}", l.line()))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "{}: document {} is not valid YAML{at}",
+                    path.display(),
+                    i + 1
+                ));
+            }
+        };
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let api = doc
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let name = match meta_name(&doc) {
+            Ok(n) => n,
+            Err(e) => {
+                problems.push(format!("document {} ({kind}): {e}", i + 1));
+                continue;
+            }
+        };
+        let what = format!("{kind} {name:?}");
+        let expect_api = |want: &str| -> Result<(), String> {
+            if api == want {
+                Ok(())
+            } else {
+                Err(format!("{what}: apiVersion must be {want}, found {api:?}"))
+            }
+        };
+        let result: Result<(), String> = match kind.as_str() {
+            "BrokerConfig" => expect_api(API_VERSION).and_then(|_| {
+                if broker.is_some() {
+                    return Err("more than one BrokerConfig".into());
+                }
+                broker = Some(spec(&doc, &what)?);
+                Ok(())
+            }),
+            "RegistryCredential" => expect_api(API_VERSION).and_then(|_| {
+                credentials.push(Named { name: name.clone(), spec: spec::<RegistryCredentialSpec>(&doc, &what)? });
+                Ok(())
+            }),
+            "PullGrant" => expect_api(API_VERSION).and_then(|_| {
+                grants.push(Named { name: name.clone(), spec: spec::<PullGrantSpec>(&doc, &what)? });
+                Ok(())
+            }),
+            "Secret" => expect_api("v1").and_then(|_| {
+                let data = secret_data(&doc).map_err(|e| format!("{what}: {e}"))?;
+                let ns = doc.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str).map(str::to_string);
+                secrets.insert(name.clone(), (ns, data));
+                Ok(())
+            }),
+            "Namespace" => expect_api("v1").and_then(|_| {
+                let labels = doc
+                    .get("metadata")
+                    .and_then(|m| m.get("labels"))
+                    .cloned()
+                    .map(serde_yaml::from_value::<BTreeMap<String, String>>)
+                    .transpose()
+                    .map_err(|e| format!("{what}: labels: {e}"))?
+                    .unwrap_or_default();
+                namespaces.insert(name.clone(), labels);
+                Ok(())
+            }),
+            other => Err(format!("document {} has unsupported kind {other:?} (BrokerConfig, RegistryCredential, PullGrant, Secret, Namespace)", i + 1)),
+        };
+        if let Err(e) = result {
+            problems.push(e);
+        }
+    }
+    let Some(broker) = broker else {
+        problems.push("no BrokerConfig document".into());
+        return Err(report(path, problems));
+    };
+    let system_ns = broker
+        .system_namespace
+        .clone()
+        .unwrap_or_else(|| "pullbroker-system".into());
+    for (name, (ns, _)) in &secrets {
+        if ns.as_deref().is_some_and(|n| n != system_ns) {
+            problems.push(format!(
+                "Secret {name:?}: central secrets live in namespace {system_ns:?}"
+            ));
+        }
+    }
+    let mut watched = vec![path.to_path_buf()];
+    for (secret, files) in &broker.secret_files {
+        let entry = secrets.entry(secret.clone()).or_default();
+        for (key, file) in files {
+            let file = resolve(base, file);
+            match std::fs::read(&file) {
+                Ok(bytes) => {
+                    entry.1.insert(key.clone(), bytes);
+                }
+                Err(e) => problems.push(format!(
+                    "secretFiles[{secret:?}][{key:?}]: cannot read {}: {e}",
+                    file.display()
+                )),
+            }
+            watched.push(file);
+        }
+    }
+    for (ns, labels) in &broker.namespaces {
+        namespaces
+            .entry(ns.clone())
+            .or_default()
+            .extend(labels.clone());
+    }
+
+    // Credentials need their secrets.
+    let mut runtimes = BTreeMap::new();
+    for c in &credentials {
+        if let Err(e) = c.spec.validate() {
+            problems.push(format!("RegistryCredential {:?}: {e}", c.name));
+            continue;
+        }
+        match credential_runtime(&c.spec, &secrets) {
+            Ok(rt) => {
+                runtimes.insert(c.name.clone(), rt);
+            }
+            Err(e) => problems.push(format!("RegistryCredential {:?}: {e}", c.name)),
+        }
+    }
+    let services: Vec<&String> = runtimes
+        .values()
+        .filter_map(|r| match r {
+            CredentialRuntime::TokenIssuer { service, .. } => Some(service),
+            _ => None,
+        })
+        .collect();
+    for (i, s) in services.iter().enumerate() {
+        if services[..i].contains(s) {
+            problems.push(format!("two token-issuer credentials share service {s:?}"));
+        }
+    }
+    let (policy, policy_problems) = Policy::new(credentials, grants, namespaces);
+    problems.extend(policy_problems);
+
+    let issuer = issuer_settings(&broker, base, &mut watched).map_err(|e| {
+        problems.push(e);
+    });
+    let listen = broker
+        .listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:8480".into());
+    let listen: Result<SocketAddr, _> = listen.parse().map_err(|_| {
+        problems.push(format!(
+            "listen {listen:?} is not an address like 127.0.0.1:8480"
+        ));
+    });
+    if !problems.is_empty() {
+        return Err(report(path, problems));
+    }
+    Ok(Snapshot {
+        policy,
+        credentials: runtimes,
+        issuer: issuer.expect("no problems"),
+        token_review: broker.service_account_issuer.token_review.clone(),
+        listen: listen.expect("no problems"),
+        watched,
+    })
+}
+
+fn report(path: &Path, problems: Vec<String>) -> String {
+    format!(
+        "{} is invalid:\n  - {}",
+        path.display(),
+        problems.join("\n  - ")
+    )
+}
+
+fn secret_data(doc: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let mut out = BTreeMap::new();
+    if let Some(data) = doc.get("data").and_then(Value::as_mapping) {
+        for (k, v) in data {
+            let k = k.as_str().ok_or("data keys must be strings")?.to_string();
+            let v = v
+                .as_str()
+                .ok_or_else(|| format!("data[{k:?}] must be a base64 string"))?;
+            let compact: String = v.split_whitespace().collect();
+            let bytes = STANDARD
+                .decode(compact)
+                .map_err(|_| format!("data[{k:?}] is not valid base64"))?;
+            out.insert(k, bytes);
+        }
+    }
+    if let Some(data) = doc.get("stringData").and_then(Value::as_mapping) {
+        for (k, v) in data {
+            let k = k
+                .as_str()
+                .ok_or("stringData keys must be strings")?
+                .to_string();
+            let v = v
+                .as_str()
+                .ok_or_else(|| format!("stringData[{k:?}] must be a string"))?;
+            out.insert(k, v.as_bytes().to_vec());
+        }
+    }
+    Ok(out)
+}
+
+type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
+
+fn secret_key<'a>(secrets: &'a Secrets, name: &str, key: &str) -> Result<&'a [u8], String> {
+    let (_, data) = secrets
+        .get(name)
+        .ok_or_else(|| format!("Secret {name:?} does not exist"))?;
+    data.get(key)
+        .map(Vec::as_slice)
+        .ok_or_else(|| format!("Secret {name:?} has no key {key:?}"))
+}
+
+fn credential_runtime(
+    spec: &RegistryCredentialSpec,
+    secrets: &Secrets,
+) -> Result<CredentialRuntime, String> {
+    if let Some(r) = &spec.source.secret_ref {
+        let bytes = secret_key(secrets, &r.name, ".dockerconfigjson")?;
+        let config = DockerConfig::parse(bytes).map_err(|e| format!("Secret {:?}: {e}", r.name))?;
+        return Ok(CredentialRuntime::Static { config });
+    }
+    let t = spec
+        .source
+        .token_issuer
+        .as_ref()
+        .expect("validated: exactly one source");
+    let load_key = |name: &str| -> Result<SigningKey, String> {
+        let key = String::from_utf8(secret_key(secrets, name, "tls.key")?.to_vec())
+            .map_err(|_| "tls.key is not text")?;
+        let cert = String::from_utf8(secret_key(secrets, name, "tls.crt")?.to_vec())
+            .map_err(|_| "tls.crt is not text")?;
+        SigningKey::from_pem(&key, &cert).map_err(|e| format!("Secret {name:?}: {e}"))
+    };
+    let keys = IssuerKeys {
+        current: load_key(&t.signing_key_secret_ref.name)?,
+        previous: t
+            .previous_signing_key_secret_ref
+            .as_ref()
+            .map(|r| load_key(&r.name))
+            .transpose()?,
+    };
+    let token_ttl = t
+        .token_ttl
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or(Duration::from_secs(300));
+    Ok(CredentialRuntime::TokenIssuer {
+        keys,
+        service: t.service.clone(),
+        issuer: t.issuer.clone(),
+        token_ttl,
+    })
+}
+
+fn issuer_settings(
+    broker: &BrokerConfigSpec,
+    base: &Path,
+    watched: &mut Vec<PathBuf>,
+) -> Result<IssuerSettings, String> {
+    let s = &broker.service_account_issuer;
+    let jwks = match (&s.jwks_file, &s.jwks_url, &s.discovery_url) {
+        (Some(f), None, None) => {
+            let f = resolve(base, f);
+            watched.push(f.clone());
+            JwksSource::Static(
+                std::fs::read_to_string(&f)
+                    .map_err(|e| format!("jwksFile {}: {e}", f.display()))?,
+            )
+        }
+        (None, Some(u), None) => JwksSource::Url(u.clone()),
+        (None, None, Some(u)) => JwksSource::Discovery(u.clone()),
+        _ => {
+            return Err(
+                "serviceAccountIssuer needs exactly one of jwksFile, jwksUrl, discoveryUrl".into(),
+            )
+        }
+    };
+    let leeway = s
+        .leeway
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or(Duration::from_secs(30));
+    if leeway > crate::satoken::MAX_LEEWAY {
+        return Err("serviceAccountIssuer.leeway must be at most 60s".into());
+    }
+    let read =
+        |p: &PathBuf| std::fs::read(resolve(base, p)).map_err(|e| format!("{}: {e}", p.display()));
+    Ok(IssuerSettings {
+        issuer: s.issuer.clone(),
+        audience: broker
+            .audience
+            .clone()
+            .unwrap_or_else(|| "pullbroker".into()),
+        jwks,
+        leeway,
+        fetch_token: s
+            .token_file
+            .as_ref()
+            .map(|p| {
+                read(p).map(|b| SecretString::from(String::from_utf8_lossy(&b).trim().to_string()))
+            })
+            .transpose()?,
+        ca_pem: s.ca_file.as_ref().map(read).transpose()?,
+        min_refresh_interval: Duration::from_secs(10),
+    })
+}

@@ -1,0 +1,145 @@
+//! Signing keys of token-issuer credentials: EC P-256 (ES256), identified to
+//! registry 2.8 by a libtrust `kid`. During a rotation the previous key is
+//! published (its certificate stays in the registry's bundle) and accepted for
+//! broker credentials, but never used to sign.
+
+use hmac::Mac;
+use jsonwebtoken::EncodingKey;
+use rcgen::PublicKeyData;
+use sha2::{Digest as _, Sha256};
+
+/// One signing key with its certificate.
+pub struct SigningKey {
+    pub kid: String,
+    pub cert_pem: String,
+    encoding: EncodingKey,
+    /// Derived key for HMAC'ing broker-issued credentials.
+    mac_key: [u8; 32],
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// From a PKCS#8 EC P-256 private key and its certificate (PEM).
+    pub fn from_pem(key_pem: &str, cert_pem: &str) -> Result<SigningKey, String> {
+        let key = rcgen::KeyPair::from_pem(key_pem)
+            .map_err(|_| "tls.key is not a PKCS#8 PEM private key".to_string())?;
+        if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err("tls.key must be an EC P-256 key (registry tokens are ES256)".into());
+        }
+        let spki = key.subject_public_key_info();
+        let cert_der = pem_body(cert_pem).ok_or("tls.crt is not a PEM certificate")?;
+        // The SubjectPublicKeyInfo is embedded verbatim in the certificate's
+        // DER, so containment proves the certificate is for this key.
+        if !cert_der.windows(spki.len()).any(|w| w == spki.as_slice()) {
+            return Err("tls.crt does not belong to tls.key".into());
+        }
+        let encoding =
+            EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(|e| format!("tls.key: {e}"))?;
+        let mut h = Sha256::new();
+        h.update(b"pullbroker/broker-credential/v1\0");
+        h.update(key.serialize_der());
+        Ok(SigningKey {
+            kid: libtrust_kid(&spki),
+            cert_pem: cert_pem.to_string(),
+            encoding,
+            mac_key: h.finalize().into(),
+        })
+    }
+
+    /// Generates a key and a self-signed certificate (for `pullbroker keygen` and tests).
+    pub fn generate(common_name: &str) -> Result<(String, String), String> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| e.to_string())?;
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        Ok((key.serialize_pem(), cert.pem()))
+    }
+
+    pub fn encoding(&self) -> &EncodingKey {
+        &self.encoding
+    }
+
+    pub(crate) fn mac(&self) -> hmac::Hmac<Sha256> {
+        hmac::Hmac::<Sha256>::new_from_slice(&self.mac_key).expect("HMAC takes any key length")
+    }
+}
+
+/// docker/libtrust key ID: base32 of the first 240 bits of SHA-256 over the
+/// DER SubjectPublicKeyInfo, 12 groups of 4 joined by ':'.
+pub fn libtrust_kid(spki_der: &[u8]) -> String {
+    let hash = Sha256::digest(spki_der);
+    let b32 = data_encoding::BASE32_NOPAD.encode(&hash[..30]);
+    b32.as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).expect("base32 is ascii"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn pem_body(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let start = pem.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
+    let end = pem[start..].find("-----END CERTIFICATE-----")? + start;
+    let b64: String = pem[start..end].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// The current key and, during a rotation, the previous one.
+#[derive(Debug)]
+pub struct IssuerKeys {
+    pub current: SigningKey,
+    pub previous: Option<SigningKey>,
+}
+
+impl IssuerKeys {
+    /// Certificates to put in the registry's `rootcertbundle`.
+    pub fn bundle(&self) -> String {
+        let mut out = self.current.cert_pem.clone();
+        if let Some(p) = &self.previous {
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&p.cert_pem);
+        }
+        out
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &SigningKey> {
+        std::iter::once(&self.current).chain(self.previous.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_load_and_mismatches_are_refused() {
+        let (k1, c1) = SigningKey::generate("a").unwrap();
+        let (_, c2) = SigningKey::generate("b").unwrap();
+        let key = SigningKey::from_pem(&k1, &c1).unwrap();
+        assert_eq!(key.kid.len(), 59, "12 groups of 4 and 11 colons");
+        assert!(key
+            .kid
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == ':'));
+        assert_eq!(
+            SigningKey::from_pem(&k1, &c2).unwrap_err(),
+            "tls.crt does not belong to tls.key"
+        );
+        assert!(SigningKey::from_pem("nope", &c1).is_err());
+        assert!(!format!("{key:?}").contains("PRIVATE"));
+    }
+}

@@ -1,0 +1,83 @@
+//! Prometheus metrics. Labels carry classes and outcomes only — never
+//! subjects' tokens, credentials or anything secret.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub purpose: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub token_verifications: Family<TokenLabels, Counter>,
+    pub config_generation: Gauge,
+    pub config_reload_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("pullbroker");
+        let m = Metrics {
+            requests: Family::default(),
+            decisions: Family::default(),
+            token_verifications: Family::default(),
+            config_generation: Gauge::default(),
+            config_reload_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "HTTP requests by endpoint and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Policy decisions by purpose and outcome",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "token_verifications",
+            "Service-account token verifications by result",
+            m.token_verifications.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the configuration in use",
+            m.config_generation.clone(),
+        );
+        registry.register(
+            "config_reload_errors",
+            "Configuration reloads rejected",
+            m.config_reload_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

@@ -1,0 +1,474 @@
+//! Kubernetes service-account token verification, offline against the
+//! issuer's JWKS and optionally online through TokenReview.
+//!
+//! Strict by construction: an algorithm allow-list (RS256, ES256, PS256,
+//! EdDSA) checked *before* any key is looked up, so `alg: none` and HMAC
+//! algorithms never reach a verifier (no HMAC-with-public-key confusion);
+//! the key comes only from the JWKS, by `kid`; a JWK's own `alg`, when
+//! present, must equal the token's; `iss` and `aud` must match exactly;
+//! `exp` is required and `exp`/`nbf`/`iat` get a small leeway (≤ 60 s).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pullbroker_core::policy::Subject;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::tokenreview::TokenReviewer;
+
+/// Tokens longer than this are refused before parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// The largest leeway we accept in configuration.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+
+const ALLOWED: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::ES256,
+    Algorithm::PS256,
+    Algorithm::EdDSA,
+];
+
+/// Where the issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// A JWKS document given inline or read from a file.
+    Static(String),
+    /// Fetched from this URL (refreshed on an unknown `kid`).
+    Url(String),
+    /// `<issuer>/.well-known/openid-configuration` → `jwks_uri`.
+    Discovery(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    pub issuer: String,
+    /// The audience tokens must carry (the broker's).
+    pub audience: String,
+    pub jwks: JwksSource,
+    pub leeway: Duration,
+    /// Bearer token for fetching discovery/JWKS (Kubernetes requires auth by default).
+    pub fetch_token: Option<SecretString>,
+    pub ca_pem: Option<Vec<u8>>,
+    /// Shortest interval between JWKS refreshes triggered by unknown `kid`s.
+    pub min_refresh_interval: Duration,
+}
+
+/// A verified service-account identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub subject: Subject,
+    pub service_account_uid: Option<String>,
+    pub pod: Option<(String, String)>,
+    pub node: Option<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// Why a token was refused. Messages never contain the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    #[error("token is larger than {MAX_TOKEN_BYTES} bytes")]
+    Oversized,
+    #[error("token algorithm not allowed: {0}")]
+    Algorithm(String),
+    #[error("token signed by an unknown key (kid {0:?})")]
+    UnknownKey(String),
+    #[error("token signature is invalid")]
+    Signature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token issuer is not trusted")]
+    Issuer,
+    #[error("token audience does not include this broker")]
+    Audience,
+    #[error("token claims are invalid: {0}")]
+    Claims(String),
+    #[error("token was rejected by TokenReview: {0}")]
+    Revoked(String),
+    #[error("issuer keys are unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl TokenError {
+    /// A stable class name for responses, logs and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            TokenError::Malformed(_) => "malformed",
+            TokenError::Oversized => "oversized",
+            TokenError::Algorithm(_) => "algorithm",
+            TokenError::UnknownKey(_) => "unknown_key",
+            TokenError::Signature => "signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::Issuer => "issuer",
+            TokenError::Audience => "audience",
+            TokenError::Claims(_) => "claims",
+            TokenError::Revoked(_) => "revoked",
+            TokenError::KeysUnavailable(_) => "keys_unavailable",
+        }
+    }
+}
+
+struct KeySet {
+    by_kid: HashMap<String, (Option<Algorithm>, Arc<DecodingKey>)>,
+}
+
+/// Verifies tokens; cheap to share. Verified tokens are remembered (by hash)
+/// until they expire, so a token presented again skips the signature check.
+pub struct Verifier {
+    settings: IssuerSettings,
+    keys: ArcSwap<KeySet>,
+    http: Option<reqwest::Client>,
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+    verified: Mutex<HashMap<[u8; 32], VerifiedToken>>,
+    reviewer: Option<Arc<dyn TokenReviewer>>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    iat: Option<i64>,
+    exp: i64,
+    #[serde(rename = "kubernetes.io", default)]
+    kubernetes: Option<KubeClaims>,
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace", default)]
+    legacy_namespace: Option<String>,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name", default)]
+    legacy_name: Option<String>,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid", default)]
+    legacy_uid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KubeClaims {
+    namespace: String,
+    serviceaccount: NamedRef,
+    #[serde(default)]
+    pod: Option<NamedRef>,
+    #[serde(default)]
+    node: Option<NodeRef>,
+}
+
+#[derive(Deserialize)]
+struct NamedRef {
+    name: String,
+    #[serde(default)]
+    uid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NodeRef {
+    name: String,
+}
+
+fn parse_jwks(text: &str) -> Result<KeySet, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("JWKS is not valid: {e}"))?;
+    let mut by_kid = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+        if let Ok(key) = DecodingKey::from_jwk(jwk) {
+            by_kid.insert(kid, (alg, Arc::new(key)));
+        }
+    }
+    if by_kid.is_empty() {
+        return Err("JWKS holds no usable keys with a kid".into());
+    }
+    Ok(KeySet { by_kid })
+}
+
+impl Verifier {
+    /// Builds a verifier; remote key sources are fetched once now.
+    pub async fn new(
+        settings: IssuerSettings,
+        reviewer: Option<Arc<dyn TokenReviewer>>,
+    ) -> Result<Verifier, String> {
+        if settings.leeway > MAX_LEEWAY {
+            return Err(format!(
+                "leeway {:?} is larger than {MAX_LEEWAY:?}",
+                settings.leeway
+            ));
+        }
+        let http = match &settings.jwks {
+            JwksSource::Static(_) => None,
+            _ => Some(crate::http_client(settings.ca_pem.as_deref())?),
+        };
+        let initial = match &settings.jwks {
+            JwksSource::Static(text) => parse_jwks(text)?,
+            _ => KeySet {
+                by_kid: HashMap::new(),
+            },
+        };
+        let v = Verifier {
+            settings,
+            keys: ArcSwap::from_pointee(initial),
+            http,
+            refresh: tokio::sync::Mutex::new(None),
+            verified: Mutex::default(),
+            reviewer,
+        };
+        if v.http.is_some() {
+            v.refresh_keys(false).await.map_err(|e| e.to_string())?;
+        }
+        Ok(v)
+    }
+
+    pub fn settings(&self) -> &IssuerSettings {
+        &self.settings
+    }
+
+    /// Fetches the JWKS again. Refreshes caused by unknown `kid`s happen at
+    /// most once per `min_refresh_interval` (start-up fetches do not count, so
+    /// a key rotated just after start is still picked up at once).
+    async fn refresh_keys(&self, on_demand: bool) -> Result<(), TokenError> {
+        let Some(http) = &self.http else {
+            return Ok(());
+        };
+        let mut last = self.refresh.lock().await;
+        if on_demand {
+            if last.is_some_and(|t| t.elapsed() < self.settings.min_refresh_interval) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let unavailable = |e: String| TokenError::KeysUnavailable(e);
+        let get = |url: String| {
+            let mut req = http.get(url);
+            if let Some(t) = &self.settings.fetch_token {
+                req = req.bearer_auth(t.expose_secret());
+            }
+            req
+        };
+        let jwks_url = match &self.settings.jwks {
+            JwksSource::Url(u) => u.clone(),
+            JwksSource::Discovery(base) => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    base.trim_end_matches('/')
+                );
+                let doc: serde_json::Value = get(url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| unavailable(format!("discovery: {e}")))?
+                    .json()
+                    .await
+                    .map_err(|e| unavailable(format!("discovery document: {e}")))?;
+                if doc["issuer"].as_str() != Some(self.settings.issuer.as_str()) {
+                    return Err(unavailable(format!(
+                        "discovery names issuer {}, expected {}",
+                        doc["issuer"], self.settings.issuer
+                    )));
+                }
+                doc["jwks_uri"]
+                    .as_str()
+                    .ok_or_else(|| unavailable("discovery document has no jwks_uri".into()))?
+                    .to_string()
+            }
+            JwksSource::Static(_) => return Ok(()),
+        };
+        let text = get(jwks_url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| unavailable(format!("jwks: {e}")))?
+            .text()
+            .await
+            .map_err(|e| unavailable(format!("jwks: {e}")))?;
+        let set = parse_jwks(&text).map_err(unavailable)?;
+        tracing::info!(
+            keys = set.by_kid.len(),
+            "service-account issuer keys loaded"
+        );
+        self.keys.store(Arc::new(set));
+        Ok(())
+    }
+
+    fn key_for(&self, kid: &str) -> Option<(Option<Algorithm>, Arc<DecodingKey>)> {
+        self.keys.load().by_kid.get(kid).cloned()
+    }
+
+    /// Verifies `token` at `now` (seconds since the epoch).
+    pub async fn verify(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Oversized);
+        }
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self.verified.lock().expect("poisoned").get(&hash).cloned();
+        let verified = match cached {
+            Some(v) if v.expires_at + self.settings.leeway.as_secs() as i64 >= now => v,
+            _ => {
+                let v = self.verify_uncached(token, now).await?;
+                let mut cache = self.verified.lock().expect("poisoned");
+                if cache.len() >= 100_000 {
+                    cache.retain(|_, t| t.expires_at >= now);
+                    if cache.len() >= 100_000 {
+                        cache.clear();
+                    }
+                }
+                cache.insert(hash, v.clone());
+                v
+            }
+        };
+        if let Some(reviewer) = &self.reviewer {
+            let outcome = reviewer
+                .review(token, std::slice::from_ref(&self.settings.audience))
+                .await
+                .map_err(TokenError::Revoked)?;
+            if !outcome.authenticated {
+                return Err(TokenError::Revoked(
+                    outcome.error.unwrap_or_else(|| "not authenticated".into()),
+                ));
+            }
+            if outcome.username.as_deref() != Some(verified.subject.to_string().as_str()) {
+                return Err(TokenError::Revoked("TokenReview names another user".into()));
+            }
+        }
+        Ok(verified)
+    }
+
+    async fn verify_uncached(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+        // The header is read by hand first so the allow-list applies before
+        // anything else — jsonwebtoken would reject `none` with a generic error.
+        let header_b64 = token.split('.').next().unwrap_or_default();
+        if token.split('.').count() != 3 {
+            return Err(TokenError::Malformed(
+                "not three dot-separated parts".into(),
+            ));
+        }
+        let header: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(header_b64)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| TokenError::Malformed("header is not base64url JSON".into()))?;
+        let alg_name = header["alg"]
+            .as_str()
+            .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
+        let alg = alg_name
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|a| ALLOWED.contains(a))
+            .ok_or_else(|| {
+                TokenError::Algorithm(format!("{alg_name} (allowed: RS256, ES256, PS256, EdDSA)"))
+            })?;
+        if header.get("crit").is_some() {
+            return Err(TokenError::Malformed(
+                "critical header extensions are not supported".into(),
+            ));
+        }
+        let kid = header["kid"]
+            .as_str()
+            .ok_or_else(|| TokenError::Malformed("header has no kid".into()))?;
+        let key = match self.key_for(kid) {
+            Some(k) => k,
+            None => {
+                self.refresh_keys(true).await?;
+                self.key_for(kid)
+                    .ok_or_else(|| TokenError::UnknownKey(kid.chars().take(64).collect()))?
+            }
+        };
+        if let (Some(key_alg), _) = &key {
+            if *key_alg != alg {
+                return Err(TokenError::Algorithm(format!(
+                    "{alg_name} does not match the key's {key_alg:?}"
+                )));
+            }
+        }
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[self.settings.issuer.as_str()]);
+        validation.set_audience(&[self.settings.audience.as_str()]);
+        validation.leeway = self.settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.1, &validation).map_err(map_jwt_error)?;
+        let claims = data.claims;
+        let leeway = self.settings.leeway.as_secs() as i64;
+        if claims.iat.is_some_and(|iat| iat > now + leeway) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.exp + leeway < now {
+            return Err(TokenError::Expired);
+        }
+        subject_from(claims)
+    }
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => TokenError::Expired,
+        K::ImmatureSignature => TokenError::NotYetValid,
+        K::InvalidIssuer => TokenError::Issuer,
+        K::InvalidAudience => TokenError::Audience,
+        K::InvalidSignature => TokenError::Signature,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::InvalidKeyFormat => {
+            TokenError::Algorithm("does not fit the key".into())
+        }
+        K::MissingRequiredClaim(c) => TokenError::Claims(format!("{c} is required")),
+        K::InvalidClaimFormat(c) => TokenError::Claims(format!("{c} has the wrong type")),
+        K::InvalidSubject => TokenError::Claims("sub is invalid".into()),
+        // serde messages may quote claim values; a claim is not a secret, but
+        // keep the class and drop the text.
+        K::Json(_) => TokenError::Claims("a claim has the wrong type or shape".into()),
+        K::Base64(_) | K::Utf8(_) | K::InvalidToken => {
+            TokenError::Malformed("not a valid JWS".into())
+        }
+        _ => TokenError::Malformed("cannot be decoded".into()),
+    }
+}
+
+/// The subject, from the `kubernetes.io` claim (projected tokens) or the
+/// legacy claims, cross-checked with `sub`.
+fn subject_from(c: Claims) -> Result<VerifiedToken, TokenError> {
+    let from_sub = Subject::parse_username(&c.sub)
+        .map_err(|_| TokenError::Claims("sub is not a service account".into()))?;
+    let (subject, uid, pod, node) = match c.kubernetes {
+        Some(k) => (
+            Subject::new(k.namespace, k.serviceaccount.name),
+            k.serviceaccount.uid,
+            k.pod.map(|p| (p.name, p.uid.unwrap_or_default())),
+            k.node.map(|n| n.name),
+        ),
+        None => match (c.legacy_namespace, c.legacy_name) {
+            (Some(ns), Some(name)) => (Subject::new(ns, name), c.legacy_uid, None, None),
+            _ => (from_sub.clone(), None, None, None),
+        },
+    };
+    if subject != from_sub {
+        return Err(TokenError::Claims(
+            "sub contradicts the kubernetes.io claims".into(),
+        ));
+    }
+    Ok(VerifiedToken {
+        subject,
+        service_account_uid: uid,
+        pod,
+        node,
+        expires_at: c.exp,
+    })
+}
+
+/// Loads a JWKS file for [`JwksSource::Static`].
+pub fn read_jwks_file(path: &PathBuf) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read JWKS {}: {e}", path.display()))
+}

@@ -1,0 +1,86 @@
+//! `pullbroker can-i`: the policy dry-run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use pullbroker_broker::config;
+use pullbroker_core::policy::{Purpose, Request, Subject, Target};
+use pullbroker_core::Reference;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_long_help = "Exit code 0 when allowed, 1 when denied.\n\nExamples:\n  \
+pullbroker can-i --as system:serviceaccount:team-a:web pull registry.corp.example/apps/team-a/web:1.0\n  \
+pullbroker can-i --as system:serviceaccount:knative-serving:controller --on-behalf-of team-a resolve registry.corp.example/apps/team-a/web:1.0"
+)]
+pub struct Args {
+    /// The service account asking: system:serviceaccount:NAMESPACE:NAME.
+    #[arg(long = "as", value_name = "USER")]
+    as_user: String,
+    /// pull, resolve or sync.
+    purpose: Purpose,
+    image: String,
+    /// Resolve on behalf of this namespace (a controller acting for workloads).
+    #[arg(long, value_name = "NAMESPACE")]
+    on_behalf_of: Option<String>,
+    /// Repositories the workload's annotation narrows access to (comma-separated).
+    #[arg(long, value_name = "GLOBS")]
+    narrowed_to: Option<String>,
+    /// The standalone configuration file.
+    #[arg(
+        long,
+        env = "PULLBROKER_CONFIG",
+        value_name = "FILE",
+        default_value = "/etc/pullbroker/config.yaml"
+    )]
+    config: PathBuf,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Output {
+    Text,
+    Json,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let subject = Subject::parse_username(&args.as_user).map_err(|e| anyhow!("--as: {e}"))?;
+    let image = Reference::parse(&args.image)?;
+    let snapshot = config::load(&args.config).map_err(anyhow::Error::msg)?;
+    let narrowed: Option<Vec<String>> = args
+        .narrowed_to
+        .as_deref()
+        .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
+    let decision = snapshot.policy.decide(&Request {
+        subject: &subject,
+        purpose: args.purpose,
+        target: Target::Image {
+            registry: image.registry(),
+            repository: image.repository(),
+        },
+        on_behalf_of: args.on_behalf_of.as_deref(),
+        narrowed_to: narrowed.as_deref(),
+    });
+    match args.output {
+        Output::Text => println!(
+            "{} — {}",
+            if decision.allowed { "yes" } else { "no" },
+            decision.reason
+        ),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "allowed": decision.allowed, "reason": decision.reason, "grant": decision.grant,
+                "credential": decision.credential, "ttlSeconds": decision.ttl.as_secs(),
+                "subject": subject.to_string(), "purpose": args.purpose.to_string(), "image": image.to_string(),
+            })
+        ),
+    }
+    Ok(if decision.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

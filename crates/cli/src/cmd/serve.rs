@@ -1,0 +1,73 @@
+//! `pullbroker serve`: the broker, standalone from one YAML file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pullbroker_broker::{config, Broker};
+use pullbroker_registry::ClientSettings;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_long_help = "The config file holds a BrokerConfig and the RegistryCredential, PullGrant, Secret and \
+Namespace documents (see examples/standalone/broker.yaml). It is reloaded when it (or a file it names) changes; \
+an invalid edit is rejected with the reason in the log and /healthz, and the last good configuration keeps serving.\n\n\
+Example:\n  pullbroker serve --config examples/standalone/broker.yaml"
+)]
+pub struct Args {
+    /// The standalone configuration file.
+    #[arg(long, env = "PULLBROKER_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    /// Listen address (overrides BrokerConfig.spec.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// How often to check the config files for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reload_interval: Duration,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<ExitCode> {
+    let snapshot = config::load(&args.config).map_err(anyhow::Error::msg)?;
+    let listen = args.listen.unwrap_or(snapshot.listen);
+    let broker = Broker::new(
+        snapshot,
+        Some(args.config.clone()),
+        ClientSettings::default(),
+        None,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let watcher = broker.spawn_watcher(args.reload_interval);
+    tracing::info!(address = %listener.local_addr()?, config = %args.config.display(), "pullbroker serving");
+    broker
+        .serve(listener, shutdown_signal())
+        .await
+        .context("server failed")?;
+    watcher.abort();
+    tracing::info!("pullbroker stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM: stop accepting, finish in-flight requests, exit.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
