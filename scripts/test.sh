@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real registries and real clients.
-declare -A provides=([docker-registry]=docker-registry [skopeo]=skopeo)
+declare -A provides=([docker-registry]=docker-registry [skopeo]=skopeo [containerd]=containerd [ctr]=containerd)
 missing=()
 for tool in "${!provides[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${provides[$tool]}")

@@ -80,11 +80,14 @@ pub struct TokenReviewSpec {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Secrets by name: (namespace if given, key → bytes).
+type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
+
 /// A usable credential.
 pub enum CredentialRuntime {
     /// The broker mints registry tokens with these keys.
     TokenIssuer {
-        keys: IssuerKeys,
+        keys: Box<IssuerKeys>,
         service: String,
         issuer: String,
         token_ttl: Duration,
@@ -150,8 +153,7 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
     let mut broker: Option<BrokerConfigSpec> = None;
     let mut credentials = Vec::new();
     let mut grants = Vec::new();
-    let mut secrets: BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)> =
-        BTreeMap::new();
+    let mut secrets: Secrets = BTreeMap::new();
     let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
 
     for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
@@ -366,8 +368,6 @@ fn secret_data(doc: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
     Ok(out)
 }
 
-type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
-
 fn secret_key<'a>(secrets: &'a Secrets, name: &str, key: &str) -> Result<&'a [u8], String> {
     let (_, data) = secrets
         .get(name)
@@ -413,7 +413,7 @@ fn credential_runtime(
         .transpose()?
         .unwrap_or(Duration::from_secs(300));
     Ok(CredentialRuntime::TokenIssuer {
-        keys,
+        keys: Box::new(keys),
         service: t.service.clone(),
         issuer: t.issuer.clone(),
         token_ttl,

@@ -201,24 +201,23 @@ impl Broker {
     /// symlink swaps, where inotify watches go stale.
     pub fn spawn_watcher(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let broker = self.clone();
+        // The config file itself is always watched: a rejected edit may have
+        // changed which other files it names.
+        let current = move |b: &Broker| {
+            let mut files = b.snapshot().watched.clone();
+            files.extend(b.state.config_path.clone());
+            fingerprint(&files)
+        };
         tokio::spawn(async move {
-            let mut last = fingerprint(&broker.snapshot().watched);
+            let mut last = current(&broker);
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let watched = broker.snapshot().watched.clone();
-                let mut now = fingerprint(&watched);
-                if let Some(path) = &broker.state.config_path {
-                    // A rejected edit may have changed the file list; watch the file itself always.
-                    now.push(
-                        fingerprint(std::slice::from_ref(path))
-                            .pop()
-                            .unwrap_or_default(),
-                    );
-                }
+                let now = current(&broker);
                 if now != last {
-                    last = now;
                     let _ = broker.reload().await;
+                    // A reload may change which files are watched.
+                    last = current(&broker);
                 }
             }
         })

@@ -7,6 +7,7 @@
 //! processes are killed when the process exits. The test command
 //! (`scripts/test.sh`) installs the Debian packages this needs.
 
+pub mod containerd;
 pub mod fixtures;
 pub mod issuer;
 pub mod pki;
