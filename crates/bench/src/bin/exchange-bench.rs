@@ -1,0 +1,324 @@
+//! Broker benchmark, in one run on loopback:
+//!
+//! - `/v1/exchange` peak throughput with RS256 service-account tokens and a
+//!   warm JWKS (`wrk`, closed loop, 2,000 distinct tokens cycling);
+//! - `/v1/exchange` latency at a fixed 10,000 requests/s (half the 20k target),
+//!   open loop: each request's latency counts from its *scheduled* send time,
+//!   so a stalled server cannot hide queueing (no coordinated omission);
+//! - `/token` throughput (`wrk`) against the registry's own HEAD ceiling
+//!   (`ab -k -i`) measured in the same run;
+//! - the cost of one RS256 verification (the work a never-seen token costs).
+//!
+//! The broker is the real release binary (`pullbroker serve`). Run with
+//! `scripts/bench-broker.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use base64::Engine as _;
+use pullbroker_bench::{percentile, proc_cpu, push_blob, put_manifest};
+use pullbroker_broker::keys::SigningKey;
+use pullbroker_broker::satoken::{IssuerSettings, JwksSource, Verifier};
+use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
+use pullbroker_testenv::{fixtures, Auth, Registry, RegistryOptions};
+
+const SERVICE: &str = "bench-registry";
+const TOKENS: usize = 2000;
+
+struct Opts {
+    duration: u64,
+    rate: f64,
+    connections: usize,
+}
+
+fn opts() -> Result<Opts> {
+    let mut o = Opts { duration: 10, rate: 10_000.0, connections: 64 };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().context("missing value");
+        match a.as_str() {
+            "--duration" => o.duration = val()?.parse()?,
+            "--rate" => o.rate = val()?.parse()?,
+            "--connections" => o.connections = val()?.parse()?,
+            "-h" | "--help" => {
+                println!("exchange-bench [--duration 10] [--rate 10000] [--connections 64]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(o)
+}
+
+fn write_config(dir: &Path, registry: &str, issuer: &TestIssuer, port: u16) -> Result<PathBuf> {
+    std::fs::write(dir.join("jwks.json"), issuer.jwks())?;
+    let (key, cert) = SigningKey::generate("bench").map_err(anyhow::Error::msg)?;
+    std::fs::write(dir.join("tls.key"), key)?;
+    std::fs::write(dir.join("tls.crt"), cert)?;
+    let config = format!(
+        r#"apiVersion: pullbroker.dev/v1alpha1
+kind: BrokerConfig
+metadata: {{name: bench}}
+spec:
+  listen: 127.0.0.1:{port}
+  serviceAccountIssuer: {{issuer: "{KUBE_ISSUER}", jwksFile: jwks.json}}
+  secretFiles:
+    signer: {{tls.key: tls.key, tls.crt: tls.crt}}
+---
+apiVersion: pullbroker.dev/v1alpha1
+kind: RegistryCredential
+metadata: {{name: corp}}
+spec:
+  registries: ["{registry}"]
+  source: {{tokenIssuer: {{signingKeySecretRef: {{name: signer}}, service: {SERVICE}, issuer: pullbroker}}}}
+---
+apiVersion: pullbroker.dev/v1alpha1
+kind: PullGrant
+metadata: {{name: bench}}
+spec:
+  credential: corp
+  subjects: {{namespaces: [team-a], serviceAccounts: ["*"]}}
+  repositories: [demo/**]
+  purposes: [pull, resolve]
+"#
+    );
+    let path = dir.join("broker.yaml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+fn start_broker(bin: &Path, config: &Path, addr: &str) -> Result<Child> {
+    let child = Command::new(bin)
+        .args(["serve", "--log", "warn", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start pullbroker serve")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        ensure!(Instant::now() < deadline, "broker did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+struct WrkResult {
+    rps: f64,
+    p50: String,
+    p99: String,
+    requests: u64,
+}
+
+fn wrk(url: &str, script: Option<&Path>, headers: &[String], o: &Opts, env: &[(&str, &str)]) -> Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", &format!("-c{}", o.connections), &format!("-d{}s", o.duration), "--latency"]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(url).envs(env.iter().copied());
+    let out = cmd.output().context("cannot run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    let field = |prefix: &str| text.lines().find(|l| l.trim_start().starts_with(prefix)).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string());
+    let rps = field("Requests/sec:").context("no Requests/sec")?.parse()?;
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(WrkResult { rps, p50: field("50%").unwrap_or_default(), p99: field("99%").unwrap_or_default(), requests })
+}
+
+/// Open-loop load at `rate` for `duration`; latencies from scheduled times.
+async fn open_loop(url: String, bodies: Arc<Vec<String>>, rate: f64, duration: Duration, conns: usize) -> Result<(Vec<Duration>, usize)> {
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let end = start + duration;
+    let interval = Duration::from_secs_f64(conns as f64 / rate);
+    let mut tasks = Vec::new();
+    for k in 0..conns {
+        let (url, bodies) = (url.clone(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).no_proxy().build().unwrap();
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut n = 0u32;
+            loop {
+                let scheduled = start + interval.mul_f64(k as f64 / conns as f64) + interval * n;
+                if scheduled >= end {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled).await;
+                let body = bodies[(k + n as usize * conns) % bodies.len()].clone();
+                let ok = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if !ok {
+                    errors += 1;
+                }
+                lat.push(tokio::time::Instant::now() - scheduled);
+                n += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        all.extend(l);
+        errors += e;
+    }
+    all.sort();
+    Ok((all, errors))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() -> Result<()> {
+    let o = opts()?;
+    pullbroker_testenv::process::require_tools(&["docker-registry", "wrk", "ab"]).map_err(anyhow::Error::msg)?;
+    let bin = std::env::current_exe()?.parent().context("exe dir")?.join("pullbroker");
+    ensure!(bin.is_file(), "build pullbroker first: cargo build --release -p pullbroker");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let dir = tempfile::tempdir()?;
+
+    // A registry with one manifest, for the HEAD ceiling.
+    let registry = Registry::start(RegistryOptions { name: "bench-ceiling".into(), auth: Auth::Anonymous, tls: None, quiet: true, data_dir: None })
+        .map_err(anyhow::Error::msg)?;
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let base = format!("http://{}", registry.host());
+        let img = fixtures::image("amd64", "bench\n", None);
+        push_blob(&http, &base, "demo/app", &img.layer).await?;
+        push_blob(&http, &base, "demo/app", &img.config).await?;
+        put_manifest(&http, &base, "demo/app", "v1", &img.manifest).await
+    })?;
+
+    let issuer = TestIssuer::rsa(KUBE_ISSUER);
+    let port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
+    let addr = format!("127.0.0.1:{port}");
+    let config = write_config(dir.path(), &registry.host(), &issuer, port)?;
+    let image = format!("{}/demo/app:v1", registry.host());
+    let tokens: Vec<String> = (0..TOKENS).map(|i| issuer.token("team-a", &format!("app-{i}"), "pullbroker")).collect();
+    std::fs::write(dir.path().join("tokens.txt"), tokens.join("\n") + "\n")?;
+    let lua = dir.path().join("exchange.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            r#"local tokens = {{}}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local i = math.random(#tokens)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, nil, '{{"token":"' .. tokens[i] .. '","image":"{image}"}}')
+end
+"#
+        ),
+    )?;
+
+    // The cost of verifying a never-seen token, in-process.
+    let verify_cost = rt.block_on(async {
+        let settings = IssuerSettings {
+            issuer: KUBE_ISSUER.into(),
+            audience: "pullbroker".into(),
+            jwks: JwksSource::Static(issuer.jwks()),
+            leeway: Duration::from_secs(30),
+            fetch_token: None,
+            ca_pem: None,
+            min_refresh_interval: Duration::from_secs(10),
+        };
+        let v = Verifier::new(settings, None).await.map_err(anyhow::Error::msg)?;
+        let now = pullbroker_testenv::issuer::now();
+        let started = Instant::now();
+        for t in &tokens {
+            v.verify(t, now).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok::<_, anyhow::Error>(started.elapsed() / tokens.len() as u32)
+    })?;
+
+    let mut broker = start_broker(&bin, &config, &addr)?;
+    let pid = broker.id();
+    let tokens_env = dir.path().join("tokens.txt");
+    let tokens_env = tokens_env.to_str().context("path")?;
+    // Warm-up: every token seen once (the broker remembers verified tokens).
+    wrk(&format!("http://{addr}/v1/exchange"), Some(&lua), &[], &Opts { duration: 2, ..o }, &[("TOKENS", tokens_env)])?;
+
+    let cpu0 = proc_cpu(pid);
+    let peak = wrk(&format!("http://{addr}/v1/exchange"), Some(&lua), &[], &o, &[("TOKENS", tokens_env)])?;
+    let cpu_per_exchange = (proc_cpu(pid) - cpu0) / peak.requests.max(1) as u32;
+
+    let bodies: Arc<Vec<String>> = Arc::new(tokens.iter().map(|t| format!(r#"{{"token":"{t}","image":"{image}"}}"#)).collect());
+    let (lat, errors) = rt.block_on(open_loop(format!("http://{addr}/v1/exchange"), bodies, o.rate, Duration::from_secs(o.duration), o.connections))?;
+    ensure!(errors == 0, "{errors} exchanges failed under fixed load");
+    let achieved = lat.len() as f64 / o.duration as f64;
+
+    // /token with a broker credential, and the registry ceiling.
+    let exchange: serde_json::Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/v1/exchange"))
+            .json(&serde_json::json!({"token": tokens[0], "image": image}))
+            .send()
+            .await?
+            .json()
+            .await
+    })?;
+    let password = exchange["password"].as_str().context("exchange gave no password")?;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("pullbroker:{password}"));
+    let token_url = format!("http://{addr}/token?service={SERVICE}&scope=repository:demo/app:pull");
+    let token = wrk(&token_url, None, &[format!("Authorization: Basic {basic}")], &o, &[])?;
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = broker.wait();
+
+    let accept = format!("Accept: {}", pullbroker_registry::manifest::ACCEPT);
+    let ab = Command::new("ab")
+        .args(["-q", "-k", "-i", "-n", "20000", "-c", &o.connections.min(64).to_string(), "-H", &accept])
+        .arg(format!("http://{}/v2/demo/app/manifests/v1", registry.host()))
+        .output()?;
+    let ab_text = String::from_utf8_lossy(&ab.stdout);
+    let ceiling: f64 = ab_text
+        .lines()
+        .find(|l| l.starts_with("Requests per second:"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .context("ab printed no rate")?;
+
+    println!("broker: pullbroker serve (release), {TOKENS} distinct RS256 SA tokens, warm JWKS, wrk -t2 -c{} -d{}s", o.connections, o.duration);
+    println!();
+    println!("{:<52} {:>12} {:>10} {:>10}", "", "req/s", "p50", "p99");
+    println!("{:<52} {:>12.0} {:>10} {:>10}", "/v1/exchange peak (wrk, closed loop)", peak.rps, peak.p50, peak.p99);
+    println!(
+        "{:<52} {:>12.0} {:>10} {:>10}",
+        format!("/v1/exchange at {:.0}/s (open loop)", o.rate),
+        achieved,
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99))
+    );
+    println!("{:<52} {:>12.0} {:>10} {:>10}", "/token with a broker credential (wrk)", token.rps, token.p50, token.p99);
+    println!("{:<52} {:>12.0} {:>10} {:>10}", "registry HEAD ceiling (ab -k -i, same run)", ceiling, "-", "-");
+    println!();
+    println!("broker CPU per exchange at peak: {:.0} µs; one RS256 verification (never-seen token): {:.0} µs", cpu_per_exchange.as_secs_f64() * 1e6, verify_cost.as_secs_f64() * 1e6);
+    println!("exchange peak vs 20,000/s target: {:.2}x", peak.rps / 20_000.0);
+    println!("p99 at {:.0}/s: {} (target < 5 ms)", o.rate, ms(percentile(&lat, 0.99)));
+    println!("/token vs registry HEAD ceiling: {:.1}x (target >= 1x)", token.rps / ceiling);
+    Ok(())
+}
