@@ -35,7 +35,11 @@ struct Opts {
 }
 
 fn opts() -> Result<Opts> {
-    let mut o = Opts { duration: 10, rate: 10_000.0, connections: 64 };
+    let mut o = Opts {
+        duration: 10,
+        rate: 10_000.0,
+        connections: 64,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().context("missing value");
@@ -114,9 +118,20 @@ struct WrkResult {
     requests: u64,
 }
 
-fn wrk(url: &str, script: Option<&Path>, headers: &[String], o: &Opts, env: &[(&str, &str)]) -> Result<WrkResult> {
+fn wrk(
+    url: &str,
+    script: Option<&Path>,
+    headers: &[String],
+    o: &Opts,
+    env: &[(&str, &str)],
+) -> Result<WrkResult> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", &format!("-c{}", o.connections), &format!("-d{}s", o.duration), "--latency"]);
+    cmd.args([
+        "-t2",
+        &format!("-c{}", o.connections),
+        &format!("-d{}s", o.duration),
+        "--latency",
+    ]);
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
@@ -124,11 +139,21 @@ fn wrk(url: &str, script: Option<&Path>, headers: &[String], o: &Opts, env: &[(&
         cmd.args(["-H", h]);
     }
     cmd.arg(url).envs(env.iter().copied());
-    let out = cmd.output().context("cannot run wrk (apt-get install wrk)")?;
+    let out = cmd
+        .output()
+        .context("cannot run wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
-    let field = |prefix: &str| text.lines().find(|l| l.trim_start().starts_with(prefix)).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string());
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    };
     let rps = field("Requests/sec:").context("no Requests/sec")?.parse()?;
     let requests = text
         .lines()
@@ -136,11 +161,22 @@ fn wrk(url: &str, script: Option<&Path>, headers: &[String], o: &Opts, env: &[(&
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    Ok(WrkResult { rps, p50: field("50%").unwrap_or_default(), p99: field("99%").unwrap_or_default(), requests })
+    Ok(WrkResult {
+        rps,
+        p50: field("50%").unwrap_or_default(),
+        p99: field("99%").unwrap_or_default(),
+        requests,
+    })
 }
 
 /// Open-loop load at `rate` for `duration`; latencies from scheduled times.
-async fn open_loop(url: String, bodies: Arc<Vec<String>>, rate: f64, duration: Duration, conns: usize) -> Result<(Vec<Duration>, usize)> {
+async fn open_loop(
+    url: String,
+    bodies: Arc<Vec<String>>,
+    rate: f64,
+    duration: Duration,
+    conns: usize,
+) -> Result<(Vec<Duration>, usize)> {
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let end = start + duration;
     let interval = Duration::from_secs_f64(conns as f64 / rate);
@@ -148,7 +184,11 @@ async fn open_loop(url: String, bodies: Arc<Vec<String>>, rate: f64, duration: D
     for k in 0..conns {
         let (url, bodies) = (url.clone(), bodies.clone());
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).no_proxy().build().unwrap();
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .no_proxy()
+                .build()
+                .unwrap();
             let mut lat = Vec::new();
             let mut errors = 0usize;
             let mut n = 0u32;
@@ -193,15 +233,30 @@ fn ms(d: Duration) -> String {
 
 fn main() -> Result<()> {
     let o = opts()?;
-    pullbroker_testenv::process::require_tools(&["docker-registry", "wrk", "ab"]).map_err(anyhow::Error::msg)?;
-    let bin = std::env::current_exe()?.parent().context("exe dir")?.join("pullbroker");
-    ensure!(bin.is_file(), "build pullbroker first: cargo build --release -p pullbroker");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    pullbroker_testenv::process::require_tools(&["docker-registry", "wrk", "ab"])
+        .map_err(anyhow::Error::msg)?;
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join("pullbroker");
+    ensure!(
+        bin.is_file(),
+        "build pullbroker first: cargo build --release -p pullbroker"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let dir = tempfile::tempdir()?;
 
     // A registry with one manifest, for the HEAD ceiling.
-    let registry = Registry::start(RegistryOptions { name: "bench-ceiling".into(), auth: Auth::Anonymous, tls: None, quiet: true, data_dir: None })
-        .map_err(anyhow::Error::msg)?;
+    let registry = Registry::start(RegistryOptions {
+        name: "bench-ceiling".into(),
+        auth: Auth::Anonymous,
+        tls: None,
+        quiet: true,
+        data_dir: None,
+    })
+    .map_err(anyhow::Error::msg)?;
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();
@@ -217,7 +272,9 @@ fn main() -> Result<()> {
     let addr = format!("127.0.0.1:{port}");
     let config = write_config(dir.path(), &registry.host(), &issuer, port)?;
     let image = format!("{}/demo/app:v1", registry.host());
-    let tokens: Vec<String> = (0..TOKENS).map(|i| issuer.token("team-a", &format!("app-{i}"), "pullbroker")).collect();
+    let tokens: Vec<String> = (0..TOKENS)
+        .map(|i| issuer.token("team-a", &format!("app-{i}"), "pullbroker"))
+        .collect();
     std::fs::write(dir.path().join("tokens.txt"), tokens.join("\n") + "\n")?;
     let lua = dir.path().join("exchange.lua");
     std::fs::write(
@@ -247,7 +304,9 @@ end
             ca_pem: None,
             min_refresh_interval: Duration::from_secs(10),
         };
-        let v = Verifier::new(settings, None).await.map_err(anyhow::Error::msg)?;
+        let v = Verifier::new(settings, None)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let now = pullbroker_testenv::issuer::now();
         let started = Instant::now();
         for t in &tokens {
@@ -261,14 +320,37 @@ end
     let tokens_env = dir.path().join("tokens.txt");
     let tokens_env = tokens_env.to_str().context("path")?;
     // Warm-up: every token seen once (the broker remembers verified tokens).
-    wrk(&format!("http://{addr}/v1/exchange"), Some(&lua), &[], &Opts { duration: 2, ..o }, &[("TOKENS", tokens_env)])?;
+    wrk(
+        &format!("http://{addr}/v1/exchange"),
+        Some(&lua),
+        &[],
+        &Opts { duration: 2, ..o },
+        &[("TOKENS", tokens_env)],
+    )?;
 
     let cpu0 = proc_cpu(pid);
-    let peak = wrk(&format!("http://{addr}/v1/exchange"), Some(&lua), &[], &o, &[("TOKENS", tokens_env)])?;
+    let peak = wrk(
+        &format!("http://{addr}/v1/exchange"),
+        Some(&lua),
+        &[],
+        &o,
+        &[("TOKENS", tokens_env)],
+    )?;
     let cpu_per_exchange = (proc_cpu(pid) - cpu0) / peak.requests.max(1) as u32;
 
-    let bodies: Arc<Vec<String>> = Arc::new(tokens.iter().map(|t| format!(r#"{{"token":"{t}","image":"{image}"}}"#)).collect());
-    let (lat, errors) = rt.block_on(open_loop(format!("http://{addr}/v1/exchange"), bodies, o.rate, Duration::from_secs(o.duration), o.connections))?;
+    let bodies: Arc<Vec<String>> = Arc::new(
+        tokens
+            .iter()
+            .map(|t| format!(r#"{{"token":"{t}","image":"{image}"}}"#))
+            .collect(),
+    );
+    let (lat, errors) = rt.block_on(open_loop(
+        format!("http://{addr}/v1/exchange"),
+        bodies,
+        o.rate,
+        Duration::from_secs(o.duration),
+        o.connections,
+    ))?;
     ensure!(errors == 0, "{errors} exchanges failed under fixed load");
     let achieved = lat.len() as f64 / o.duration as f64;
 
@@ -282,17 +364,38 @@ end
             .json()
             .await
     })?;
-    let password = exchange["password"].as_str().context("exchange gave no password")?;
+    let password = exchange["password"]
+        .as_str()
+        .context("exchange gave no password")?;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("pullbroker:{password}"));
     let token_url = format!("http://{addr}/token?service={SERVICE}&scope=repository:demo/app:pull");
-    let token = wrk(&token_url, None, &[format!("Authorization: Basic {basic}")], &o, &[])?;
+    let token = wrk(
+        &token_url,
+        None,
+        &[format!("Authorization: Basic {basic}")],
+        &o,
+        &[],
+    )?;
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = broker.wait();
 
     let accept = format!("Accept: {}", pullbroker_registry::manifest::ACCEPT);
     let ab = Command::new("ab")
-        .args(["-q", "-k", "-i", "-n", "20000", "-c", &o.connections.min(64).to_string(), "-H", &accept])
-        .arg(format!("http://{}/v2/demo/app/manifests/v1", registry.host()))
+        .args([
+            "-q",
+            "-k",
+            "-i",
+            "-n",
+            "20000",
+            "-c",
+            &o.connections.min(64).to_string(),
+            "-H",
+            &accept,
+        ])
+        .arg(format!(
+            "http://{}/v2/demo/app/manifests/v1",
+            registry.host()
+        ))
         .output()?;
     let ab_text = String::from_utf8_lossy(&ab.stdout);
     let ceiling: f64 = ab_text
@@ -305,7 +408,10 @@ end
     println!("broker: pullbroker serve (release), {TOKENS} distinct RS256 SA tokens, warm JWKS, wrk -t2 -c{} -d{}s", o.connections, o.duration);
     println!();
     println!("{:<52} {:>12} {:>10} {:>10}", "", "req/s", "p50", "p99");
-    println!("{:<52} {:>12.0} {:>10} {:>10}", "/v1/exchange peak (wrk, closed loop)", peak.rps, peak.p50, peak.p99);
+    println!(
+        "{:<52} {:>12.0} {:>10} {:>10}",
+        "/v1/exchange peak (wrk, closed loop)", peak.rps, peak.p50, peak.p99
+    );
     println!(
         "{:<52} {:>12.0} {:>10} {:>10}",
         format!("/v1/exchange at {:.0}/s (open loop)", o.rate),
@@ -313,12 +419,28 @@ end
         ms(percentile(&lat, 0.50)),
         ms(percentile(&lat, 0.99))
     );
-    println!("{:<52} {:>12.0} {:>10} {:>10}", "/token with a broker credential (wrk)", token.rps, token.p50, token.p99);
-    println!("{:<52} {:>12.0} {:>10} {:>10}", "registry HEAD ceiling (ab -k -i, same run)", ceiling, "-", "-");
+    println!(
+        "{:<52} {:>12.0} {:>10} {:>10}",
+        "/token with a broker credential (wrk)", token.rps, token.p50, token.p99
+    );
+    println!(
+        "{:<52} {:>12.0} {:>10} {:>10}",
+        "registry HEAD ceiling (ab -k -i, same run)", ceiling, "-", "-"
+    );
     println!();
     println!("broker CPU per exchange at peak: {:.0} µs; one RS256 verification (never-seen token): {:.0} µs", cpu_per_exchange.as_secs_f64() * 1e6, verify_cost.as_secs_f64() * 1e6);
-    println!("exchange peak vs 20,000/s target: {:.2}x", peak.rps / 20_000.0);
-    println!("p99 at {:.0}/s: {} (target < 5 ms)", o.rate, ms(percentile(&lat, 0.99)));
-    println!("/token vs registry HEAD ceiling: {:.1}x (target >= 1x)", token.rps / ceiling);
+    println!(
+        "exchange peak vs 20,000/s target: {:.2}x",
+        peak.rps / 20_000.0
+    );
+    println!(
+        "p99 at {:.0}/s: {} (target < 5 ms)",
+        o.rate,
+        ms(percentile(&lat, 0.99))
+    );
+    println!(
+        "/token vs registry HEAD ceiling: {:.1}x (target >= 1x)",
+        token.rps / ceiling
+    );
     Ok(())
 }
