@@ -181,7 +181,9 @@ async fn every_failure_exits_non_zero_with_one_token_free_line() {
     let wrong_aud = s.issuer.token("team-a", "app", "registry.example");
     let other_ns = s.issuer.token("team-b", "app", AUDIENCE);
 
-    let cases: Vec<(&str, String, Vec<String>, &str, Option<&str>)> = vec![
+    // (name, stdin, args, expected stderr fragment, secret that must not appear)
+    type Case<'a> = (&'a str, String, Vec<String>, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("broker down", request("v1", &image, Some(&token)), vec!["--broker-url".into(), down], "cannot reach pullbroker", Some(&token)),
         ("broker hangs", request("v1", &image, Some(&token)), vec!["--broker-url".into(), hung_url, "--timeout-seconds".into(), "1".into()], "did not answer within 1s", Some(&token)),
         ("denied", request("v1", &image, Some(&other_ns)), vec!["--broker-url".into(), s.url.clone()], "denied by pullbroker", Some(&other_ns)),
