@@ -1,7 +1,16 @@
 //! Shared helpers for the benchmark binaries: CPU accounting, percentiles,
 //! and seeding a registry through the distribution API.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use pullbroker_broker::keys::SigningKey;
+use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
+
+/// The `service` of the benchmarks' token-issuer credential.
+pub const BENCH_SERVICE: &str = "bench-registry";
 
 /// User+system CPU time of this process or of its waited-for children.
 pub fn cpu(who: libc::c_int) -> Duration {
@@ -109,4 +118,65 @@ pub async fn put_manifest(
         resp.status()
     );
     Ok(())
+}
+
+/// A standalone broker config for benchmarks: one token-issuer credential for
+/// `registry`, one grant for every service account of `team-a` on `demo/**`.
+pub fn write_broker_config(
+    dir: &Path,
+    registry: &str,
+    issuer: &TestIssuer,
+    port: u16,
+) -> Result<PathBuf> {
+    std::fs::write(dir.join("jwks.json"), issuer.jwks())?;
+    let (key, cert) = SigningKey::generate("bench").map_err(anyhow::Error::msg)?;
+    std::fs::write(dir.join("tls.key"), key)?;
+    std::fs::write(dir.join("tls.crt"), cert)?;
+    let config = format!(
+        r#"apiVersion: pullbroker.dev/v1alpha1
+kind: BrokerConfig
+metadata: {{name: bench}}
+spec:
+  listen: 127.0.0.1:{port}
+  serviceAccountIssuer: {{issuer: "{KUBE_ISSUER}", jwksFile: jwks.json}}
+  secretFiles:
+    signer: {{tls.key: tls.key, tls.crt: tls.crt}}
+---
+apiVersion: pullbroker.dev/v1alpha1
+kind: RegistryCredential
+metadata: {{name: corp}}
+spec:
+  registries: ["{registry}"]
+  source: {{tokenIssuer: {{signingKeySecretRef: {{name: signer}}, service: {BENCH_SERVICE}, issuer: pullbroker}}}}
+---
+apiVersion: pullbroker.dev/v1alpha1
+kind: PullGrant
+metadata: {{name: bench}}
+spec:
+  credential: corp
+  subjects: {{namespaces: [team-a], serviceAccounts: ["*"]}}
+  repositories: [demo/**]
+  purposes: [pull, resolve]
+"#
+    );
+    let path = dir.join("broker.yaml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+pub fn start_broker(bin: &Path, config: &Path, addr: &str) -> Result<Child> {
+    let child = Command::new(bin)
+        .args(["serve", "--log", "warn", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start pullbroker serve")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        ensure!(Instant::now() < deadline, "broker did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
 }

@@ -12,20 +12,21 @@
 //! The broker is the real release binary (`pullbroker serve`). Run with
 //! `scripts/bench-broker.sh`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
-use pullbroker_bench::{percentile, proc_cpu, push_blob, put_manifest};
-use pullbroker_broker::keys::SigningKey;
+use pullbroker_bench::{
+    percentile, proc_cpu, push_blob, put_manifest, start_broker, write_broker_config,
+    BENCH_SERVICE as SERVICE,
+};
 use pullbroker_broker::satoken::{IssuerSettings, JwksSource, Verifier};
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use pullbroker_testenv::{fixtures, Auth, Registry, RegistryOptions};
 
-const SERVICE: &str = "bench-registry";
 const TOKENS: usize = 2000;
 
 struct Opts {
@@ -55,60 +56,6 @@ fn opts() -> Result<Opts> {
         }
     }
     Ok(o)
-}
-
-fn write_config(dir: &Path, registry: &str, issuer: &TestIssuer, port: u16) -> Result<PathBuf> {
-    std::fs::write(dir.join("jwks.json"), issuer.jwks())?;
-    let (key, cert) = SigningKey::generate("bench").map_err(anyhow::Error::msg)?;
-    std::fs::write(dir.join("tls.key"), key)?;
-    std::fs::write(dir.join("tls.crt"), cert)?;
-    let config = format!(
-        r#"apiVersion: pullbroker.dev/v1alpha1
-kind: BrokerConfig
-metadata: {{name: bench}}
-spec:
-  listen: 127.0.0.1:{port}
-  serviceAccountIssuer: {{issuer: "{KUBE_ISSUER}", jwksFile: jwks.json}}
-  secretFiles:
-    signer: {{tls.key: tls.key, tls.crt: tls.crt}}
----
-apiVersion: pullbroker.dev/v1alpha1
-kind: RegistryCredential
-metadata: {{name: corp}}
-spec:
-  registries: ["{registry}"]
-  source: {{tokenIssuer: {{signingKeySecretRef: {{name: signer}}, service: {SERVICE}, issuer: pullbroker}}}}
----
-apiVersion: pullbroker.dev/v1alpha1
-kind: PullGrant
-metadata: {{name: bench}}
-spec:
-  credential: corp
-  subjects: {{namespaces: [team-a], serviceAccounts: ["*"]}}
-  repositories: [demo/**]
-  purposes: [pull, resolve]
-"#
-    );
-    let path = dir.join("broker.yaml");
-    std::fs::write(&path, config)?;
-    Ok(path)
-}
-
-fn start_broker(bin: &Path, config: &Path, addr: &str) -> Result<Child> {
-    let child = Command::new(bin)
-        .args(["serve", "--log", "warn", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start pullbroker serve")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        ensure!(Instant::now() < deadline, "broker did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child)
 }
 
 struct WrkResult {
@@ -270,7 +217,7 @@ fn main() -> Result<()> {
     let issuer = TestIssuer::rsa(KUBE_ISSUER);
     let port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
     let addr = format!("127.0.0.1:{port}");
-    let config = write_config(dir.path(), &registry.host(), &issuer, port)?;
+    let config = write_broker_config(dir.path(), &registry.host(), &issuer, port)?;
     let image = format!("{}/demo/app:v1", registry.host());
     let tokens: Vec<String> = (0..TOKENS)
         .map(|i| issuer.token("team-a", &format!("app-{i}"), "pullbroker"))
