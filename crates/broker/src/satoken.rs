@@ -236,6 +236,11 @@ impl Verifier {
         &self.settings
     }
 
+    /// Number of issuer keys loaded (zero means no token can verify).
+    pub fn key_count(&self) -> usize {
+        self.keys.load().by_kid.len()
+    }
+
     /// Fetches the JWKS again. Refreshes caused by unknown `kid`s happen at
     /// most once per `min_refresh_interval` (start-up fetches do not count, so
     /// a key rotated just after start is still picked up at once).

@@ -815,9 +815,16 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     Json(json!({"status": "ok", "configGeneration": status.generation, "lastReloadError": status.last_error})).into_response()
 }
 
+/// Ready when tokens can be verified: the issuer's keys are loaded.
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let _ = &st;
-    (StatusCode::OK, "ok").into_response()
+    match st.verifier.load().key_count() {
+        0 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no service-account issuer keys loaded",
+        )
+            .into_response(),
+        _ => (StatusCode::OK, "ok").into_response(),
+    }
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {

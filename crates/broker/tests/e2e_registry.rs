@@ -325,6 +325,31 @@ async fn token_endpoint_never_widens_scopes() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
+    // The OAuth2 refresh-token grant, with the broker credential as refresh token.
+    let resp = http()
+        .post(format!("{}/token", s.url))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &pass),
+            ("service", SERVICE),
+            ("client_id", "containerd-client"),
+            ("scope", "repository:demo/app:pull"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(access_of(&resp.json().await.unwrap()), pull_only);
+    let resp = http()
+        .post(format!("{}/token", s.url))
+        .form(&[("grant_type", "client_credentials"), ("service", SERVICE)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        400,
+        "unsupported grant types are refused"
+    );
     // An SA token works as the password too (audience-checked).
     let sa = s.issuer.token("team-a", "app", AUDIENCE);
     let resp = http()
@@ -529,4 +554,76 @@ async fn root_cert_bundle_publishes_the_signing_certificate() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(
+        http()
+            .get(format!("{}/readyz", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+}
+
+/// Rotation: a new key signs, the previous one is still published and still
+/// opens credentials issued before the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_rotation_publishes_both_and_signs_with_the_new() {
+    let s = start().await;
+    let (_, old_pass) = exchange_ok(&s, &s.image("demo/app:v1")).await;
+    let (new_key, new_cert) = SigningKey::generate("pullbroker e2e, rotated").unwrap();
+    std::fs::create_dir_all(s.dir.path().join("signer-new")).unwrap();
+    std::fs::write(s.dir.path().join("signer-new/tls.key"), &new_key).unwrap();
+    std::fs::write(s.dir.path().join("signer-new/tls.crt"), &new_cert).unwrap();
+    let config = std::fs::read_to_string(&s.config_path)
+        .unwrap()
+        .replace(
+            "corp-signer: {tls.key: signer/tls.key, tls.crt: signer/tls.crt}",
+            "corp-signer: {tls.key: signer-new/tls.key, tls.crt: signer-new/tls.crt}\n    corp-signer-old: {tls.key: signer/tls.key, tls.crt: signer/tls.crt}",
+        )
+        .replace(
+            "signingKeySecretRef: {name: corp-signer}",
+            "signingKeySecretRef: {name: corp-signer}\n      previousSigningKeySecretRef: {name: corp-signer-old}",
+        );
+    std::fs::write(&s.config_path, config).unwrap();
+    s.broker.reload().await.unwrap();
+    let bundle = http()
+        .get(format!("{}/v1/credentials/corp/rootcertbundle", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        bundle.contains(new_cert.trim()) && bundle.contains(s.cert_pem.trim()),
+        "both certificates are published"
+    );
+    assert!(
+        bundle.find(new_cert.trim()) < bundle.find(s.cert_pem.trim()),
+        "the signing certificate first"
+    );
+    // The credential from before the rotation still gets a token, signed by the new key.
+    let resp = http()
+        .get(format!("{}/token", s.url))
+        .query(&[("service", SERVICE), ("scope", "repository:demo/app:pull")])
+        .basic_auth("pullbroker", Some(&old_pass))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let header_b64 = body["token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_b64).unwrap()).unwrap();
+    assert_eq!(
+        header["kid"],
+        SigningKey::from_pem(&new_key, &new_cert).unwrap().kid
+    );
 }
