@@ -4,9 +4,7 @@
 # curl doing the same exchange as the peer. Argument: number of execs (1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v curl >/dev/null 2>&1; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends curl >/dev/null
-fi
+source scripts/ensure-tools.sh
+ensure_tools curl=curl
 cargo build --release -q -p pullbroker -p pullbroker-credential-provider -p pullbroker-bench
 exec target/release/plugin-bench "$@"

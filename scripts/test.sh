@@ -5,19 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive: real registries and real clients.
-declare -A provides=([docker-registry]=docker-registry [skopeo]=skopeo [containerd]=containerd [ctr]=containerd)
-missing=()
-for tool in "${!provides[@]}"; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("${provides[$tool]}")
-done
-if ((${#missing[@]})); then
-  echo "test.sh: installing ${missing[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# Debian packages the tests drive: real registries and real clients (containerd ships ctr).
+source scripts/ensure-tools.sh
+ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd
 # skopeo refuses to run without a signature policy; containers-common ships one.
 if [ ! -f /etc/containers/policy.json ]; then
   mkdir -p /etc/containers

@@ -46,7 +46,7 @@ impl SigningKey {
         h.update(b"pullbroker/broker-credential/v1\0");
         h.update(key.serialize_der());
         Ok(SigningKey {
-            kid: libtrust_kid(&spki),
+            kid: pullbroker_core::libtrust::key_id(&spki),
             cert_pem: cert_pem.to_string(),
             encoding,
             mac_key: h.finalize().into(),
@@ -74,18 +74,6 @@ impl SigningKey {
     pub(crate) fn mac(&self) -> hmac::Hmac<Sha256> {
         hmac::Hmac::<Sha256>::new_from_slice(&self.mac_key).expect("HMAC takes any key length")
     }
-}
-
-/// docker/libtrust key ID: base32 of the first 240 bits of SHA-256 over the
-/// DER SubjectPublicKeyInfo, 12 groups of 4 joined by ':'.
-pub fn libtrust_kid(spki_der: &[u8]) -> String {
-    let hash = Sha256::digest(spki_der);
-    let b32 = data_encoding::BASE32_NOPAD.encode(&hash[..30]);
-    b32.as_bytes()
-        .chunks(4)
-        .map(|c| std::str::from_utf8(c).expect("base32 is ascii"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn pem_body(pem: &str) -> Option<Vec<u8>> {

@@ -537,28 +537,10 @@ impl AuthPattern {
     }
 }
 
-/// `filepath.Match` for one host label, without character classes.
+/// `filepath.Match` for one host label, without character classes: the same
+/// `*`/`?` wildcard the policy uses for names.
 fn glob_label(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    // Classic two-pointer wildcard match: linear, no recursion.
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    crate::policy::glob::name_matches(pattern, text)
 }
 
 /// A summary of entries for listings: key, kind, user — never secrets.

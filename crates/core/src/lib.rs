@@ -14,6 +14,7 @@
 //!   kubelet's credential matching rules.
 //! - [`secret`]: Kubernetes `Secret` manifests of the docker-config types.
 //! - [`keychain`]: the small trait that hands credentials to a registry client.
+//! - [`libtrust`]: the key IDs docker/distribution registries expect in token headers.
 //! - [`jwt`]: reading (not verifying) a JWT's expiry for display.
 //! - [`policy`]: `RegistryCredential`, `PullGrant` and the decision function.
 
@@ -22,6 +23,7 @@ pub mod digest;
 pub mod dockerconfig;
 pub mod jwt;
 pub mod keychain;
+pub mod libtrust;
 pub mod policy;
 pub mod reference;
 pub mod secret;

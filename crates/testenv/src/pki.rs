@@ -49,20 +49,6 @@ pub fn signing_key(common_name: &str) -> Result<SigningKey, String> {
     Ok(SigningKey {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
-        kid: libtrust_kid(&key.subject_public_key_info()),
+        kid: pullbroker_core::libtrust::key_id(&key.subject_public_key_info()),
     })
-}
-
-/// docker/libtrust key ID: base32 of the first 240 bits of SHA-256 over the
-/// DER SubjectPublicKeyInfo, in 12 groups of 4 joined by ':'. Registry 2.8
-/// matches a token's `kid` against this.
-pub fn libtrust_kid(spki_der: &[u8]) -> String {
-    use sha2::Digest;
-    let hash = sha2::Sha256::digest(spki_der);
-    let b32 = data_encoding::BASE32_NOPAD.encode(&hash[..30]);
-    b32.as_bytes()
-        .chunks(4)
-        .map(|c| std::str::from_utf8(c).expect("ascii"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
