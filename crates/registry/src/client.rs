@@ -379,7 +379,13 @@ impl RegistryClient {
                 })
             }
         }
-        let body = read_limited(resp, MAX_TOKEN_RESPONSE, registry).await?;
+        let body = read_limited(
+            resp,
+            MAX_TOKEN_RESPONSE,
+            registry,
+            self.inner.settings.timeout,
+        )
+        .await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -488,7 +494,7 @@ impl RegistryClient {
         if status != StatusCode::OK {
             let headers = resp.headers().clone();
             let detail = registry_error_detail(
-                read_limited(resp, 64 << 10, &ep.registry)
+                read_limited(resp, 64 << 10, &ep.registry, self.inner.settings.timeout)
                     .await
                     .ok()
                     .as_deref(),
@@ -566,7 +572,13 @@ impl RegistryClient {
                 None => Ok((None, Vec::new())),
             };
         }
-        let body = read_limited(resp, MAX_MANIFEST, &ep.registry).await?;
+        let body = read_limited(
+            resp,
+            MAX_MANIFEST,
+            &ep.registry,
+            self.inner.settings.timeout,
+        )
+        .await?;
         let expected = requested.as_ref().or(claimed.as_ref());
         let actual = match expected {
             Some(e) => e.recompute(&body),
@@ -670,12 +682,13 @@ async fn read_limited(
     mut resp: Response,
     limit: usize,
     registry: &str,
+    timeout: Duration,
 ) -> Result<Vec<u8>, RegistryError> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| from_transport(registry, &e, Duration::ZERO))?
+        .map_err(|e| from_transport(registry, &e, timeout))?
     {
         if body.len() + chunk.len() > limit {
             return Err(RegistryError::Protocol {
