@@ -9,7 +9,6 @@
 //! `exp` is required and `exp`/`nbf`/`iat` get a small leeway (≤ 60 s).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -471,9 +470,4 @@ fn subject_from(c: Claims) -> Result<VerifiedToken, TokenError> {
         node,
         expires_at: c.exp,
     })
-}
-
-/// Loads a JWKS file for [`JwksSource::Static`].
-pub fn read_jwks_file(path: &PathBuf) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read JWKS {}: {e}", path.display()))
 }

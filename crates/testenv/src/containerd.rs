@@ -1,7 +1,7 @@
 //! A real containerd (the runtime kubelet drives) for pull tests, started as
 //! root with the native snapshotter, and `ctr` to drive it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -99,10 +99,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         }
         args.push(image);
         self.ctr(&args)
-    }
-
-    pub fn root(&self) -> &Path {
-        self.dir.path()
     }
 }
 

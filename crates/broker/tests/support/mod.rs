@@ -7,7 +7,6 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use pullbroker_broker::keys::SigningKey;
 use pullbroker_broker::{config, Broker};
@@ -219,5 +218,3 @@ pub fn http() -> reqwest::Client {
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
-
-pub type Shared<T> = Arc<T>;
