@@ -42,6 +42,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Policy dry-run: may this service account pull/resolve/sync that image, and why?
     CanI(cmd::can_i::Args),
+    /// Print the CustomResourceDefinitions (RegistryCredential, PullGrant).
+    Crd(cmd::crd::Args),
     /// Generate a token-issuer signing key (EC P-256) and certificate.
     Keygen(cmd::keygen::Args),
     /// Resolve image references to digests (IMAGE@sha256:…).
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cmd::serve::run(args),
         Command::CanI(args) => cmd::can_i::run(args),
         Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Crd(args) => cmd::crd::run(args),
         Command::Resolve(args) => cmd::resolve::run(args),
         Command::Secret(c) => cmd::secret::run(c),
     };

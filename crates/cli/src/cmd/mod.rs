@@ -1,4 +1,5 @@
 pub mod can_i;
+pub mod crd;
 pub mod keygen;
 pub mod resolve;
 pub mod secret;

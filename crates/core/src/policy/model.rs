@@ -22,9 +22,25 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Which registries a credential covers and where its secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "pullbroker.dev",
+        version = "v1alpha1",
+        kind = "RegistryCredential",
+        shortname = "regcred",
+        status = "RegistryCredentialStatus",
+        printcolumn = r#"{"name":"Registries","type":"string","jsonPath":".spec.registries"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Next Rotation","type":"date","jsonPath":".status.nextRotation"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegistryCredentialSpec {
     /// Registry patterns, `host[:port]`; `*` matches one DNS label.
+    #[schemars(length(min = 1))]
     pub registries: Vec<String>,
     pub source: CredentialSource,
 }
@@ -68,13 +84,32 @@ pub struct TokenIssuer {
 
 /// Who may use which credential, for which repositories and purposes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "pullbroker.dev",
+        version = "v1alpha1",
+        kind = "PullGrant",
+        shortname = "pgrant",
+        status = "PullGrantStatus",
+        printcolumn = r#"{"name":"Credential","type":"string","jsonPath":".spec.credential"}"#,
+        printcolumn = r#"{"name":"Purposes","type":"string","jsonPath":".spec.purposes"}"#,
+        printcolumn = r#"{"name":"Namespaces","type":"integer","jsonPath":".status.selectedNamespaces"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PullGrantSpec {
     /// Name of a RegistryCredential.
+    #[schemars(length(min = 1))]
     pub credential: String,
     pub subjects: Subjects,
     /// Repository globs (`apps/team-a/**`); `*` stays within one path component.
+    #[schemars(length(min = 1))]
     pub repositories: Vec<String>,
+    #[schemars(length(min = 1))]
     pub purposes: Vec<Purpose>,
     /// Longest lifetime of anything issued under this grant (e.g. `15m`; max 12h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +133,7 @@ pub struct Subjects {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
     /// Service account name globs within the selected namespaces.
+    #[schemars(length(min = 1))]
     pub service_accounts: Vec<String>,
 }
 
@@ -181,6 +217,55 @@ impl std::str::FromStr for Purpose {
             other => Err(format!("unknown purpose {other:?} (resolve, pull or sync)")),
         }
     }
+}
+
+/// A status condition, shaped like Kubernetes' `metav1.Condition`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Status of a RegistryCredential, written by the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredentialStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339 times of the last and next refresh of an expiring upstream credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<String>,
+}
+
+/// Status of a PullGrant, written by the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PullGrantStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Namespaces the grant currently selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_namespaces: Option<i64>,
+    /// Set when `allowStaticCopy` makes sync copy a static upstream password.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub static_copy: bool,
 }
 
 /// Parses `15m`, `1h30m`, `90s`.
