@@ -139,4 +139,46 @@ impl TestIssuer {
     pub fn sign_with(&self, header: &Header, claims: &Value) -> String {
         jsonwebtoken::encode(header, claims, &self.key).expect("sign")
     }
+
+    /// What kube-apiserver's TokenReview would say about `token` for
+    /// `audiences`: the user name and the audiences it is valid for, or the
+    /// error text in the API server's wording.
+    pub fn review(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<(String, Vec<String>), String> {
+        let key = jsonwebtoken::DecodingKey::from_jwk(
+            &serde_json::from_value(self.jwk.clone()).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut v = jsonwebtoken::Validation::new(self.alg);
+        v.set_issuer(&[self.issuer.as_str()]);
+        v.validate_aud = false;
+        let data = jsonwebtoken::decode::<Value>(token, &key, &v)
+            .map_err(|_| "[invalid bearer token]".to_string())?;
+        let token_auds: Vec<String> = match &data.claims["aud"] {
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            Value::String(s) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        let wanted: Vec<String> = if audiences.is_empty() {
+            vec!["https://kubernetes.default.svc".to_string()]
+        } else {
+            audiences.to_vec()
+        };
+        let shared: Vec<String> = token_auds
+            .iter()
+            .filter(|a| wanted.contains(a))
+            .cloned()
+            .collect();
+        if shared.is_empty() {
+            return Err(format!("[invalid bearer token, token audiences {token_auds:?} is invalid for the target audiences {wanted:?}]"));
+        }
+        let sub = data.claims["sub"].as_str().unwrap_or_default().to_string();
+        Ok((sub, shared))
+    }
 }

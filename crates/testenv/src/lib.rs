@@ -8,6 +8,7 @@
 //! (`scripts/test.sh`) installs the Debian packages this needs.
 
 pub mod containerd;
+pub mod fakeapi;
 pub mod fixtures;
 pub mod issuer;
 pub mod pki;

@@ -1,0 +1,73 @@
+//! The broker's token verification against the fake API server: OIDC
+//! discovery and JWKS as kube-apiserver serves them, tokens from TokenRequest,
+//! and the online check through TokenReview.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pullbroker_broker::satoken::{IssuerSettings, JwksSource, Verifier};
+use pullbroker_broker::tokenreview::{HttpTokenReview, TokenReviewer};
+use pullbroker_testenv::fakeapi::FakeApi;
+use pullbroker_testenv::issuer::{now, TestIssuer, KUBE_ISSUER};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn tokens_from_token_request_verify_by_discovery_and_review() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!(
+            "{}/api/v1/namespaces/team-a/serviceaccounts",
+            fake.url
+        ))
+        .json(&json!({"metadata": {"name": "app"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let token_for = |audience: &str| {
+        let (http, url) = (http.clone(), fake.url.clone());
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": [audience], "expirationSeconds": 600}});
+        async move {
+            let v: Value = http
+                .post(format!(
+                    "{url}/api/v1/namespaces/team-a/serviceaccounts/app/token"
+                ))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["status"]["token"].as_str().unwrap().to_string()
+        }
+    };
+    let reviewer: Arc<dyn TokenReviewer> =
+        Arc::new(HttpTokenReview::new(&fake.url, "unused".to_string().into(), None).unwrap());
+    let settings = IssuerSettings {
+        issuer: KUBE_ISSUER.into(),
+        audience: "pullbroker".into(),
+        jwks: JwksSource::Discovery(fake.url.clone()),
+        leeway: Duration::from_secs(30),
+        fetch_token: None,
+        ca_pem: None,
+        min_refresh_interval: Duration::from_secs(10),
+    };
+    let verifier = Verifier::new(settings, Some(reviewer)).await.unwrap();
+    let verified = verifier
+        .verify(&token_for("pullbroker").await, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        verified.subject.to_string(),
+        "system:serviceaccount:team-a:app"
+    );
+    assert_eq!(verified.node.as_deref(), Some("node-1"));
+    let err = verifier
+        .verify(&token_for("https://kubernetes.default.svc").await, now())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), "audience");
+}

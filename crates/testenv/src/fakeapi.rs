@@ -1,0 +1,964 @@
+//! A fake Kubernetes API server for tests: real HTTP on loopback that the
+//! real `kube` client talks to, answering as kube-apiserver v1.36 does
+//! (`../shared/kubernetes-facts.md`) for the resources pullbroker uses.
+//!
+//! What it does: get, list (label selectors `=`, `==`, `!=`, `in`, `notin`,
+//! `key`, `!key`; field selectors `metadata.name`, `metadata.namespace`), watch
+//! (from a resourceVersion, ADDED/MODIFIED/DELETED lines, 410 Gone `Status`
+//! for versions older than its history), create (409 AlreadyExists,
+//! `generateName`), replace (409 Conflict on a stale `resourceVersion`), merge
+//! patch, JSON patch, delete (finalizers hold the object with a
+//! `deletionTimestamp`; dependents with an `ownerReference` to it are deleted),
+//! the `/status` subresource (spec and status change independently;
+//! `metadata.generation` follows spec changes), TokenRequest (tokens signed by
+//! a [`TestIssuer`], 422 below 10 minutes), TokenReview (201 with the verdict
+//! in `status`), OIDC discovery and JWKS. Errors are `Status` objects.
+//!
+//! Where it differs from Kubernetes, on purpose or not yet:
+//! - no authentication or authorization: every request is admitted;
+//! - no schema validation or defaulting (CRD schemas are not enforced);
+//! - server-side apply is not implemented yet (no `managedFields`);
+//! - `limit`/`continue` are ignored: lists come back whole;
+//! - resources must be registered ([`FakeApi::RESOURCES`] lists the built-in ones);
+//! - watch history keeps the last 10,000 events; older versions get 410;
+//! - garbage collection is immediate and foreground-like, not by a controller.
+
+// Helpers return a ready `Response` as their error (the axum idiom); it is
+// built once per request, so its size does not matter here.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::issuer::{now, TestIssuer};
+
+/// A resource the server knows: where it lives and what it is.
+#[derive(Debug, Clone)]
+pub struct ResourceType {
+    /// `""` for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+}
+
+impl ResourceType {
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+const HISTORY: usize = 10_000;
+
+#[derive(Clone, Debug)]
+struct Event {
+    rv: u64,
+    resource: String,
+    namespace: String,
+    kind: &'static str,
+    object: Value,
+}
+
+struct Store {
+    rv: u64,
+    /// (resource key, namespace, name) → object
+    objects: BTreeMap<(String, String, String), Value>,
+    history: VecDeque<Event>,
+    uid: u64,
+    requests: BTreeMap<String, usize>,
+}
+
+struct Inner {
+    store: Mutex<Store>,
+    events: broadcast::Sender<Event>,
+    resources: Vec<ResourceType>,
+    issuer: TestIssuer,
+    url: String,
+}
+
+/// The running fake API server.
+pub struct FakeApi {
+    pub url: String,
+    inner: Arc<Inner>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+fn status(code: u16, reason: &str, message: String, details: Value) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "details": details, "code": code});
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+fn rfc3339(t: i64) -> String {
+    // Days-from-civil, to avoid a date crate in test support.
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+impl FakeApi {
+    /// The resources served unless more are registered.
+    pub const RESOURCES: &'static [ResourceType] = &[
+        ResourceType {
+            group: "",
+            version: "v1",
+            plural: "namespaces",
+            kind: "Namespace",
+            namespaced: false,
+        },
+        ResourceType {
+            group: "",
+            version: "v1",
+            plural: "secrets",
+            kind: "Secret",
+            namespaced: true,
+        },
+        ResourceType {
+            group: "",
+            version: "v1",
+            plural: "serviceaccounts",
+            kind: "ServiceAccount",
+            namespaced: true,
+        },
+        ResourceType {
+            group: "",
+            version: "v1",
+            plural: "pods",
+            kind: "Pod",
+            namespaced: true,
+        },
+        ResourceType {
+            group: "",
+            version: "v1",
+            plural: "events",
+            kind: "Event",
+            namespaced: true,
+        },
+        ResourceType {
+            group: "",
+            version: "v1",
+            plural: "configmaps",
+            kind: "ConfigMap",
+            namespaced: true,
+        },
+        ResourceType {
+            group: "coordination.k8s.io",
+            version: "v1",
+            plural: "leases",
+            kind: "Lease",
+            namespaced: true,
+        },
+        ResourceType {
+            group: "pullbroker.dev",
+            version: "v1alpha1",
+            plural: "pullgrants",
+            kind: "PullGrant",
+            namespaced: false,
+        },
+        ResourceType {
+            group: "pullbroker.dev",
+            version: "v1alpha1",
+            plural: "registrycredentials",
+            kind: "RegistryCredential",
+            namespaced: false,
+        },
+    ];
+
+    /// Starts on 127.0.0.1 with its own runtime thread; tokens are signed by `issuer`.
+    pub fn start(issuer: TestIssuer) -> FakeApi {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let url = format!("http://{addr}");
+        let (events, _) = broadcast::channel(HISTORY);
+        let inner = Arc::new(Inner {
+            store: Mutex::new(Store {
+                rv: 100,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                uid: 0,
+                requests: BTreeMap::new(),
+            }),
+            events,
+            resources: Self::RESOURCES.to_vec(),
+            issuer,
+            url: url.clone(),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(inner.clone());
+        let thread = std::thread::Builder::new()
+            .name("fake-apiserver".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    axum::serve(listener, app).await.expect("serve");
+                });
+            })
+            .expect("thread");
+        FakeApi {
+            url,
+            inner,
+            _thread: thread,
+        }
+    }
+
+    /// A kubeconfig pointing at this server (no credentials: it admits everything).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+            self.url
+        )
+    }
+
+    /// Writes (create/replace/patch/delete) handled so far, by verb and resource.
+    pub fn writes(&self) -> BTreeMap<String, usize> {
+        self.inner.store.lock().expect("poisoned").requests.clone()
+    }
+
+    /// Drops watch history older than the newest event, as etcd compaction
+    /// does, so older resourceVersions get 410 Gone.
+    pub fn compact(&self) {
+        let mut s = self.inner.store.lock().expect("poisoned");
+        let keep = s.history.back().cloned();
+        s.history.clear();
+        s.history.extend(keep);
+    }
+}
+
+struct Route {
+    resource: ResourceType,
+    namespace: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn route(inner: &Inner, path: &str) -> Option<Route> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, r, more @ ..] => (ns.to_string(), [&[*r][..], more].concat()),
+        other => (String::new(), other.to_vec()),
+    };
+    let (plural, name, sub) = match rest.as_slice() {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        // `/api/v1/namespaces/NAME` itself.
+        [] if !namespace.is_empty() => ("namespaces", Some(namespace.clone()), None),
+        _ => return None,
+    };
+    let (namespace, name) = if plural == "namespaces" && rest.is_empty() {
+        (String::new(), name)
+    } else {
+        (namespace, name)
+    };
+    let resource = inner
+        .resources
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)?
+        .clone();
+    Some(Route {
+        resource,
+        namespace,
+        name,
+        sub,
+    })
+}
+
+fn query(uri: &Uri) -> BTreeMap<String, String> {
+    uri.query().map(query_pairs).unwrap_or_default()
+}
+
+fn query_pairs(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+/// Percent-decoding of a query component (`+` is a space).
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Label selector semantics of Kubernetes (`,`-separated requirements).
+pub fn labels_match(selector: &str, labels: &Value) -> bool {
+    let get = |k: &str| labels.get(k).and_then(Value::as_str);
+    split_requirements(selector).iter().all(|req| {
+        let req = req.trim();
+        if req.is_empty() {
+            return true;
+        }
+        if let Some((k, vals)) = req.split_once(" notin ") {
+            let vals = set(vals);
+            return get(k.trim()).is_none_or(|v| !vals.contains(&v.to_string()));
+        }
+        if let Some((k, vals)) = req.split_once(" in ") {
+            let vals = set(vals);
+            return get(k.trim()).is_some_and(|v| vals.contains(&v.to_string()));
+        }
+        if let Some((k, v)) = req.split_once("!=") {
+            return get(k.trim()) != Some(v.trim());
+        }
+        if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+            return get(k.trim()) == Some(v.trim());
+        }
+        if let Some(k) = req.strip_prefix('!') {
+            return get(k.trim()).is_none();
+        }
+        get(req).is_some()
+    })
+}
+
+fn set(vals: &str) -> Vec<String> {
+    vals.trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .collect()
+}
+
+/// Splits on commas outside parentheses.
+fn split_requirements(selector: &str) -> Vec<String> {
+    let (mut out, mut cur, mut depth) = (Vec::new(), String::new(), 0);
+    for c in selector.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    out.push(cur);
+    out
+}
+
+fn fields_match(selector: &str, obj: &Value) -> bool {
+    selector.split(',').filter(|r| !r.is_empty()).all(|req| {
+        let (field, want, negate) = match req.split_once("!=") {
+            Some((f, v)) => (f, v, true),
+            None => match req.split_once("==").or_else(|| req.split_once('=')) {
+                Some((f, v)) => (f, v, false),
+                None => return true,
+            },
+        };
+        let got = match field {
+            "metadata.name" => obj["metadata"]["name"].as_str(),
+            "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
+            "spec.serviceAccountName" => obj["spec"]["serviceAccountName"].as_str(),
+            _ => None,
+        };
+        (got == Some(want)) != negate
+    })
+}
+
+fn selected(q: &BTreeMap<String, String>, obj: &Value) -> bool {
+    q.get("labelSelector")
+        .is_none_or(|s| labels_match(s, &obj["metadata"]["labels"]))
+        && q.get("fieldSelector").is_none_or(|s| fields_match(s, obj))
+}
+
+fn key(r: &Route) -> String {
+    format!("{}/{}", r.resource.api_version(), r.resource.plural)
+}
+
+impl Inner {
+    /// Records an event and bumps the object's resourceVersion.
+    fn commit(
+        &self,
+        s: &mut Store,
+        r: &Route,
+        kind_of_event: &'static str,
+        mut obj: Value,
+    ) -> Value {
+        s.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let k = (key(r), r.namespace.clone(), name);
+        if kind_of_event == "DELETED" {
+            s.objects.remove(&k);
+        } else {
+            s.objects.insert(k, obj.clone());
+        }
+        let ev = Event {
+            rv: s.rv,
+            resource: key(r),
+            namespace: r.namespace.clone(),
+            kind: kind_of_event,
+            object: obj.clone(),
+        };
+        s.history.push_back(ev.clone());
+        while s.history.len() > HISTORY {
+            s.history.pop_front();
+        }
+        let _ = self.events.send(ev);
+        obj
+    }
+
+    /// Deletes objects whose ownerReferences point at `uid` (garbage collection).
+    fn collect_garbage(&self, s: &mut Store, uid: &str) {
+        let dependents: Vec<((String, String, String), Value)> = s
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for ((res, ns, _), obj) in dependents {
+            let Some(resource) = self
+                .resources
+                .iter()
+                .find(|r| format!("{}/{}", r.api_version(), r.plural) == res)
+                .cloned()
+            else {
+                continue;
+            };
+            let r = Route {
+                resource,
+                namespace: ns,
+                name: None,
+                sub: None,
+            };
+            let dep_uid = obj["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            self.commit(s, &r, "DELETED", obj);
+            self.collect_garbage(s, &dep_uid);
+        }
+    }
+}
+
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/.well-known/openid-configuration") => {
+            return axum::Json(json!({"issuer": inner.issuer.issuer, "jwks_uri": format!("{}/openid/v1/jwks", inner.url),
+                "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"]}))
+            .into_response()
+        }
+        ("GET", "/openid/v1/jwks") => return ([("content-type", "application/jwk-set+json")], inner.issuer.jwks()).into_response(),
+        ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => return token_review(&inner, &body),
+        _ => {}
+    }
+    let Some(r) = route(&inner, &path) else {
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            json!({}),
+        );
+    };
+    let q = query(&uri);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    match (method.as_str(), &r.name, r.sub.as_deref()) {
+        ("GET", None, _) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            watch(&inner, &r, &q)
+        }
+        ("GET", None, _) => list(&inner, &r, &q),
+        ("GET", Some(_), _) => get(&inner, &r),
+        ("POST", _, Some("token")) if r.resource.plural == "serviceaccounts" => {
+            token_request(&inner, &r, &body)
+        }
+        ("POST", None, _) => create(&inner, &r, &body),
+        ("PUT", Some(_), sub) => replace(&inner, &r, &body, sub == Some("status")),
+        ("PATCH", Some(_), sub) => patch(&inner, &r, &body, &content_type, sub == Some("status")),
+        ("DELETE", Some(_), None) => delete(&inner, &r),
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported on {path}"),
+            json!({}),
+        ),
+    }
+}
+
+fn not_found(r: &Route) -> Response {
+    let name = r.name.clone().unwrap_or_default();
+    status(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", r.resource.plural),
+        json!({"name": name, "kind": r.resource.plural}),
+    )
+}
+
+fn get(inner: &Inner, r: &Route) -> Response {
+    let s = inner.store.lock().expect("poisoned");
+    match s.objects.get(&(
+        key(r),
+        r.namespace.clone(),
+        r.name.clone().unwrap_or_default(),
+    )) {
+        Some(o) => axum::Json(o.clone()).into_response(),
+        None => not_found(r),
+    }
+}
+
+fn list(inner: &Inner, r: &Route, q: &BTreeMap<String, String>) -> Response {
+    let s = inner.store.lock().expect("poisoned");
+    let items: Vec<Value> = s
+        .objects
+        .iter()
+        .filter(|((res, ns, _), o)| {
+            *res == key(r) && (r.namespace.is_empty() || *ns == r.namespace) && selected(q, o)
+        })
+        .map(|(_, o)| o.clone())
+        .collect();
+    axum::Json(
+        json!({"kind": format!("{}List", r.resource.kind), "apiVersion": r.resource.api_version(),
+        "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+    )
+    .into_response()
+}
+
+fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>) -> Response {
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300u64);
+    let mut rx = inner.events.subscribe();
+    let (backlog, oldest) = {
+        let s = inner.store.lock().expect("poisoned");
+        let oldest = s.history.front().map(|e| e.rv).unwrap_or(s.rv);
+        (
+            s.history
+                .iter()
+                .filter(|e| e.rv > from)
+                .cloned()
+                .collect::<Vec<_>>(),
+            oldest,
+        )
+    };
+    let (res, ns, q) = (key(r), r.namespace.clone(), q.clone());
+    let matches = move |e: &Event| {
+        e.resource == res && (ns.is_empty() || e.namespace == ns) && selected(&q, &e.object)
+    };
+    let gone = from != 0 && from + 1 < oldest;
+    let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        let line = |v: Value| Bytes::from(format!("{v}\n"));
+        if gone {
+            let st = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {from} ({oldest})"), "reason": "Expired", "code": 410}});
+            let _ = tx.send(line(st)).await;
+            return;
+        }
+        let mut last = from;
+        for e in backlog.into_iter().filter(|e| matches(e)) {
+            last = e.rv;
+            if tx
+                .send(line(json!({"type": e.kind, "object": e.object})))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                ev = rx.recv() => match ev {
+                    Ok(e) if e.rv > last && matches(&e) => {
+                        last = e.rv;
+                        if tx.send(line(json!({"type": e.kind, "object": e.object}))).await.is_err() { return; }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    let stream = futures::stream::unfold(out, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        status(
+            400,
+            "BadRequest",
+            format!("the body is not JSON: {e}"),
+            json!({}),
+        )
+    })
+}
+
+fn create(inner: &Inner, r: &Route, body: &[u8]) -> Response {
+    let mut obj = match parse_body(body) {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let mut s = inner.store.lock().expect("poisoned");
+    *s.requests
+        .entry(format!("create {}", r.resource.plural))
+        .or_default() += 1;
+    let name = match (
+        obj["metadata"]["name"].as_str(),
+        obj["metadata"]["generateName"].as_str(),
+    ) {
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(prefix)) => {
+            s.uid += 1;
+            format!("{prefix}{:05x}", s.uid)
+        }
+        _ => {
+            return status(
+                422,
+                "Invalid",
+                format!(
+                    "{} is invalid: metadata.name: Required value",
+                    r.resource.kind
+                ),
+                json!({}),
+            )
+        }
+    };
+    if s.objects
+        .contains_key(&(key(r), r.namespace.clone(), name.clone()))
+    {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", r.resource.plural),
+            json!({"name": name, "kind": r.resource.plural}),
+        );
+    }
+    if r.resource.kind == "Secret"
+        && obj["type"] == "kubernetes.io/dockerconfigjson"
+        && obj["data"][".dockerconfigjson"].is_null()
+    {
+        return status(
+            422,
+            "Invalid",
+            format!("Secret \"{name}\" is invalid: data[.dockerconfigjson]: Required value"),
+            json!({"name": name, "kind": "Secret", "causes": [{"reason": "FieldValueRequired", "message": "Required value", "field": "data[.dockerconfigjson]"}]}),
+        );
+    }
+    s.uid += 1;
+    let uid = format!("00000000-0000-4000-8000-{:012x}", s.uid);
+    obj["apiVersion"] = json!(r.resource.api_version());
+    obj["kind"] = json!(r.resource.kind);
+    let meta = &mut obj["metadata"];
+    meta["name"] = json!(name);
+    if r.resource.namespaced {
+        meta["namespace"] = json!(r.namespace);
+    }
+    meta["uid"] = json!(uid);
+    meta["creationTimestamp"] = json!(rfc3339(now()));
+    meta["generation"] = json!(1);
+    let created = inner.commit(&mut s, r, "ADDED", obj);
+    (StatusCode::CREATED, axum::Json(created)).into_response()
+}
+
+/// Applies `new` over `old` honouring the status subresource and generation.
+fn merge_update(old: &Value, mut new: Value, status_only: bool) -> Value {
+    if status_only {
+        let mut out = old.clone();
+        out["status"] = new["status"].take();
+        return out;
+    }
+    // The main resource ignores status changes (status subresource semantics);
+    // spec-like changes bump the generation.
+    new["status"] = old["status"].clone();
+    if new.get("status").is_some_and(Value::is_null) {
+        new.as_object_mut().expect("object").remove("status");
+    }
+    for immutable in ["uid", "creationTimestamp", "namespace", "name"] {
+        new["metadata"][immutable] = old["metadata"][immutable].clone();
+    }
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("metadata");
+            o.remove("status");
+        }
+        v
+    };
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    new["metadata"]["generation"] = json!(if strip(old) != strip(&new) {
+        generation + 1
+    } else {
+        generation
+    });
+    if old["metadata"]["deletionTimestamp"].is_string() {
+        new["metadata"]["deletionTimestamp"] = old["metadata"]["deletionTimestamp"].clone();
+    }
+    new
+}
+
+fn store_update(
+    inner: &Inner,
+    r: &Route,
+    verb: &str,
+    update: impl FnOnce(&Value) -> Result<Value, Response>,
+) -> Response {
+    let mut s = inner.store.lock().expect("poisoned");
+    let k = (
+        key(r),
+        r.namespace.clone(),
+        r.name.clone().unwrap_or_default(),
+    );
+    let Some(old) = s.objects.get(&k).cloned() else {
+        return not_found(r);
+    };
+    let new = match update(&old) {
+        Ok(n) => n,
+        Err(e) => return e,
+    };
+    *s.requests
+        .entry(format!("{verb} {}", r.resource.plural))
+        .or_default() += 1;
+    let name = k.2.clone();
+    if new == old {
+        return axum::Json(old).into_response();
+    }
+    // A finalizer-held object goes once its last finalizer is removed.
+    let finalizers_gone = new["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(|f| f.is_empty());
+    if old["metadata"]["deletionTimestamp"].is_string() && finalizers_gone {
+        let uid = old["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let gone = inner.commit(&mut s, r, "DELETED", new);
+        inner.collect_garbage(&mut s, &uid);
+        let _ = name;
+        return axum::Json(gone).into_response();
+    }
+    axum::Json(inner.commit(&mut s, r, "MODIFIED", new)).into_response()
+}
+
+fn conflict(r: &Route) -> Response {
+    let name = r.name.clone().unwrap_or_default();
+    status(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", r.resource.plural), json!({"name": name, "kind": r.resource.plural}))
+}
+
+fn replace(inner: &Inner, r: &Route, body: &[u8], status_only: bool) -> Response {
+    let new = match parse_body(body) {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    store_update(inner, r, "update", |old| {
+        let rv = new["metadata"]["resourceVersion"].as_str();
+        if rv.is_some_and(|rv| Some(rv) != old["metadata"]["resourceVersion"].as_str()) {
+            return Err(conflict(r));
+        }
+        Ok(merge_update(old, new, status_only))
+    })
+}
+
+fn patch(inner: &Inner, r: &Route, body: &[u8], content_type: &str, status_only: bool) -> Response {
+    let body = match parse_body(body) {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let kind = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    store_update(inner, r, "patch", |old| {
+        let mut target = old.clone();
+        match kind.as_str() {
+            "application/merge-patch+json" | "application/strategic-merge-patch+json" => json_patch::merge(&mut target, &body),
+            "application/json-patch+json" => {
+                let p: json_patch::Patch = serde_json::from_value(body).map_err(|e| status(400, "BadRequest", format!("invalid JSON patch: {e}"), json!({})))?;
+                json_patch::patch(&mut target, &p).map_err(|e| status(422, "Invalid", format!("the JSON patch could not be applied: {e}"), json!({})))?;
+            }
+            other => return Err(status(415, "UnsupportedMediaType", format!("the patch type {other:?} is not supported (server-side apply is not implemented by this fake)"), json!({}))),
+        }
+        let rv = target["metadata"]["resourceVersion"].as_str();
+        if rv.is_some_and(|rv| Some(rv) != old["metadata"]["resourceVersion"].as_str()) {
+            return Err(conflict(r));
+        }
+        Ok(merge_update(old, target, status_only))
+    })
+}
+
+fn delete(inner: &Inner, r: &Route) -> Response {
+    let mut s = inner.store.lock().expect("poisoned");
+    let k = (
+        key(r),
+        r.namespace.clone(),
+        r.name.clone().unwrap_or_default(),
+    );
+    let Some(mut obj) = s.objects.get(&k).cloned() else {
+        return not_found(r);
+    };
+    *s.requests
+        .entry(format!("delete {}", r.resource.plural))
+        .or_default() += 1;
+    if obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+    {
+        if obj["metadata"]["deletionTimestamp"].is_null() {
+            obj["metadata"]["deletionTimestamp"] = json!(rfc3339(now()));
+            obj = inner.commit(&mut s, r, "MODIFIED", obj);
+        }
+        return (StatusCode::ACCEPTED, axum::Json(obj)).into_response();
+    }
+    let uid = obj["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let gone = inner.commit(&mut s, r, "DELETED", obj);
+    inner.collect_garbage(&mut s, &uid);
+    axum::Json(gone).into_response()
+}
+
+fn token_request(inner: &Inner, r: &Route, body: &[u8]) -> Response {
+    let req = match parse_body(body) {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let sa = r.name.clone().unwrap_or_default();
+    let exists = inner
+        .store
+        .lock()
+        .expect("poisoned")
+        .objects
+        .contains_key(&(key(r), r.namespace.clone(), sa.clone()));
+    if !exists {
+        return not_found(r);
+    }
+    let seconds = req["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+    if seconds < 600 {
+        return status(422, "Invalid", "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes".into(), json!({}));
+    }
+    let audience = req["spec"]["audiences"][0]
+        .as_str()
+        .unwrap_or("https://kubernetes.default.svc")
+        .to_string();
+    let token = inner
+        .issuer
+        .sign(&inner.issuer.claims(&r.namespace, &sa, &audience, seconds));
+    let mut out = req.clone();
+    out["status"] = json!({"token": token, "expirationTimestamp": rfc3339(now() + seconds)});
+    (StatusCode::CREATED, axum::Json(out)).into_response()
+}
+
+fn token_review(inner: &Inner, body: &[u8]) -> Response {
+    let req = match parse_body(body) {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let token = req["spec"]["token"].as_str().unwrap_or_default();
+    let audiences: Vec<String> = req["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let verdict = inner.issuer.review(token, &audiences);
+    let mut out = req.clone();
+    out["status"] = match verdict {
+        Ok((username, auds)) => {
+            json!({"authenticated": true, "user": {"username": username, "groups": ["system:serviceaccounts", "system:authenticated"]}, "audiences": auds})
+        }
+        Err(e) => json!({"user": {}, "error": e}),
+    };
+    (StatusCode::CREATED, axum::Json(out)).into_response()
+}

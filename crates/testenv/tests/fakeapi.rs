@@ -1,0 +1,419 @@
+//! The fake API server, driven by the real `kube` client over HTTP.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authentication::v1::{
+    TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client, Config};
+use pullbroker_core::policy::model::{PullGrant, PullGrantStatus};
+use pullbroker_testenv::fakeapi::FakeApi;
+use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
+use serde_json::json;
+
+async fn client(api: &FakeApi) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(&api.kubeconfig()).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+fn api_error(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason),
+        other => panic!("expected an API Status, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn crud_conflicts_selectors_and_patches() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let c = client(&fake).await;
+    let namespaces: Api<Namespace> = Api::all(c.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "team-a", "labels": {"tenant": "a"}}})),
+        )
+        .await
+        .unwrap();
+    namespaces
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "team-b", "labels": {"tenant": "b"}}})),
+        )
+        .await
+        .unwrap();
+    let err = namespaces
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "team-a"}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err), (409, "AlreadyExists".into()));
+    let selected = namespaces
+        .list(&ListParams::default().labels("tenant in (a,c)"))
+        .await
+        .unwrap();
+    assert_eq!(selected.items.len(), 1);
+    assert!(selected
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
+    assert_eq!(
+        namespaces
+            .list(&ListParams::default().labels("tenant!=a"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        namespaces
+            .list(&ListParams::default().fields("metadata.name=team-b"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), "team-a");
+    let sa = sas
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "app"}, "imagePullSecrets": [{"name": "user-own"}]})),
+        )
+        .await
+        .unwrap();
+    let rv = sa.metadata.resource_version.clone().unwrap();
+    // Optimistic concurrency: a JSON patch guarded by resourceVersion (as the
+    // controller edits the atomic imagePullSecrets list).
+    let add = json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, {"op": "add", "path": "/imagePullSecrets/-", "value": {"name": "pullbroker-corp"}}]);
+    let patched = sas
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(add.clone()).unwrap()),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = patched
+        .image_pull_secrets
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["user-own", "pullbroker-corp"]);
+    let stale = sas
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(add).unwrap()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(stale).0, 422, "a failed test op is refused");
+    // Replace with a stale resourceVersion: 409 Conflict.
+    let mut old = sa.clone();
+    old.automount_service_account_token = Some(false);
+    assert_eq!(
+        api_error(
+            sas.replace("app", &PostParams::default(), &old)
+                .await
+                .unwrap_err()
+        ),
+        (409, "Conflict".into())
+    );
+    // Merge patch.
+    let merged = sas
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged.metadata.labels.unwrap()["x"], "y");
+
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), "team-a");
+    let err = secrets
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "bad"}, "type": "kubernetes.io/dockerconfigjson"})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err), (422, "Invalid".into()));
+    assert_eq!(
+        api_error(secrets.get("nope").await.unwrap_err()),
+        (404, "NotFound".into())
+    );
+    sas.delete("app", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_error(sas.get("app").await.unwrap_err()).0, 404);
+    assert_eq!(
+        fake.writes()["create namespaces"],
+        3,
+        "the refused create counts as a write attempt too"
+    );
+}
+
+#[tokio::test]
+async fn status_subresource_and_generation() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let grants: Api<PullGrant> = Api::all(client(&fake).await);
+    let spec = json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["*"]}, "repositories": ["apps/**"], "purposes": ["sync"]});
+    let g = grants
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "team-a"}, "spec": spec})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.metadata.generation, Some(1));
+    let status = PullGrantStatus {
+        observed_generation: Some(1),
+        selected_namespaces: Some(3),
+        ..Default::default()
+    };
+    let g2 = grants
+        .patch_status(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status, "spec": {"credential": "ignored"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        g2.spec.credential, "corp",
+        "the status subresource never changes spec"
+    );
+    assert_eq!(g2.status.unwrap().selected_namespaces, Some(3));
+    assert_eq!(
+        g2.metadata.generation,
+        Some(1),
+        "status writes keep the generation"
+    );
+    let g3 = grants
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"repositories": ["apps/team-a/**"]}, "status": null})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        g3.metadata.generation,
+        Some(2),
+        "spec changes bump the generation"
+    );
+    assert_eq!(
+        g3.status.unwrap().selected_namespaces,
+        Some(3),
+        "the main resource never changes status"
+    );
+}
+
+#[tokio::test]
+async fn watch_streams_changes_and_expires_old_versions() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let c = client(&fake).await;
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), "team-a");
+    let mut events = watcher(
+        secrets.clone(),
+        watcher::Config::default().labels("app=pullbroker"),
+    )
+    .boxed();
+    // The initial list completes before we write, so the write is a watch event.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(watcher::Event::InitDone) => break,
+            _ => continue,
+        }
+    }
+    secrets
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "unrelated"}})),
+        )
+        .await
+        .unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "ours", "labels": {"app": "pullbroker"}}})),
+        )
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match ev {
+        watcher::Event::Apply(s) => assert_eq!(
+            s.metadata.name.as_deref(),
+            Some("ours"),
+            "label selectors filter the watch"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    secrets
+        .delete("ours", &DeleteParams::default())
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, watcher::Event::Delete(_)), "{ev:?}");
+
+    // After compaction a watch from an old resourceVersion gets 410 Expired.
+    let old_rv = "101";
+    secrets
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "later"}})),
+        )
+        .await
+        .unwrap();
+    fake.compact();
+    let mut stream = secrets
+        .watch(&kube::api::WatchParams::default(), old_rv)
+        .await
+        .unwrap()
+        .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match first {
+        kube::api::WatchEvent::Error(e) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"))
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn finalizers_hold_and_owners_collect() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let secrets: Api<Secret> = Api::namespaced(client(&fake).await, "team-a");
+    let owner = secrets
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "owner", "finalizers": ["pullbroker.dev/cleanup"]}})),
+        )
+        .await
+        .unwrap();
+    let uid = owner.metadata.uid.unwrap();
+    secrets
+        .create(&PostParams::default(), &obj(json!({"metadata": {"name": "dependent", "ownerReferences": [{"apiVersion": "v1", "kind": "Secret", "name": "owner", "uid": uid}]}})))
+        .await
+        .unwrap();
+    secrets
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = secrets.get("owner").await.unwrap();
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "held by its finalizer"
+    );
+    assert!(secrets.get("dependent").await.is_ok());
+    secrets
+        .patch(
+            "owner",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(api_error(secrets.get("owner").await.unwrap_err()).0, 404);
+    assert_eq!(
+        api_error(secrets.get("dependent").await.unwrap_err()).0,
+        404,
+        "garbage collected"
+    );
+}
+
+#[tokio::test]
+async fn token_request_and_token_review_answer_like_kube_apiserver() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let c = client(&fake).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), "team-a");
+    sas.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "app"}})),
+    )
+    .await
+    .unwrap();
+    let request = |seconds: i64| TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["pullbroker".into()],
+            expiration_seconds: Some(seconds),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = sas
+        .create_token_request("app", &PostParams::default(), &request(300))
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err).0, 422, "less than 10 minutes is refused");
+    let issued = sas
+        .create_token_request("app", &PostParams::default(), &request(600))
+        .await
+        .unwrap();
+    let token = issued.status.unwrap().token;
+    let reviews: Api<TokenReview> = Api::all(c);
+    let review = |token: String, audience: &str| TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token),
+            audiences: Some(vec![audience.to_string()]),
+        },
+        ..Default::default()
+    };
+    let ok = reviews
+        .create(&PostParams::default(), &review(token.clone(), "pullbroker"))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(ok.authenticated, Some(true));
+    assert_eq!(
+        ok.user.unwrap().username.as_deref(),
+        Some("system:serviceaccount:team-a:app")
+    );
+    let bad = reviews
+        .create(&PostParams::default(), &review(token, "other"))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(bad.authenticated, None);
+    assert!(bad
+        .error
+        .unwrap()
+        .contains("is invalid for the target audiences"));
+}
