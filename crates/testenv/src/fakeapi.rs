@@ -7,7 +7,9 @@
 //! (from a resourceVersion, ADDED/MODIFIED/DELETED lines, 410 Gone `Status`
 //! for versions older than its history), create (409 AlreadyExists,
 //! `generateName`), replace (409 Conflict on a stale `resourceVersion`), merge
-//! patch, JSON patch, delete (finalizers hold the object with a
+//! patch, JSON patch, server-side apply (field managers in `managedFields`,
+//! 409 conflicts on fields another manager owns unless `force`, atomic lists,
+//! ownership moving to whoever last changed a field), delete (finalizers hold the object with a
 //! `deletionTimestamp`; dependents with an `ownerReference` to it are deleted),
 //! the `/status` subresource (spec and status change independently;
 //! `metadata.generation` follows spec changes), TokenRequest (tokens signed by
@@ -17,7 +19,8 @@
 //! Where it differs from Kubernetes, on purpose or not yet:
 //! - no authentication or authorization: every request is admitted;
 //! - no schema validation or defaulting (CRD schemas are not enforced);
-//! - server-side apply is not implemented yet (no `managedFields`);
+//! - server-side apply keeps `managedFields` but treats every list as atomic
+//!   (lists with merge keys, like `containers`, are merged by key upstream);
 //! - `limit`/`continue` are ignored: lists come back whole;
 //! - resources must be registered ([`FakeApi::RESOURCES`] lists the built-in ones);
 //! - watch history keeps the last 10,000 events; older versions get 410;
@@ -547,8 +550,13 @@ async fn handle(
             token_request(&inner, &r, &body)
         }
         ("POST", None, _) => create(&inner, &r, &body),
-        ("PUT", Some(_), sub) => replace(&inner, &r, &body, sub == Some("status")),
-        ("PATCH", Some(_), sub) => patch(&inner, &r, &body, &content_type, sub == Some("status")),
+        ("PUT", Some(_), sub) => replace(&inner, &r, &body, sub == Some("status"), &q),
+        ("PATCH", Some(_), sub) if content_type.starts_with("application/apply-patch") => {
+            apply(&inner, &r, &body, &q, sub == Some("status"))
+        }
+        ("PATCH", Some(_), sub) => {
+            patch(&inner, &r, &body, &content_type, sub == Some("status"), &q)
+        }
         ("DELETE", Some(_), None) => delete(&inner, &r),
         _ => status(
             405,
@@ -761,7 +769,13 @@ fn merge_update(old: &Value, mut new: Value, status_only: bool) -> Value {
     if new.get("status").is_some_and(Value::is_null) {
         new.as_object_mut().expect("object").remove("status");
     }
-    for immutable in ["uid", "creationTimestamp", "namespace", "name"] {
+    for immutable in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "managedFields",
+    ] {
         new["metadata"][immutable] = old["metadata"][immutable].clone();
     }
     let strip = |v: &Value| {
@@ -788,6 +802,7 @@ fn store_update(
     inner: &Inner,
     r: &Route,
     verb: &str,
+    manager: &str,
     update: impl FnOnce(&Value) -> Result<Value, Response>,
 ) -> Response {
     let mut s = inner.store.lock().expect("poisoned");
@@ -799,10 +814,11 @@ fn store_update(
     let Some(old) = s.objects.get(&k).cloned() else {
         return not_found(r);
     };
-    let new = match update(&old) {
+    let mut new = match update(&old) {
         Ok(n) => n,
         Err(e) => return e,
     };
+    record_update(&old, &mut new, manager);
     *s.requests
         .entry(format!("{verb} {}", r.resource.plural))
         .or_default() += 1;
@@ -832,12 +848,18 @@ fn conflict(r: &Route) -> Response {
     status(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", r.resource.plural), json!({"name": name, "kind": r.resource.plural}))
 }
 
-fn replace(inner: &Inner, r: &Route, body: &[u8], status_only: bool) -> Response {
+fn replace(
+    inner: &Inner,
+    r: &Route,
+    body: &[u8],
+    status_only: bool,
+    q: &BTreeMap<String, String>,
+) -> Response {
     let new = match parse_body(body) {
         Ok(o) => o,
         Err(e) => return e,
     };
-    store_update(inner, r, "update", |old| {
+    store_update(inner, r, "update", &manager_of(q), |old| {
         let rv = new["metadata"]["resourceVersion"].as_str();
         if rv.is_some_and(|rv| Some(rv) != old["metadata"]["resourceVersion"].as_str()) {
             return Err(conflict(r));
@@ -846,7 +868,14 @@ fn replace(inner: &Inner, r: &Route, body: &[u8], status_only: bool) -> Response
     })
 }
 
-fn patch(inner: &Inner, r: &Route, body: &[u8], content_type: &str, status_only: bool) -> Response {
+fn patch(
+    inner: &Inner,
+    r: &Route,
+    body: &[u8],
+    content_type: &str,
+    status_only: bool,
+    q: &BTreeMap<String, String>,
+) -> Response {
     let body = match parse_body(body) {
         Ok(o) => o,
         Err(e) => return e,
@@ -857,15 +886,38 @@ fn patch(inner: &Inner, r: &Route, body: &[u8], content_type: &str, status_only:
         .unwrap_or("")
         .trim()
         .to_string();
-    store_update(inner, r, "patch", |old| {
+    store_update(inner, r, "patch", &manager_of(q), |old| {
         let mut target = old.clone();
         match kind.as_str() {
-            "application/merge-patch+json" | "application/strategic-merge-patch+json" => json_patch::merge(&mut target, &body),
-            "application/json-patch+json" => {
-                let p: json_patch::Patch = serde_json::from_value(body).map_err(|e| status(400, "BadRequest", format!("invalid JSON patch: {e}"), json!({})))?;
-                json_patch::patch(&mut target, &p).map_err(|e| status(422, "Invalid", format!("the JSON patch could not be applied: {e}"), json!({})))?;
+            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                json_patch::merge(&mut target, &body)
             }
-            other => return Err(status(415, "UnsupportedMediaType", format!("the patch type {other:?} is not supported (server-side apply is not implemented by this fake)"), json!({}))),
+            "application/json-patch+json" => {
+                let p: json_patch::Patch = serde_json::from_value(body).map_err(|e| {
+                    status(
+                        400,
+                        "BadRequest",
+                        format!("invalid JSON patch: {e}"),
+                        json!({}),
+                    )
+                })?;
+                json_patch::patch(&mut target, &p).map_err(|e| {
+                    status(
+                        422,
+                        "Invalid",
+                        format!("the JSON patch could not be applied: {e}"),
+                        json!({}),
+                    )
+                })?;
+            }
+            other => {
+                return Err(status(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the patch type {other:?} is not supported"),
+                    json!({}),
+                ))
+            }
         }
         let rv = target["metadata"]["resourceVersion"].as_str();
         if rv.is_some_and(|rv| Some(rv) != old["metadata"]["resourceVersion"].as_str()) {
@@ -961,4 +1013,329 @@ fn token_review(inner: &Inner, body: &[u8]) -> Response {
         Err(e) => json!({"user": {}, "error": e}),
     };
     (StatusCode::CREATED, axum::Json(out)).into_response()
+}
+
+// ---- Server-side apply ------------------------------------------------------
+//
+// Field ownership is kept in `metadata.managedFields` (FieldsV1), as the API
+// server does. Simplifications: maps recurse; every list is atomic (owned
+// whole, as `ServiceAccount.imagePullSecrets` is on a real server; lists with
+// merge keys such as `containers` are atomic here too).
+
+/// Metadata the server owns; never part of a field set.
+const SERVER_FIELDS: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "deletionTimestamp",
+];
+
+type FieldPath = Vec<String>;
+
+fn manager_of(q: &BTreeMap<String, String>) -> String {
+    q.get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Leaf paths of an object (maps recurse, lists and scalars are leaves).
+fn leaf_paths(v: &Value, prefix: &mut FieldPath, out: &mut Vec<FieldPath>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                let top = prefix.is_empty();
+                if top && (k == "apiVersion" || k == "kind") {
+                    continue;
+                }
+                if prefix.len() == 1
+                    && prefix[0] == "metadata"
+                    && SERVER_FIELDS.contains(&k.as_str())
+                {
+                    continue;
+                }
+                prefix.push(k.clone());
+                leaf_paths(child, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => {
+            if !prefix.is_empty() {
+                out.push(prefix.clone());
+            }
+        }
+    }
+}
+
+fn paths_of(v: &Value) -> Vec<FieldPath> {
+    let mut out = Vec::new();
+    leaf_paths(v, &mut Vec::new(), &mut out);
+    out
+}
+
+fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, k| cur.get(k))
+}
+
+fn set_path(v: &mut Value, path: &[String], value: Value) {
+    let mut cur = v;
+    for k in &path[..path.len() - 1] {
+        if !cur.get(k).is_some_and(Value::is_object) {
+            cur[k.as_str()] = json!({});
+        }
+        cur = cur.get_mut(k).expect("just made");
+    }
+    cur[path[path.len() - 1].as_str()] = value;
+}
+
+fn remove_path(v: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = v;
+    for k in parents {
+        match cur.get_mut(k) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+    if let Some(m) = cur.as_object_mut() {
+        m.remove(last);
+    }
+}
+
+fn to_fields_v1(paths: &[FieldPath]) -> Value {
+    let mut root = json!({});
+    for p in paths {
+        let keyed: Vec<String> = p.iter().map(|k| format!("f:{k}")).collect();
+        set_path(&mut root, &keyed, json!({}));
+    }
+    root
+}
+
+fn from_fields_v1(v: &Value) -> Vec<FieldPath> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, prefix: &mut FieldPath, out: &mut Vec<FieldPath>) {
+        let m = v.as_object().filter(|m| !m.is_empty());
+        match m {
+            None => out.push(prefix.clone()),
+            Some(m) => {
+                for (k, child) in m {
+                    prefix.push(k.trim_start_matches("f:").to_string());
+                    walk(child, prefix, out);
+                    prefix.pop();
+                }
+            }
+        }
+    }
+    walk(v, &mut Vec::new(), &mut out);
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// (manager, operation, paths) from `metadata.managedFields`.
+fn managed(obj: &Value) -> Vec<(String, String, Vec<FieldPath>)> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    (
+                        e["manager"].as_str().unwrap_or("").to_string(),
+                        e["operation"].as_str().unwrap_or("").to_string(),
+                        from_fields_v1(&e["fieldsV1"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write_managed(obj: &mut Value, entries: &[(String, String, Vec<FieldPath>)]) {
+    let api_version = obj["apiVersion"].clone();
+    let list: Vec<Value> = entries
+        .iter()
+        .filter(|(_, _, paths)| !paths.is_empty())
+        .map(|(m, op, paths)| json!({"manager": m, "operation": op, "apiVersion": api_version, "time": rfc3339(now()), "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(paths)}))
+        .collect();
+    if list.is_empty() {
+        if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.remove("managedFields");
+        }
+    } else {
+        obj["metadata"]["managedFields"] = Value::Array(list);
+    }
+}
+
+/// Does `a` overlap `b` (one is a prefix of the other)?
+fn overlaps(a: &[String], b: &[String]) -> bool {
+    let n = a.len().min(b.len());
+    a[..n] == b[..n]
+}
+
+/// A non-apply write: the fields it changed now belong to `manager` (Update).
+fn record_update(old: &Value, new: &mut Value, manager: &str) {
+    let changed: Vec<FieldPath> = {
+        let mut all = paths_of(old);
+        all.extend(paths_of(new));
+        all.sort();
+        all.dedup();
+        all.into_iter()
+            .filter(|p| lookup(old, p) != lookup(new, p))
+            .collect()
+    };
+    if changed.is_empty() {
+        return;
+    }
+    let mut entries = managed(old);
+    for (_, _, paths) in entries.iter_mut() {
+        paths.retain(|p| !changed.iter().any(|c| overlaps(p, c)));
+    }
+    let present: Vec<FieldPath> = changed
+        .into_iter()
+        .filter(|p| lookup(new, p).is_some())
+        .collect();
+    match entries
+        .iter_mut()
+        .find(|(m, op, _)| m == manager && op == "Update")
+    {
+        Some((_, _, paths)) => paths.extend(present),
+        None => entries.push((manager.to_string(), "Update".to_string(), present)),
+    }
+    write_managed(new, &entries);
+}
+
+fn apply(
+    inner: &Inner,
+    r: &Route,
+    body: &[u8],
+    q: &BTreeMap<String, String>,
+    status_only: bool,
+) -> Response {
+    let Some(manager) = q.get("fieldManager").cloned() else {
+        return status(400, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(), json!({}));
+    };
+    let force = q.get("force").is_some_and(|f| f == "true");
+    let applied: Value =
+        match serde_json::from_slice(body).or_else(|_| serde_yaml::from_slice::<Value>(body)) {
+            Ok(v) => v,
+            Err(e) => {
+                return status(
+                    400,
+                    "BadRequest",
+                    format!("the apply body is not JSON or YAML: {e}"),
+                    json!({}),
+                )
+            }
+        };
+    let mut applied_paths = paths_of(&applied);
+    if status_only {
+        applied_paths.retain(|p| p.first().is_some_and(|k| k == "status"));
+    } else {
+        applied_paths.retain(|p| p.first().is_none_or(|k| k != "status"));
+    }
+    let exists = {
+        let s = inner.store.lock().expect("poisoned");
+        s.objects.contains_key(&(
+            key(r),
+            r.namespace.clone(),
+            r.name.clone().unwrap_or_default(),
+        ))
+    };
+    if !exists {
+        let mut obj = applied.clone();
+        obj["metadata"]["name"] = json!(r.name.clone().unwrap_or_default());
+        write_managed(&mut obj, &[(manager, "Apply".into(), applied_paths)]);
+        let resp = create(inner, r, &serde_json::to_vec(&obj).expect("json"));
+        let mut s = inner.store.lock().expect("poisoned");
+        *s.requests
+            .entry(format!("apply {}", r.resource.plural))
+            .or_default() += 1;
+        return resp;
+    }
+    let mut s = inner.store.lock().expect("poisoned");
+    *s.requests
+        .entry(format!("apply {}", r.resource.plural))
+        .or_default() += 1;
+    let k = (
+        key(r),
+        r.namespace.clone(),
+        r.name.clone().unwrap_or_default(),
+    );
+    let old = s.objects.get(&k).cloned().expect("checked");
+    let mut entries = managed(&old);
+    // Conflicts: another manager owns a field this apply sets to another value.
+    let mut conflicts = Vec::new();
+    for (m, _, paths) in &entries {
+        if *m == manager {
+            continue;
+        }
+        for p in paths {
+            if let Some(a) = applied_paths.iter().find(|a| overlaps(a, p)) {
+                if lookup(&old, a) != lookup(&applied, a) {
+                    conflicts.push((m.clone(), format!(".{}", a.join("."))));
+                }
+            }
+        }
+    }
+    conflicts.sort();
+    conflicts.dedup();
+    if !conflicts.is_empty() && !force {
+        let fields: Vec<String> = conflicts
+            .iter()
+            .map(|(m, f)| format!("conflict with \"{m}\": {f}"))
+            .collect();
+        let causes: Vec<Value> = conflicts.iter().map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": f})).collect();
+        let n = conflicts.len();
+        let plural = if n == 1 { "" } else { "s" };
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Apply failed with {n} conflict{plural}: {}",
+                fields.join(", ")
+            ),
+            json!({"causes": causes}),
+        );
+    }
+    let mut new = old.clone();
+    // Fields this manager applied before and no longer applies are removed,
+    // unless someone else also owns them.
+    let previous: Vec<FieldPath> = entries
+        .iter()
+        .filter(|(m, op, _)| *m == manager && op == "Apply")
+        .flat_map(|(_, _, p)| p.clone())
+        .collect();
+    for p in previous.iter().filter(|p| !applied_paths.contains(p)) {
+        let shared = entries
+            .iter()
+            .any(|(m, _, paths)| *m != manager && paths.iter().any(|q| overlaps(q, p)));
+        if !shared {
+            remove_path(&mut new, p);
+        }
+    }
+    for p in &applied_paths {
+        if let Some(v) = lookup(&applied, p) {
+            set_path(&mut new, p, v.clone());
+        }
+    }
+    // Ownership: this manager's Apply set is exactly what it applied; forced
+    // fields leave their previous owners.
+    for (m, _, paths) in entries.iter_mut() {
+        if *m != manager {
+            paths.retain(|p| !applied_paths.iter().any(|a| overlaps(a, p)));
+        }
+    }
+    entries.retain(|(m, op, _)| !(*m == manager && op == "Apply"));
+    entries.push((manager, "Apply".into(), applied_paths));
+    let mut new = merge_update(&old, new, status_only);
+    write_managed(&mut new, &entries);
+    if new == old {
+        return axum::Json(old).into_response();
+    }
+    axum::Json(inner.commit(&mut s, r, "MODIFIED", new)).into_response()
 }

@@ -417,3 +417,166 @@ async fn token_request_and_token_review_answer_like_kube_apiserver() {
         .unwrap()
         .contains("is invalid for the target audiences"));
 }
+
+/// Server-side apply as `kubernetes-facts.md` records kube-apiserver v1.36 doing it.
+#[tokio::test]
+async fn server_side_apply_owns_fields_and_conflicts() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let c = client(&fake).await;
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), "team-a");
+    let ours = |label: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pullbroker-corp", "labels": {"x": label, "app.kubernetes.io/managed-by": "pullbroker"}}, "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}});
+    let applied = secrets
+        .patch(
+            "pullbroker-corp",
+            &PatchParams::apply("pullbroker"),
+            &Patch::Apply(ours("a")),
+        )
+        .await
+        .unwrap();
+    let fields = applied.metadata.managed_fields.clone().unwrap();
+    assert_eq!(
+        (fields[0].manager.as_deref(), fields[0].operation.as_deref()),
+        (Some("pullbroker"), Some("Apply"))
+    );
+    let rv = applied.metadata.resource_version.clone();
+    // The same apply again changes nothing.
+    let again = secrets
+        .patch(
+            "pullbroker-corp",
+            &PatchParams::apply("pullbroker"),
+            &Patch::Apply(ours("a")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.resource_version, rv,
+        "no write when nothing changed"
+    );
+    // Another manager setting a field we own to another value: 409 with causes.
+    let theirs = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pullbroker-corp", "labels": {"x": "b"}}});
+    let err = secrets
+        .patch(
+            "pullbroker-corp",
+            &PatchParams::apply("kubectl"),
+            &Patch::Apply(theirs.clone()),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+            assert_eq!(
+                s.message,
+                "Apply failed with 1 conflict: conflict with \"pullbroker\": .metadata.labels.x"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    // Forced, the field changes hands.
+    let forced = secrets
+        .patch(
+            "pullbroker-corp",
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(theirs),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.metadata.labels.unwrap()["x"], "b");
+    // A field we stop applying (and nobody else owns) is removed.
+    let fewer = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pullbroker-corp"}, "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}});
+    let s2 = secrets
+        .patch(
+            "pullbroker-corp",
+            &PatchParams::apply("pullbroker"),
+            &Patch::Apply(fewer),
+        )
+        .await
+        .unwrap();
+    let labels = s2.metadata.labels.unwrap_or_default();
+    assert!(
+        !labels.contains_key("app.kubernetes.io/managed-by"),
+        "{labels:?}"
+    );
+    assert_eq!(labels["x"], "b", "kubectl's field stays");
+    // Apply needs a field manager.
+    let resp = reqwest_like_apply(&fake.url).await;
+    assert_eq!(resp, 400);
+}
+
+/// `ServiceAccount.imagePullSecrets` is atomic: after a user's JSON patch adds
+/// an entry, the list belongs to the user, and re-applying without it does not
+/// remove our entry (observed on kube-apiserver v1.36).
+#[tokio::test]
+async fn image_pull_secrets_are_an_atomic_list() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let sas: Api<ServiceAccount> = Api::namespaced(client(&fake).await, "team-a");
+    let with_ours = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}, "imagePullSecrets": [{"name": "pullbroker-corp"}]});
+    sas.patch(
+        "app",
+        &PatchParams::apply("pullbroker"),
+        &Patch::Apply(with_ours),
+    )
+    .await
+    .unwrap();
+    let add = json!([{"op": "add", "path": "/imagePullSecrets/-", "value": {"name": "user-own"}}]);
+    let patched = sas
+        .patch(
+            "app",
+            &PatchParams {
+                field_manager: Some("kubectl-patch".into()),
+                ..Default::default()
+            },
+            &Patch::Json::<()>(serde_json::from_value(add).unwrap()),
+        )
+        .await
+        .unwrap();
+    let owners: Vec<(String, String)> = patched
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.manager.unwrap(), f.operation.unwrap()))
+        .collect();
+    assert!(
+        owners.contains(&("kubectl-patch".into(), "Update".into())),
+        "{owners:?}"
+    );
+    let without =
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}});
+    let after = sas
+        .patch(
+            "app",
+            &PatchParams::apply("pullbroker"),
+            &Patch::Apply(without),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = after
+        .image_pull_secrets
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["pullbroker-corp", "user-own"],
+        "the applier no longer owns the list"
+    );
+}
+
+async fn reqwest_like_apply(url: &str) -> u16 {
+    // kube always sends a field manager for Apply, so use a raw request.
+    let body = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#;
+    let mut stream = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let req = format!(
+        "PATCH /api/v1/namespaces/team-a/secrets/pullbroker-corp HTTP/1.1\r\nHost: x\r\nContent-Type: application/apply-patch+yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
