@@ -15,6 +15,7 @@
 //! - [`secret`]: Kubernetes `Secret` manifests of the docker-config types.
 //! - [`keychain`]: the small trait that hands credentials to a registry client.
 //! - [`libtrust`]: the key IDs docker/distribution registries expect in token headers.
+//! - [`sync`]: sync mode's desired state and plan (the controller's decisions, no I/O).
 //! - [`jwt`]: reading (not verifying) a JWT's expiry for display.
 //! - [`policy`]: `RegistryCredential`, `PullGrant` and the decision function.
 
@@ -27,6 +28,7 @@ pub mod libtrust;
 pub mod policy;
 pub mod reference;
 pub mod secret;
+pub mod sync;
 
 pub use credential::Credential;
 pub use digest::Digest;

@@ -1,0 +1,625 @@
+//! Sync mode's decisions, with no I/O: from the policy and what is observed in
+//! the cluster, the managed pull secrets and service-account references that
+//! should exist, and the actions that get there.
+//!
+//! The controller (a kube-runtime adapter) observes, calls [`plan`], and
+//! carries out the [`Action`]s; everything that can be decided without the API
+//! server is decided here, so it is tested exhaustively. Rules:
+//!
+//! - one managed secret per (grant with purpose `sync`, selected namespace),
+//!   named [`secret_name`], labelled [`MANAGED_BY`]/[`GRANT_LABEL`];
+//! - it is referenced from the `imagePullSecrets` of every service account of
+//!   that namespace the grant's subjects select — only our own entry is ever
+//!   added or removed, users' entries are never touched;
+//! - a secret is rotated once `rotate_after` of its lifetime has passed;
+//! - secrets without our label are never deleted, whatever their name;
+//! - a static upstream password (a `secretRef` credential) is synced only when
+//!   the grant sets `allowStaticCopy`; otherwise the grant is reported blocked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::policy::decide::Policy;
+use crate::policy::glob::name_matches;
+use crate::policy::model::{PullGrantSpec, Purpose};
+
+/// Label on every object pullbroker manages.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "pullbroker");
+/// Label naming the grant a managed secret serves.
+pub const GRANT_LABEL: &str = "pullbroker.dev/grant";
+
+/// The managed secret's name for `grant`: `pullbroker-<grant>`, shortened with
+/// a hash when the grant name is long (Secret names are DNS subdomains ≤ 253).
+pub fn secret_name(grant: &str) -> String {
+    let name = format!("pullbroker-{grant}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash = hex::encode(&Sha256::digest(grant.as_bytes())[..6]);
+    format!("{}-{hash}", &name[..240])
+}
+
+/// A namespace as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedNamespace {
+    pub name: String,
+    /// Being deleted: nothing new is written there.
+    pub terminating: bool,
+}
+
+/// A service account as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedServiceAccount {
+    pub namespace: String,
+    pub name: String,
+    pub image_pull_secrets: Vec<String>,
+}
+
+/// A secret carrying our label, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedSecret {
+    pub namespace: String,
+    pub name: String,
+    pub grant: String,
+    /// When its credential was issued and expires (seconds since the epoch).
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub namespaces: Vec<ObservedNamespace>,
+    pub service_accounts: Vec<ObservedServiceAccount>,
+    /// Only secrets labelled [`MANAGED_BY`]; unmanaged ones are never listed.
+    pub managed_secrets: Vec<ObservedSecret>,
+}
+
+/// What a managed secret must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredSecret {
+    pub namespace: String,
+    pub name: String,
+    pub grant: String,
+    pub credential: String,
+    /// A static upstream password copied on the grant's explicit opt-in.
+    pub static_copy: bool,
+}
+
+/// One step towards the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Create or refresh the secret's content (new credential).
+    IssueSecret {
+        namespace: String,
+        name: String,
+        grant: String,
+        credential: String,
+        static_copy: bool,
+        rotation: bool,
+    },
+    /// Add our entry to a service account's imagePullSecrets.
+    AddReference {
+        namespace: String,
+        service_account: String,
+        secret: String,
+    },
+    /// Remove our entry (only ours) from a service account's imagePullSecrets.
+    RemoveReference {
+        namespace: String,
+        service_account: String,
+        secret: String,
+    },
+    /// Delete a managed secret that no grant wants any more.
+    DeleteSecret { namespace: String, name: String },
+}
+
+/// Per-grant outcome, for status conditions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrantReport {
+    pub selected_namespaces: usize,
+    /// Why the grant cannot sync, if it cannot.
+    pub blocked: Option<String>,
+    pub static_copy: bool,
+}
+
+/// The decisions for one pass.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub grants: BTreeMap<String, GrantReport>,
+}
+
+fn grant_selects_sa(grant: &PullGrantSpec, sa: &str) -> bool {
+    grant
+        .subjects
+        .service_accounts
+        .iter()
+        .any(|p| name_matches(p, sa))
+}
+
+/// The desired secrets and references.
+pub fn desired(
+    policy: &Policy,
+    observed: &Observed,
+) -> (Vec<DesiredSecret>, BTreeMap<String, GrantReport>) {
+    let mut secrets = Vec::new();
+    let mut reports = BTreeMap::new();
+    for g in policy.grants() {
+        if !g.spec.purposes.contains(&Purpose::Sync) {
+            continue;
+        }
+        let mut report = GrantReport::default();
+        let static_source = policy
+            .credentials()
+            .get(&g.spec.credential)
+            .is_some_and(|c| c.source.secret_ref.is_some());
+        if static_source && !g.spec.allow_static_copy {
+            report.blocked = Some(format!(
+                "credential {:?} is a static upstream password; syncing it copies it into every selected namespace — set allowStaticCopy: true to accept that",
+                g.spec.credential
+            ));
+            reports.insert(g.name.clone(), report);
+            continue;
+        }
+        report.static_copy = static_source;
+        for ns in observed
+            .namespaces
+            .iter()
+            .filter(|n| !n.terminating && policy.selects_namespace(&g.spec, &n.name))
+        {
+            report.selected_namespaces += 1;
+            secrets.push(DesiredSecret {
+                namespace: ns.name.clone(),
+                name: secret_name(&g.name),
+                grant: g.name.clone(),
+                credential: g.spec.credential.clone(),
+                static_copy: static_source,
+            });
+        }
+        reports.insert(g.name.clone(), report);
+    }
+    (secrets, reports)
+}
+
+/// The actions that take `observed` to the desired state at `now`.
+/// `rotate_after` is the fraction of a credential's lifetime after which it is
+/// reissued (e.g. 0.5).
+pub fn plan(policy: &Policy, observed: &Observed, now: i64, rotate_after: f64) -> Plan {
+    let (wanted, grants) = desired(policy, observed);
+    let mut actions = BTreeSet::new();
+    let have: BTreeMap<(&str, &str), &ObservedSecret> = observed
+        .managed_secrets
+        .iter()
+        .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
+        .collect();
+    let want: BTreeMap<(&str, &str), &DesiredSecret> = wanted
+        .iter()
+        .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
+        .collect();
+
+    for d in &wanted {
+        let issue = |rotation| Action::IssueSecret {
+            namespace: d.namespace.clone(),
+            name: d.name.clone(),
+            grant: d.grant.clone(),
+            credential: d.credential.clone(),
+            static_copy: d.static_copy,
+            rotation,
+        };
+        match have.get(&(d.namespace.as_str(), d.name.as_str())) {
+            None => {
+                actions.insert(issue(false));
+            }
+            Some(s) if s.grant != d.grant => {
+                actions.insert(issue(false));
+            }
+            Some(s) => {
+                let lifetime = (s.expires_at - s.issued_at).max(0) as f64;
+                let due = s.issued_at + (lifetime * rotate_after) as i64;
+                if now >= due || now >= s.expires_at {
+                    actions.insert(issue(true));
+                }
+            }
+        }
+    }
+    for s in &observed.managed_secrets {
+        if !want.contains_key(&(s.namespace.as_str(), s.name.as_str())) {
+            actions.insert(Action::DeleteSecret {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            });
+        }
+    }
+
+    // References: every selected SA of a wanted secret's namespace carries
+    // it. A reference is ours to remove only if it names a managed secret of
+    // that same namespace (a user's own secret may share our naming pattern).
+    let managed_in = |ns: &str| -> BTreeSet<&str> {
+        observed
+            .managed_secrets
+            .iter()
+            .filter(|s| s.namespace == ns)
+            .map(|s| s.name.as_str())
+            .collect()
+    };
+    for sa in &observed.service_accounts {
+        let wanted_here: BTreeSet<&str> = wanted
+            .iter()
+            .filter(|d| d.namespace == sa.namespace)
+            .filter(|d| {
+                policy
+                    .grants()
+                    .iter()
+                    .find(|g| g.name == d.grant)
+                    .is_some_and(|g| grant_selects_sa(&g.spec, &sa.name))
+            })
+            .map(|d| d.name.as_str())
+            .collect();
+        for name in &wanted_here {
+            if !sa.image_pull_secrets.iter().any(|s| s == name) {
+                actions.insert(Action::AddReference {
+                    namespace: sa.namespace.clone(),
+                    service_account: sa.name.clone(),
+                    secret: name.to_string(),
+                });
+            }
+        }
+        let ours = managed_in(&sa.namespace);
+        for name in &sa.image_pull_secrets {
+            if ours.contains(name.as_str()) && !wanted_here.contains(name.as_str()) {
+                actions.insert(Action::RemoveReference {
+                    namespace: sa.namespace.clone(),
+                    service_account: sa.name.clone(),
+                    secret: name.clone(),
+                });
+            }
+        }
+    }
+    Plan {
+        actions: actions.into_iter().collect(),
+        grants,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::decide::Named;
+    use proptest::prelude::*;
+
+    fn policy(grants: &[(&str, &str)], labels: &[(&str, &str, &str)]) -> Policy {
+        let creds = vec![
+            Named { name: "corp".into(), spec: serde_yaml::from_str("registries: [r.example]\nsource: {tokenIssuer: {signingKeySecretRef: {name: k}, service: s, issuer: i}}").unwrap() },
+            Named { name: "static".into(), spec: serde_yaml::from_str("registries: [s.example]\nsource: {secretRef: {name: p}}").unwrap() },
+        ];
+        let grants = grants
+            .iter()
+            .map(|(n, y)| Named {
+                name: n.to_string(),
+                spec: serde_yaml::from_str(y).unwrap(),
+            })
+            .collect();
+        let mut ns_labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (ns, k, v) in labels {
+            ns_labels
+                .entry(ns.to_string())
+                .or_default()
+                .insert(k.to_string(), v.to_string());
+        }
+        let (p, problems) = Policy::new(creds, grants, ns_labels);
+        assert!(problems.is_empty(), "{problems:?}");
+        p
+    }
+
+    const TEAM_A: &str = "credential: corp\nsubjects: {namespaces: [team-a, team-a-*], serviceAccounts: [app, worker]}\nrepositories: ['**']\npurposes: [sync]\n";
+
+    fn ns(names: &[&str]) -> Vec<ObservedNamespace> {
+        names
+            .iter()
+            .map(|n| ObservedNamespace {
+                name: n.to_string(),
+                terminating: false,
+            })
+            .collect()
+    }
+
+    fn sa(ns: &str, name: &str, refs: &[&str]) -> ObservedServiceAccount {
+        ObservedServiceAccount {
+            namespace: ns.into(),
+            name: name.into(),
+            image_pull_secrets: refs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Carries out a plan on the observed state, as the controller would.
+    fn apply(observed: &mut Observed, plan: &Plan, now: i64, lifetime: i64) {
+        for a in &plan.actions {
+            match a {
+                Action::IssueSecret {
+                    namespace,
+                    name,
+                    grant,
+                    ..
+                } => {
+                    observed
+                        .managed_secrets
+                        .retain(|s| !(s.namespace == *namespace && s.name == *name));
+                    observed.managed_secrets.push(ObservedSecret {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        grant: grant.clone(),
+                        issued_at: now,
+                        expires_at: now + lifetime,
+                    });
+                }
+                Action::DeleteSecret { namespace, name } => observed
+                    .managed_secrets
+                    .retain(|s| !(s.namespace == *namespace && s.name == *name)),
+                Action::AddReference {
+                    namespace,
+                    service_account,
+                    secret,
+                } => {
+                    let sa = observed
+                        .service_accounts
+                        .iter_mut()
+                        .find(|s| s.namespace == *namespace && s.name == *service_account)
+                        .unwrap();
+                    sa.image_pull_secrets.push(secret.clone());
+                }
+                Action::RemoveReference {
+                    namespace,
+                    service_account,
+                    secret,
+                } => {
+                    let sa = observed
+                        .service_accounts
+                        .iter_mut()
+                        .find(|s| s.namespace == *namespace && s.name == *service_account)
+                        .unwrap();
+                    sa.image_pull_secrets.retain(|s| s != secret);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn creates_references_and_converges() {
+        let p = policy(&[("team-a", TEAM_A)], &[]);
+        let mut o = Observed {
+            namespaces: ns(&["team-a", "team-a-dev", "team-ab", "other"]),
+            service_accounts: vec![
+                sa("team-a", "app", &["user-own"]),
+                sa("team-a", "default", &[]),
+                sa("team-a-dev", "worker", &[]),
+                sa("team-ab", "app", &[]),
+            ],
+            managed_secrets: vec![],
+        };
+        let plan1 = plan(&p, &o, 1000, 0.5);
+        let issued: Vec<&str> = plan1
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::IssueSecret { namespace, .. } => Some(namespace.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            issued,
+            ["team-a", "team-a-dev"],
+            "exactly the selected namespaces"
+        );
+        assert!(plan1.actions.contains(&Action::AddReference {
+            namespace: "team-a".into(),
+            service_account: "app".into(),
+            secret: "pullbroker-team-a".into()
+        }));
+        assert!(!plan1.actions.iter().any(|a| matches!(a, Action::AddReference { service_account, .. } if service_account == "default")), "only selected service accounts");
+        assert_eq!(plan1.grants["team-a"].selected_namespaces, 2);
+        apply(&mut o, &plan1, 1000, 600);
+        assert!(
+            plan(&p, &o, 1001, 0.5).actions.is_empty(),
+            "idempotent: nothing left to do"
+        );
+        assert_eq!(
+            o.service_accounts[0].image_pull_secrets,
+            ["user-own", "pullbroker-team-a"],
+            "users' entries stay"
+        );
+    }
+
+    #[test]
+    fn rotates_at_the_fraction_of_real_lifetime() {
+        let p = policy(&[("team-a", TEAM_A)], &[]);
+        let o = Observed {
+            namespaces: ns(&["team-a"]),
+            service_accounts: vec![],
+            managed_secrets: vec![ObservedSecret {
+                namespace: "team-a".into(),
+                name: "pullbroker-team-a".into(),
+                grant: "team-a".into(),
+                issued_at: 1000,
+                expires_at: 1600,
+            }],
+        };
+        assert!(plan(&p, &o, 1299, 0.5).actions.is_empty());
+        assert!(matches!(
+            plan(&p, &o, 1300, 0.5).actions[..],
+            [Action::IssueSecret { rotation: true, .. }]
+        ));
+        assert!(
+            matches!(
+                plan(&p, &o, 5000, 0.9).actions[..],
+                [Action::IssueSecret { rotation: true, .. }]
+            ),
+            "expired: reissue"
+        );
+    }
+
+    #[test]
+    fn narrowing_and_deletion_clean_up_only_ours() {
+        let p_before = policy(&[("team-a", TEAM_A)], &[]);
+        let mut o = Observed {
+            namespaces: ns(&["team-a", "team-a-dev"]),
+            service_accounts: vec![
+                sa("team-a", "app", &["user-own"]),
+                sa("team-a-dev", "app", &["user-own"]),
+            ],
+            managed_secrets: vec![],
+        };
+        let first = plan(&p_before, &o, 0, 0.5);
+        apply(&mut o, &first, 0, 600);
+        // The grant narrows to team-a only.
+        let narrowed = policy(&[("team-a", "credential: corp\nsubjects: {namespaces: [team-a], serviceAccounts: [app]}\nrepositories: ['**']\npurposes: [sync]\n")], &[]);
+        let second = plan(&narrowed, &o, 1, 0.5);
+        assert_eq!(
+            second.actions,
+            vec![
+                Action::RemoveReference {
+                    namespace: "team-a-dev".into(),
+                    service_account: "app".into(),
+                    secret: "pullbroker-team-a".into()
+                },
+                Action::DeleteSecret {
+                    namespace: "team-a-dev".into(),
+                    name: "pullbroker-team-a".into()
+                },
+            ]
+        );
+        apply(&mut o, &second, 1, 600);
+        // The grant is deleted: everything of ours goes, users' entries stay.
+        let none = policy(&[], &[]);
+        let third = plan(&none, &o, 2, 0.5);
+        apply(&mut o, &third, 2, 600);
+        assert!(o.managed_secrets.is_empty());
+        assert!(o
+            .service_accounts
+            .iter()
+            .all(|s| s.image_pull_secrets == ["user-own"]));
+        assert!(plan(&none, &o, 3, 0.5).actions.is_empty());
+    }
+
+    #[test]
+    fn static_passwords_need_an_explicit_opt_in() {
+        let copy = "credential: static\nsubjects: {namespaces: [team-a], serviceAccounts: ['*']}\nrepositories: ['**']\npurposes: [sync]\n";
+        let o = Observed {
+            namespaces: ns(&["team-a"]),
+            ..Default::default()
+        };
+        let blocked = plan(&policy(&[("g", copy)], &[]), &o, 0, 0.5);
+        assert!(blocked.actions.is_empty());
+        assert!(blocked.grants["g"]
+            .blocked
+            .as_deref()
+            .unwrap()
+            .contains("allowStaticCopy"));
+        let allowed = plan(
+            &policy(&[("g", &format!("{copy}allowStaticCopy: true\n"))], &[]),
+            &o,
+            0,
+            0.5,
+        );
+        assert!(matches!(
+            &allowed.actions[..],
+            [Action::IssueSecret {
+                static_copy: true,
+                ..
+            }]
+        ));
+        assert!(allowed.grants["g"].static_copy, "flagged for status");
+    }
+
+    #[test]
+    fn label_selectors_and_terminating_namespaces() {
+        let by_label = "credential: corp\nsubjects: {namespaceSelector: {matchLabels: {tenant: b}}, serviceAccounts: ['*']}\nrepositories: ['**']\npurposes: [sync]\n";
+        let p = policy(
+            &[("b", by_label)],
+            &[("b-prod", "tenant", "b"), ("b-gone", "tenant", "b")],
+        );
+        let o = Observed {
+            namespaces: vec![
+                ObservedNamespace {
+                    name: "b-prod".into(),
+                    terminating: false,
+                },
+                ObservedNamespace {
+                    name: "b-gone".into(),
+                    terminating: true,
+                },
+                ObservedNamespace {
+                    name: "c".into(),
+                    terminating: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let issued: Vec<String> = plan(&p, &o, 0, 0.5)
+            .actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::IssueSecret { namespace, .. } => Some(namespace),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(issued, ["b-prod"]);
+    }
+
+    #[test]
+    fn a_users_secret_with_our_naming_pattern_is_not_ours() {
+        let p = policy(&[("team-a", TEAM_A)], &[]);
+        let o = Observed {
+            namespaces: ns(&["elsewhere"]),
+            service_accounts: vec![sa("elsewhere", "app", &["pullbroker-team-a"])],
+            managed_secrets: vec![],
+        };
+        assert!(
+            plan(&p, &o, 0, 0.5).actions.is_empty(),
+            "no managed secret of that name here: hands off"
+        );
+    }
+
+    #[test]
+    fn long_grant_names_give_valid_secret_names() {
+        let long = "g".repeat(300);
+        let name = secret_name(&long);
+        assert!(name.len() <= 253);
+        assert_ne!(
+            name,
+            secret_name(&"g".repeat(301)),
+            "distinct grants, distinct names"
+        );
+        assert_eq!(secret_name("team-a"), "pullbroker-team-a");
+    }
+
+    proptest! {
+        /// Whatever the starting point, one plan carried out reaches a state
+        /// where the next plan is empty, and users' own entries survive.
+        #[test]
+        fn one_plan_reaches_a_fixpoint(
+            selected in proptest::collection::vec(any::<bool>(), 4),
+            refs in proptest::collection::vec(proptest::collection::vec(0usize..4, 0..3), 4),
+            stale in any::<bool>(),
+        ) {
+            let names = ["team-a", "team-a-x", "team-b", "other"];
+            let grant = format!(
+                "credential: corp\nsubjects: {{namespaces: [{}], serviceAccounts: [app]}}\nrepositories: ['**']\npurposes: [sync]\n",
+                names.iter().zip(&selected).filter(|(_, s)| **s).map(|(n, _)| *n).chain(std::iter::once("none")).collect::<Vec<_>>().join(", ")
+            );
+            let p = policy(&[("g", &grant)], &[]);
+            let pool = ["user-own", "pullbroker-g", "pullbroker-old", "other-secret"];
+            let mut o = Observed {
+                namespaces: ns(&names),
+                service_accounts: names.iter().zip(&refs).map(|(n, r)| sa(n, "app", &r.iter().map(|i| pool[*i]).collect::<Vec<_>>())).collect(),
+                managed_secrets: if stale { vec![ObservedSecret { namespace: "other".into(), name: "pullbroker-old".into(), grant: "old".into(), issued_at: 0, expires_at: 600 }] } else { vec![] },
+            };
+            let before: Vec<Vec<String>> = o.service_accounts.iter().map(|s| s.image_pull_secrets.iter().filter(|n| !n.starts_with("pullbroker-")).cloned().collect()).collect();
+            let first = plan(&p, &o, 100, 0.5);
+            apply(&mut o, &first, 100, 600);
+            prop_assert!(plan(&p, &o, 101, 0.5).actions.is_empty());
+            let after: Vec<Vec<String>> = o.service_accounts.iter().map(|s| s.image_pull_secrets.iter().filter(|n| !n.starts_with("pullbroker-")).cloned().collect()).collect();
+            prop_assert_eq!(before, after);
+        }
+    }
+}
