@@ -211,7 +211,12 @@ pub async fn exchange(url: &str, token: &str, image: &str) -> (u16, serde_json::
 
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    // Bounded: a hung broker fails the test instead of stalling the run.
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// Runs blocking client commands off the async runtime.
