@@ -298,3 +298,44 @@ fn secret_create_refuses_bad_input() {
     );
     assert_eq!(out.status.code(), Some(2), "--password-stdin is required");
 }
+
+/// On a terminal, a large batch shows a progress bar (on stderr); piped, it does not.
+#[test]
+fn progress_bar_on_a_terminal_only() {
+    let env = Env::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    let images: Vec<String> = (0..25)
+        .map(|i| env.image(&env.anon, if i % 2 == 0 { "v1" } else { "multi" }))
+        .collect();
+    std::fs::write(&list, images.join("\n")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_pullbroker");
+    // `script` runs the command on a pseudo-terminal, as a person's shell would.
+    let cmd = format!("{bin} resolve --no-default-config -f {}", list.display());
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let screen = text(&out.stdout);
+    assert!(
+        screen.contains("resolving"),
+        "progress bar drawn on the terminal: {screen:?}"
+    );
+    assert_eq!(screen.matches("@sha256:").count(), 25);
+    let piped = pullbroker(
+        &[
+            "resolve",
+            "--no-default-config",
+            "-f",
+            list.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(piped.status.success());
+    assert!(
+        !text(&piped.stderr).contains("resolving"),
+        "no progress bar when not a terminal"
+    );
+}
