@@ -68,24 +68,12 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
     // /token: success with broker credential and SA token, failures.
     let mut registry_tokens = Vec::new();
     for password in [broker_password.as_str(), sa.as_str()] {
-        let resp = http()
-            .get(format!("{}/token", s.url))
-            .query(&[("service", SERVICE), ("scope", "repository:demo/app:pull")])
-            .basic_auth("u", Some(password))
-            .send()
-            .await
-            .unwrap();
+        let resp = get_token(&s.url, "u", password, "repository:demo/app:pull").await;
         let body: Value = resp.json().await.unwrap();
         registry_tokens.push(body["token"].as_str().unwrap().to_string());
     }
     for password in [wrong_password, foreign.as_str()] {
-        let resp = http()
-            .get(format!("{}/token", s.url))
-            .query(&[("service", SERVICE), ("scope", "repository:demo/app:pull")])
-            .basic_auth("u", Some(password))
-            .send()
-            .await
-            .unwrap();
+        let resp = get_token(&s.url, "u", password, "repository:demo/app:pull").await;
         assert_eq!(resp.status().as_u16(), 401);
         observed.push(resp.text().await.unwrap());
     }

@@ -221,13 +221,7 @@ async fn registry_refuses_expired_foreign_and_misaddressed_tokens() {
         exp: t - 3600,
     }
     .seal(&key);
-    let resp = http()
-        .get(format!("{}/token", s.url))
-        .query(&[("service", SERVICE), ("scope", "repository:demo/app:pull")])
-        .basic_auth("pullbroker", Some(&stale))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_token(&s.url, "pullbroker", &stale, "repository:demo/app:pull").await;
     assert_eq!(resp.status().as_u16(), 401);
 }
 
@@ -352,13 +346,7 @@ async fn token_endpoint_never_widens_scopes() {
     );
     // An SA token works as the password too (audience-checked).
     let sa = s.issuer.token("team-a", "app", AUDIENCE);
-    let resp = http()
-        .get(format!("{}/token", s.url))
-        .query(&[("service", SERVICE), ("scope", "repository:demo/app:pull")])
-        .basic_auth("x", Some(sa))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_token(&s.url, "x", &sa, "repository:demo/app:pull").await;
     assert_eq!(access_of(&resp.json().await.unwrap()), pull_only);
 }
 
@@ -605,13 +593,7 @@ async fn signing_key_rotation_publishes_both_and_signs_with_the_new() {
         "the signing certificate first"
     );
     // The credential from before the rotation still gets a token, signed by the new key.
-    let resp = http()
-        .get(format!("{}/token", s.url))
-        .query(&[("service", SERVICE), ("scope", "repository:demo/app:pull")])
-        .basic_auth("pullbroker", Some(&old_pass))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_token(&s.url, "pullbroker", &old_pass, "repository:demo/app:pull").await;
     let body: Value = resp.json().await.unwrap();
     let header_b64 = body["token"]
         .as_str()

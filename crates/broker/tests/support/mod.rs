@@ -219,6 +219,17 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET /token?service=SERVICE&scope=SCOPE` with Basic auth, as skopeo asks.
+pub async fn get_token(url: &str, user: &str, password: &str, scope: &str) -> reqwest::Response {
+    http()
+        .get(format!("{url}/token"))
+        .query(&[("service", SERVICE), ("scope", scope)])
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Runs blocking client commands off the async runtime.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
