@@ -17,18 +17,12 @@ pub mod tokenreview;
 
 pub use server::Broker;
 
-/// An HTTP client for the broker's own outbound calls (JWKS, TokenReview).
+/// An HTTP client for the broker's own outbound calls (JWKS, TokenReview):
+/// the registry client's builder with its default timeouts (10 s, connect 5 s).
 pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut b = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .no_proxy();
-    if let Some(pem) = ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("invalid CA bundle: {e}"))?;
-        b = b.tls_certs_merge(certs);
-    }
-    b.build()
-        .map_err(|e| format!("cannot build HTTP client: {e}"))
+    let settings = pullbroker_registry::ClientSettings {
+        ca_pems: ca_pem.map(|p| vec![p.to_vec()]).unwrap_or_default(),
+        ..Default::default()
+    };
+    pullbroker_registry::client::build_http(&settings, true)
 }

@@ -72,7 +72,10 @@ enum AuthScheme {
     },
 }
 
-fn build_http(settings: &ClientSettings, verify: bool) -> Result<reqwest::Client, String> {
+/// An HTTP client with the settings' timeouts and trusted CAs (rustls on
+/// ring); `verify: false` skips certificate checks. Also used by the broker
+/// for its own outbound calls, so both agree on TLS and timeouts.
+pub fn build_http(settings: &ClientSettings, verify: bool) -> Result<reqwest::Client, String> {
     // reqwest is built without a default crypto provider; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut b = reqwest::Client::builder()
