@@ -80,8 +80,8 @@ pub struct TokenReviewSpec {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Secrets by name: (namespace if given, key → bytes).
-type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
+/// Central secrets by name: (namespace if given, key → bytes).
+pub type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
 
 /// A usable credential.
 pub enum CredentialRuntime {
@@ -377,7 +377,7 @@ fn secret_key<'a>(secrets: &'a Secrets, name: &str, key: &str) -> Result<&'a [u8
         .ok_or_else(|| format!("Secret {name:?} has no key {key:?}"))
 }
 
-fn credential_runtime(
+pub fn credential_runtime(
     spec: &RegistryCredentialSpec,
     secrets: &Secrets,
 ) -> Result<CredentialRuntime, String> {

@@ -63,7 +63,9 @@ pub fn registry_token(
 /// What a broker credential asserts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerCredential {
-    /// Namespace and service account it was issued to.
+    /// Namespace and service account it was issued to. An empty `sa` is a
+    /// synced pull secret's credential: it stands for the whole namespace and
+    /// is honoured only while a grant syncs that namespace.
     pub ns: String,
     pub sa: String,
     /// The RegistryCredential it is for.

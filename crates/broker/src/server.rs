@@ -625,12 +625,18 @@ async fn issue_registry_token(
             tracing::info!(target: "audit", endpoint = "token", subject = %subject, scope = %scope, allowed = false, reason = "only repository pull is ever granted", "decision");
             continue;
         }
+        // A synced secret's credential stands for its whole namespace.
+        let purpose = if subject.is_namespace() {
+            Purpose::Sync
+        } else {
+            Purpose::Pull
+        };
         let d = st.decide(
             &snapshot,
             "token",
             &Request {
                 subject: &subject,
-                purpose: Purpose::Pull,
+                purpose,
                 target: Target::Credential {
                     credential: cred_name,
                     repository: name,

@@ -40,6 +40,8 @@ enum LogFormat {
 enum Command {
     /// Run the broker from a standalone YAML configuration (the embedded default).
     Serve(cmd::serve::Args),
+    /// Run the Kubernetes controller: synced short-lived pull secrets, statuses, leader election.
+    Controller(cmd::controller::Args),
     /// Policy dry-run: may this service account pull/resolve/sync that image, and why?
     CanI(cmd::can_i::Args),
     /// Print the CustomResourceDefinitions (RegistryCredential, PullGrant).
@@ -55,7 +57,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve(_));
+    let serving = matches!(cli.command, Command::Serve(_) | Command::Controller(_));
     let filter = cli
         .log
         .clone()
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Controller(args) => cmd::controller::run(args),
         Command::CanI(args) => cmd::can_i::run(args),
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Crd(args) => cmd::crd::run(args),

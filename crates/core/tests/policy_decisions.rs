@@ -429,3 +429,42 @@ fn subject_usernames() {
         assert!(Subject::parse_username(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_whole_namespace_holds_only_sync_credentials() {
+    let p = policy();
+    let ask_ns = |ns: &str, purpose, repo: &str| {
+        let subject = Subject::namespace(ns);
+        p.decide(&Request {
+            subject: &subject,
+            purpose,
+            target: Target::Image {
+                registry: "registry.corp.example",
+                repository: repo,
+            },
+            on_behalf_of: None,
+            narrowed_to: None,
+        })
+    };
+    let d = ask_ns("team-a", Purpose::Sync, "apps/team-a/web");
+    assert!(d.allowed, "{}", d.reason);
+    assert_eq!(d.grant.as_deref(), Some("team-a"));
+    // Namespace-wide holds nothing but sync, and only where a grant syncs.
+    for purpose in [Purpose::Pull, Purpose::Resolve] {
+        let d = ask_ns("team-a", purpose, "apps/team-a/web");
+        assert!(!d.allowed);
+        assert!(
+            d.reason.contains("whole namespace may only hold sync"),
+            "{}",
+            d.reason
+        );
+    }
+    assert!(!ask_ns("team-a", Purpose::Sync, "apps/team-b/web").allowed);
+    let other = ask_ns("b-prod", Purpose::Sync, "apps/team-b/x");
+    assert!(!other.allowed, "tenant-b has no sync purpose");
+    assert!(
+        other.reason.contains("system:serviceaccounts:b-prod"),
+        "{}",
+        other.reason
+    );
+}

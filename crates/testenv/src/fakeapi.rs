@@ -176,6 +176,13 @@ impl FakeApi {
             namespaced: true,
         },
         ResourceType {
+            group: "events.k8s.io",
+            version: "v1",
+            plural: "events",
+            kind: "Event",
+            namespaced: true,
+        },
+        ResourceType {
             group: "coordination.k8s.io",
             version: "v1",
             plural: "leases",
@@ -729,6 +736,9 @@ fn create(inner: &Inner, r: &Route, body: &[u8]) -> Response {
             json!({"name": name, "kind": r.resource.plural}),
         );
     }
+    if r.resource.kind == "Secret" {
+        fold_string_data(&mut obj);
+    }
     if r.resource.kind == "Secret"
         && obj["type"] == "kubernetes.io/dockerconfigjson"
         && obj["data"][".dockerconfigjson"].is_null()
@@ -846,6 +856,22 @@ fn store_update(
 fn conflict(r: &Route) -> Response {
     let name = r.name.clone().unwrap_or_default();
     status(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", r.resource.plural), json!({"name": name, "kind": r.resource.plural}))
+}
+
+/// `stringData` is write-only: the API server folds it into `data` (base64).
+fn fold_string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    if let Some(Value::Object(string_data)) =
+        obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    {
+        if !obj["data"].is_object() {
+            obj["data"] = json!({});
+        }
+        for (k, v) in string_data {
+            let text = v.as_str().unwrap_or_default();
+            obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
 }
 
 fn replace(

@@ -1,4 +1,5 @@
 pub mod can_i;
+pub mod controller;
 pub mod crd;
 pub mod keygen;
 pub mod resolve;

@@ -61,7 +61,7 @@ async fn serve(args: Args) -> Result<ExitCode> {
 }
 
 /// SIGINT or SIGTERM: stop accepting, finish in-flight requests, exit.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");

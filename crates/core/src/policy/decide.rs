@@ -16,7 +16,10 @@ pub struct Named<T> {
     pub spec: T,
 }
 
-/// A Kubernetes service account identity.
+/// A Kubernetes service account identity — or, with an empty
+/// `service_account`, a whole namespace: what a synced pull secret stands for,
+/// since any pod of its namespace can name it. Only `sync` decisions accept a
+/// whole namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Subject {
     pub namespace: String,
@@ -29,6 +32,15 @@ impl Subject {
             namespace: namespace.into(),
             service_account: service_account.into(),
         }
+    }
+
+    /// A whole namespace (the holder of a synced pull secret).
+    pub fn namespace(namespace: impl Into<String>) -> Self {
+        Subject::new(namespace, "")
+    }
+
+    pub fn is_namespace(&self) -> bool {
+        self.service_account.is_empty()
     }
 
     /// Parses `system:serviceaccount:NAMESPACE:NAME`.
@@ -51,6 +63,10 @@ impl Subject {
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_namespace() {
+            // Kubernetes' group of every service account of a namespace.
+            return write!(f, "system:serviceaccounts:{}", self.namespace);
+        }
         write!(
             f,
             "system:serviceaccount:{}:{}",
@@ -320,7 +336,16 @@ impl Policy {
                         req.subject.namespace
                     )));
                 }
-                if !spec
+                if req.subject.is_namespace() {
+                    // A synced secret serves its whole namespace; the grant's
+                    // serviceAccounts only say whose imagePullSecrets carry it.
+                    if req.purpose != Purpose::Sync {
+                        return Err(Some(format!(
+                            "a whole namespace may only hold sync credentials, not {}",
+                            req.purpose
+                        )));
+                    }
+                } else if !spec
                     .subjects
                     .service_accounts
                     .iter()

@@ -1,0 +1,90 @@
+//! `pullbroker controller`: the Kubernetes controller (sync mode, statuses,
+//! the admission-race watcher), with leader election.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pullbroker_controller::{Metrics, Settings};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_long_help = "Sync mode for clusters without KEP-4412 kubelet plugins: for every PullGrant with \
+purpose `sync`, each selected namespace gets one managed kubernetes.io/dockerconfigjson Secret \
+(`pullbroker-<grant>`) holding a short-lived credential minted for that namespace, referenced from the \
+granted service accounts' imagePullSecrets and rotated before it expires. Static upstream passwords are \
+copied only for grants that set allowStaticCopy: true.\n\n\
+Connects like kubectl: in-cluster service account, else KUBECONFIG / ~/.kube/config. Several replicas may \
+run; a Lease in the system namespace elects the one that writes.\n\n\
+Example:\n  pullbroker controller --system-namespace pullbroker-system --identity \"$POD_NAME\""
+)]
+pub struct Args {
+    /// Namespace of the central secrets and the leader Lease.
+    #[arg(
+        long,
+        env = "PULLBROKER_SYSTEM_NAMESPACE",
+        default_value = "pullbroker-system"
+    )]
+    system_namespace: String,
+    /// Reissue a synced credential after this fraction of its lifetime (0.1–0.9).
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    rotate_after: f64,
+    /// This replica's name in the leader Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Leader Lease duration: a standby takes over this long after the leader stops renewing.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// Namespaces reconciled at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: u16,
+    /// Delete pods stuck in ImagePullBackOff for want of the synced secret when a controller owns them,
+    /// so they are recreated with it (without this flag they only get a Warning Event).
+    #[arg(long)]
+    recreate_stuck_pods: bool,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.1..=0.9).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction between 0.1 and 0.9")),
+    }
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot connect to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        let identity = match args.identity {
+            Some(i) => i,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "pullbroker".into()),
+        };
+        let settings = Settings {
+            system_namespace: args.system_namespace,
+            rotate_after: args.rotate_after,
+            identity,
+            lease_duration: args.lease_duration,
+            concurrency: args.concurrency,
+            recreate_stuck_pods: args.recreate_stuck_pods,
+            ..Settings::default()
+        };
+        tracing::info!(identity = %settings.identity, namespace = %settings.system_namespace, "pullbroker controller starting");
+        pullbroker_controller::run(
+            client,
+            settings,
+            Arc::new(Metrics::default()),
+            super::serve::shutdown_signal(),
+        )
+        .await?;
+        tracing::info!("pullbroker controller stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}

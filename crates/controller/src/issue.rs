@@ -1,0 +1,99 @@
+//! What goes into a synced pull secret, by credential source:
+//!
+//! - token issuer → a broker credential minted for the namespace (`pbc1.…`,
+//!   empty service account), valid for the grant's ttl. The broker's `/token`
+//!   honours it only while a grant syncs that namespace, and only for the
+//!   repositories granted: the secret is scoped, short-lived and revocable;
+//! - static upstream password → a copy of the central dockerconfigjson, only
+//!   on the grant's `allowStaticCopy` (the plan refuses otherwise), re-copied
+//!   every ttl so a changed upstream password propagates.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use pullbroker_broker::config::{credential_runtime, CredentialRuntime, Secrets};
+use pullbroker_broker::mint::{BrokerCredential, BROKER_USERNAME};
+use pullbroker_core::policy::Policy;
+use serde_json::json;
+
+/// The content of a synced secret. Debug never shows it.
+pub struct Issued {
+    pub dockerconfigjson: Vec<u8>,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+impl fmt::Debug for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issued")
+            .field("dockerconfigjson", &"<redacted>")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Mints the content of `namespace`'s secret for `grant`. Errors name what
+/// is missing, never a secret value.
+pub fn issue(
+    policy: &Policy,
+    central: &Secrets,
+    grant: &str,
+    namespace: &str,
+    now: i64,
+) -> Result<Issued, String> {
+    let g = policy
+        .grants()
+        .iter()
+        .find(|g| g.name == grant)
+        .ok_or_else(|| format!("PullGrant {grant:?} no longer exists"))?;
+    let spec = policy
+        .credentials()
+        .get(&g.spec.credential)
+        .ok_or_else(|| format!("RegistryCredential {:?} does not exist", g.spec.credential))?;
+    let ttl = g.spec.ttl().as_secs() as i64;
+    let expires_at = now + ttl;
+    let runtime = credential_runtime(spec, central)
+        .map_err(|e| format!("RegistryCredential {:?}: {e}", g.spec.credential))?;
+    let dockerconfigjson = match runtime {
+        CredentialRuntime::TokenIssuer { keys, .. } => {
+            let password = BrokerCredential {
+                ns: namespace.to_string(),
+                sa: String::new(),
+                cred: g.spec.credential.clone(),
+                iat: now,
+                exp: expires_at,
+            }
+            .seal(&keys.current);
+            let auth = STANDARD.encode(format!("{BROKER_USERNAME}:{password}"));
+            let entries: serde_json::Map<String, serde_json::Value> = spec
+                .registries
+                .iter()
+                .map(|r| {
+                    (
+                        r.clone(),
+                        json!({"username": BROKER_USERNAME, "password": password, "auth": auth}),
+                    )
+                })
+                .collect();
+            serde_json::to_vec(&json!({ "auths": entries })).expect("serializable")
+        }
+        CredentialRuntime::Static { .. } => {
+            if !g.spec.allow_static_copy {
+                return Err(format!("PullGrant {grant:?} does not allow a static copy"));
+            }
+            let name = &spec.source.secret_ref.as_ref().expect("static").name;
+            central
+                .get(name)
+                .and_then(|(_, data)| data.get(".dockerconfigjson"))
+                .cloned()
+                .ok_or_else(|| format!("Secret {name:?} has no .dockerconfigjson"))?
+        }
+    };
+    Ok(Issued {
+        dockerconfigjson,
+        issued_at: now,
+        expires_at,
+    })
+}

@@ -1,0 +1,455 @@
+//! The Kubernetes controller of pullbroker (`pullbroker controller`).
+//!
+//! Sync mode, for clusters without KEP-4412 kubelet plugins: for every
+//! `PullGrant` with purpose `sync`, each namespace it selects holds one
+//! managed `kubernetes.io/dockerconfigjson` Secret with a short-lived,
+//! namespace-scoped credential minted here (never a copy of the central
+//! secret, unless the grant opts in with `allowStaticCopy`), referenced from
+//! the granted service accounts, rotated before it expires, and removed when
+//! the grant or the namespace stops asking for it.
+//!
+//! The decisions are the core's ([`pullbroker_core::sync::plan`]); this crate
+//! observes and acts:
+//!
+//! - [`index`]: watch-fed caches of service accounts and managed secrets by
+//!   namespace; kube-runtime reflectors for namespaces, grants, credentials
+//!   and the system namespace's secrets;
+//! - [`reconcile`]: a kube-runtime `Controller` over namespaces; grant and
+//!   credential spec changes reconcile every namespace;
+//! - [`status`]: `Ready` conditions, selected namespace counts, rotation
+//!   times and Events on grants and credentials;
+//! - [`stuck`]: pods that were admitted before their service account had our
+//!   secret (the admission race) get an Event, and optionally are recreated;
+//! - [`lease`]: leader election; only the leader watches and writes.
+
+pub mod index;
+pub mod issue;
+pub mod lease;
+pub mod reconcile;
+pub mod status;
+pub mod stuck;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::Api;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use pullbroker_broker::config::Secrets;
+use pullbroker_core::policy::{Named, Policy, PullGrant, RegistryCredential};
+use pullbroker_core::sync::MANAGED_BY;
+use tokio::sync::Notify;
+
+use crate::index::Index;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}: {1}")]
+    Kube(&'static str, #[source] kube::Error),
+    #[error("cannot issue a secret for grant {0:?} in namespace {1:?}: {2}")]
+    Issue(String, String, String),
+    #[error("service account {0}/{1} kept changing under us; will retry")]
+    Contended(String, String),
+}
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where central secrets and the leader lease live.
+    pub system_namespace: String,
+    /// Fraction of a credential's lifetime after which it is reissued.
+    pub rotate_after: f64,
+    /// Server-side apply field manager (stable: ownership follows it).
+    pub field_manager: String,
+    /// This replica's name in the lease (e.g. the pod name).
+    pub identity: String,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    /// Reconciles of different namespaces running at once.
+    pub concurrency: u16,
+    /// Delete pods stuck pulling for want of our secret when a controller
+    /// (Deployment, Job, …) owns them, so they are recreated with it.
+    pub recreate_stuck_pods: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            system_namespace: "pullbroker-system".into(),
+            rotate_after: 0.5,
+            field_manager: "pullbroker".into(),
+            identity: "pullbroker".into(),
+            lease_name: "pullbroker-controller".into(),
+            lease_duration: Duration::from_secs(15),
+            concurrency: 32,
+            recreate_stuck_pods: false,
+        }
+    }
+}
+
+/// Counters for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub issued: AtomicU64,
+    pub rotated: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl Metrics {
+    fn issued(&self, rotation: bool) {
+        let c = if rotation {
+            &self.rotated
+        } else {
+            &self.issued
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    namespaces: Store<Namespace>,
+    grants: Store<PullGrant>,
+    credentials: Store<RegistryCredential>,
+    central: Store<Secret>,
+    service_accounts: Arc<Index<ServiceAccount>>,
+    managed: Arc<Index<Secret>>,
+    marks: Mutex<reconcile::Marks>,
+    failures: Mutex<HashMap<String, u32>>,
+    status_dirty: Notify,
+    recorder: Recorder,
+    /// How many caches have completed their first list.
+    listed: tokio::sync::watch::Sender<usize>,
+}
+
+/// Namespaces, service accounts, managed secrets, grants, credentials, central secrets.
+const CACHES: usize = 6;
+
+impl Context {
+    /// Waits until every cache has listed once.
+    async fn wait_ready(&self) {
+        let mut rx = self.listed.subscribe();
+        let _ = rx.wait_for(|n| *n >= CACHES).await;
+    }
+
+    /// Counts a cache's first complete list. (Not `Store::wait_until_ready`:
+    /// it wakes only the last of several concurrent waiters, and the
+    /// Controller itself waits on the namespace store.)
+    fn listed_once<K>(self: &Arc<Self>) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+        let ctx = Arc::downgrade(self);
+        let mut done = false;
+        move |ev| {
+            if !done && matches!(ev, watcher::Event::InitDone) {
+                done = true;
+                if let Some(ctx) = ctx.upgrade() {
+                    ctx.listed.send_modify(|n| *n += 1);
+                }
+            }
+        }
+    }
+
+    /// The policy as of now, knowing the labels of `namespaces` only (all a
+    /// decision about them needs; copying every namespace's labels per
+    /// reconcile would be quadratic).
+    fn policy(&self, namespaces: &[Namespace]) -> Policy {
+        let live = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_none();
+        let credentials = self
+            .credentials
+            .state()
+            .iter()
+            .filter(|c| live(&c.metadata))
+            .map(|c| Named {
+                name: c.name_any(),
+                spec: c.spec.clone(),
+            })
+            .collect();
+        let grants = self
+            .grants
+            .state()
+            .iter()
+            .filter(|g| live(&g.metadata))
+            .map(|g| Named {
+                name: g.name_any(),
+                spec: g.spec.clone(),
+            })
+            .collect();
+        let labels = namespaces
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect();
+        Policy::new(credentials, grants, labels).0
+    }
+
+    /// The central secrets the policy's credentials name.
+    fn central_secrets(&self, policy: &Policy) -> Secrets {
+        let mut out = Secrets::new();
+        for c in policy.credentials().values() {
+            let names = c.source.secret_ref.iter().map(|r| r.name.clone()).chain(
+                c.source.token_issuer.iter().flat_map(|t| {
+                    std::iter::once(t.signing_key_secret_ref.name.clone()).chain(
+                        t.previous_signing_key_secret_ref
+                            .iter()
+                            .map(|r| r.name.clone()),
+                    )
+                }),
+            );
+            for name in names {
+                let key = ObjectRef::new(&name).within(&self.settings.system_namespace);
+                if let Some(s) = self.central.get(&key) {
+                    let data: BTreeMap<String, Vec<u8>> = s
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.0.clone()))
+                        .collect();
+                    out.insert(name, (Some(self.settings.system_namespace.clone()), data));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Emits `()` when a watched object's spec changes (its generation moves) or
+/// it is deleted or relisted — not on our own status writes.
+fn spec_changes<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = ()> + Send + 'static
+where
+    K: kube::Resource + Send + 'static,
+{
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    stream.filter_map(move |ev| {
+        let fire = match ev {
+            Ok(watcher::Event::Apply(o)) => {
+                let generation = o.meta().generation;
+                seen.insert(o.meta().name.clone().unwrap_or_default(), generation)
+                    != Some(generation)
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                seen.remove(o.meta().name.as_deref().unwrap_or_default());
+                true
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                seen.insert(
+                    o.meta().name.clone().unwrap_or_default(),
+                    o.meta().generation,
+                );
+                false
+            }
+            Ok(watcher::Event::InitDone) => true,
+            _ => false,
+        };
+        futures::future::ready(fire.then_some(()))
+    })
+}
+
+/// Runs as leader until `stop` resolves: the watches, the namespace
+/// controller, the status writer and the stuck-pod watcher.
+pub async fn run_leader(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stop = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let wc = watcher::Config::default;
+    let (namespaces, ns_writer) = reflector::store();
+    let (grants, grant_writer) = reflector::store();
+    let (credentials, cred_writer) = reflector::store();
+    let (central, central_writer) = reflector::store();
+    let service_accounts = Index::new();
+    let managed = Index::new();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "pullbroker".into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: settings.clone(),
+        metrics,
+        namespaces: namespaces.clone(),
+        grants: grants.clone(),
+        credentials: credentials.clone(),
+        central: central.clone(),
+        service_accounts: service_accounts.clone(),
+        managed: managed.clone(),
+        marks: Mutex::default(),
+        failures: Mutex::default(),
+        status_dirty: Notify::new(),
+        recorder,
+        listed: tokio::sync::watch::channel(0).0,
+    });
+
+    let ns_stream = watcher(Api::<Namespace>::all(client.clone()), wc())
+        .default_backoff()
+        .reflect(ns_writer)
+        .inspect_ok(ctx.listed_once())
+        .applied_objects();
+    let sa_stream = {
+        let idx = service_accounts.clone();
+        watcher(Api::<ServiceAccount>::all(client.clone()), wc())
+            .default_backoff()
+            .inspect_ok(move |ev| idx.apply(ev))
+            .inspect_ok(ctx.listed_once())
+            .touched_objects()
+    };
+    let secret_stream = {
+        let idx = managed.clone();
+        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        watcher(Api::<Secret>::all(client.clone()), wc().labels(&selector))
+            .default_backoff()
+            .inspect_ok(move |ev| idx.apply(ev))
+            .inspect_ok(ctx.listed_once())
+            .touched_objects()
+    };
+    let status_poke = {
+        let ctx = ctx.clone();
+        move |_: &()| {
+            ctx.status_dirty.notify_one();
+        }
+    };
+    let grant_changes = spec_changes(
+        watcher(Api::<PullGrant>::all(client.clone()), wc())
+            .default_backoff()
+            .reflect(grant_writer)
+            .inspect_ok(ctx.listed_once()),
+    )
+    .inspect(status_poke.clone());
+    let cred_changes = spec_changes(
+        watcher(Api::<RegistryCredential>::all(client.clone()), wc())
+            .default_backoff()
+            .reflect(cred_writer)
+            .inspect_ok(ctx.listed_once()),
+    )
+    .inspect(status_poke);
+    let central_changes = spec_changes(
+        watcher(
+            Api::<Secret>::namespaced(client.clone(), &settings.system_namespace),
+            wc(),
+        )
+        .default_backoff()
+        .reflect(central_writer)
+        .inspect_ok(ctx.listed_once()),
+    );
+
+    let controller = Controller::for_stream(ns_stream, namespaces)
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .watches_stream(sa_stream, |sa: ServiceAccount| {
+            sa.namespace().map(|n| ObjectRef::new(&n))
+        })
+        .watches_stream(secret_stream, |s: Secret| {
+            s.namespace().map(|n| ObjectRef::new(&n))
+        })
+        .reconcile_all_on(futures::stream::select(
+            futures::stream::select(grant_changes, cred_changes),
+            central_changes,
+        ))
+        .graceful_shutdown_on(stop)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let status = tokio::spawn(status::run(ctx.clone()));
+    let stuck = tokio::spawn(stuck::run(ctx.clone()));
+    controller.await;
+    status.abort();
+    stuck.abort();
+}
+
+/// Runs with leader election until `shutdown` resolves: waits for the lease,
+/// leads while it renews it, and steps down (returning an error) if it loses
+/// it, so the process restarts clean rather than writing as a non-leader.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let lock = Arc::new(lease::LeaseLock::new(
+        client.clone(),
+        &settings.system_namespace,
+        &settings.lease_name,
+        &settings.identity,
+        settings.lease_duration,
+    ));
+    let retry = settings.lease_duration / 3;
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    loop {
+        match lock.try_acquire_or_renew().await {
+            Ok(true) => break,
+            Ok(false) => tracing::debug!(
+                identity = lock.identity(),
+                "standing by: another replica leads"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read the leader lease"),
+        }
+        tokio::select! {
+            _ = shutdown.clone() => return Ok(()),
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+    tracing::info!(identity = lock.identity(), "leading");
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let renewer = {
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            let mut failing_since: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::time::sleep(retry).await;
+                match lock.try_acquire_or_renew().await {
+                    Ok(true) => failing_since = None,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the leader lease");
+                        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                        // Stop before the lease can expire under us.
+                        if since.elapsed() >= retry * 2 {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = lost_tx.send(());
+        })
+    };
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    {
+        let (shutdown, lost) = (shutdown.clone(), lost.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = lost_rx => lost.store(true, Ordering::SeqCst),
+            }
+            let _ = stop_tx.send(true);
+        });
+    }
+    run_leader(client, settings, metrics, stop).await;
+    renewer.abort();
+    if lost.load(Ordering::SeqCst) {
+        anyhow::bail!("lost the leader lease; stopping so a restart starts clean");
+    }
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "cannot release the leader lease");
+    }
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! One namespace's reconcile: observe (indexes + our own recent writes),
+//! [`plan`](pullbroker_core::sync::plan), carry the actions out.
+//!
+//! Writes: a managed secret is written with server-side apply (field manager
+//! `pullbroker`, forced: the object is ours alone). A service account's
+//! `imagePullSecrets` is an atomic list for server-side apply, so only our
+//! entries are added or removed, by a JSON patch guarded by a `test` of the
+//! `resourceVersion` we read; on a conflict the account is read again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::ResourceExt;
+use pullbroker_core::sync::{
+    self, Action, Observed, ObservedNamespace, ObservedSecret, ObservedServiceAccount, GRANT_LABEL,
+    MANAGED_BY,
+};
+use serde_json::json;
+
+use crate::{Context, Error};
+
+pub const ISSUED_AT: &str = "pullbroker.dev/issued-at";
+pub const EXPIRES_AT: &str = "pullbroker.dev/expires-at";
+pub const CREDENTIAL: &str = "pullbroker.dev/credential";
+pub const STATIC_COPY: &str = "pullbroker.dev/static-copy";
+
+/// How long our own write is preferred over a cache that has not seen it yet.
+const WRITE_MEMORY: Duration = Duration::from_secs(30);
+
+/// What we last wrote to an object, until the watch cache shows it.
+#[derive(Debug, Clone)]
+pub(crate) enum Written {
+    Secret(ObservedSecret),
+    SecretDeleted,
+    References(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Mark {
+    rv: Option<String>,
+    what: Written,
+    at: Instant,
+}
+
+pub(crate) type Marks = std::collections::HashMap<(&'static str, String, String), Mark>;
+
+pub fn now() -> i64 {
+    Utc::now().timestamp()
+}
+
+fn rfc3339(t: i64) -> String {
+    DateTime::<Utc>::from_timestamp(t, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn parse_time(s: Option<&String>) -> i64 {
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp())
+        .unwrap_or(0)
+}
+
+/// A managed secret as the plan sees it. Missing or unreadable times read as
+/// 0, which makes the plan reissue it: a damaged secret heals.
+pub fn observe_secret(s: &Secret) -> ObservedSecret {
+    let ann = s.annotations();
+    ObservedSecret {
+        namespace: s.namespace().unwrap_or_default(),
+        name: s.name_any(),
+        grant: s.labels().get(GRANT_LABEL).cloned().unwrap_or_default(),
+        issued_at: parse_time(ann.get(ISSUED_AT)),
+        expires_at: parse_time(ann.get(EXPIRES_AT)),
+    }
+}
+
+fn pull_secret_names(sa: &ServiceAccount) -> Vec<String> {
+    sa.image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+impl Context {
+    /// The namespace's objects as the plan needs them, with our own recent
+    /// writes laid over a cache that may not have seen them yet (so a
+    /// reconcile triggered by our first write does not redo the second).
+    /// Returns the resourceVersions to guard service-account patches with.
+    fn observe(&self, ns: &Namespace) -> (Observed, BTreeMap<String, Option<String>>) {
+        let name = ns.name_any();
+        let terminating = ns.metadata.deletion_timestamp.is_some()
+            || ns
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Terminating");
+        let mut marks = self.marks.lock().expect("poisoned");
+        marks.retain(|_, m| m.at.elapsed() < WRITE_MEMORY);
+        let mut fresh = |kind: &'static str, obj_name: &str, rv: Option<&String>| {
+            let key = (kind, name.clone(), obj_name.to_string());
+            match marks.get(&key) {
+                Some(m) if m.rv.as_ref() == rv && rv.is_some() => {
+                    marks.remove(&key);
+                    None
+                }
+                Some(m) => Some(m.clone()),
+                None => None,
+            }
+        };
+        let mut rvs = BTreeMap::new();
+        let mut service_accounts = Vec::new();
+        for sa in self.service_accounts.in_namespace(&name) {
+            let (refs, rv) =
+                match fresh("sa", &sa.name_any(), sa.metadata.resource_version.as_ref()) {
+                    Some(Mark {
+                        what: Written::References(r),
+                        rv,
+                        ..
+                    }) => (r, rv),
+                    _ => (pull_secret_names(&sa), sa.metadata.resource_version.clone()),
+                };
+            rvs.insert(sa.name_any(), rv);
+            service_accounts.push(ObservedServiceAccount {
+                namespace: name.clone(),
+                name: sa.name_any(),
+                image_pull_secrets: refs,
+            });
+        }
+        let mut managed_secrets = Vec::new();
+        let mut seen = BTreeSet::new();
+        for s in self.managed.in_namespace(&name) {
+            seen.insert(s.name_any());
+            match fresh(
+                "secret",
+                &s.name_any(),
+                s.metadata.resource_version.as_ref(),
+            ) {
+                Some(Mark {
+                    what: Written::SecretDeleted,
+                    ..
+                }) => {}
+                Some(Mark {
+                    what: Written::Secret(o),
+                    ..
+                }) => managed_secrets.push(o),
+                _ => managed_secrets.push(observe_secret(&s)),
+            }
+        }
+        // Secrets we wrote that the cache has not seen at all yet.
+        for ((kind, ns_name, obj), m) in marks.iter() {
+            if *kind == "secret" && *ns_name == name && !seen.contains(obj) {
+                if let Written::Secret(o) = &m.what {
+                    managed_secrets.push(o.clone());
+                }
+            }
+        }
+        (
+            Observed {
+                namespaces: vec![ObservedNamespace { name, terminating }],
+                service_accounts,
+                managed_secrets,
+            },
+            rvs,
+        )
+    }
+
+    fn mark(&self, kind: &'static str, ns: &str, name: &str, rv: Option<String>, what: Written) {
+        self.marks.lock().expect("poisoned").insert(
+            (kind, ns.to_string(), name.to_string()),
+            Mark {
+                rv,
+                what,
+                at: Instant::now(),
+            },
+        );
+    }
+}
+
+/// Reconciles one namespace. Idempotent: a second run with nothing changed
+/// writes nothing.
+pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    ctx.wait_ready().await;
+    let name = ns.name_any();
+    let policy = ctx.policy(std::slice::from_ref(&*ns));
+    let (observed, rvs) = ctx.observe(&ns);
+    let now = now();
+    let plan = sync::plan(&policy, &observed, now, ctx.settings.rotate_after);
+    tracing::debug!(namespace = %name, service_accounts = observed.service_accounts.len(), managed = observed.managed_secrets.len(), actions = ?plan.actions, "plan");
+
+    let mut refs: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+    let mut next_due: Option<i64> = None;
+    let mut due = |issued: i64, expires: i64| {
+        let at = issued + ((expires - issued) as f64 * ctx.settings.rotate_after) as i64;
+        next_due = Some(next_due.map_or(at, |d: i64| d.min(at)));
+    };
+    for s in &observed.managed_secrets {
+        due(s.issued_at, s.expires_at);
+    }
+    for action in &plan.actions {
+        match action {
+            Action::IssueSecret {
+                namespace,
+                name,
+                grant,
+                credential,
+                static_copy,
+                rotation,
+            } => {
+                let central = ctx.central_secrets(&policy);
+                let issued = crate::issue::issue(&policy, &central, grant, namespace, now)
+                    .map_err(|e| Error::Issue(grant.clone(), namespace.clone(), e))?;
+                let mut annotations = BTreeMap::from([
+                    (ISSUED_AT.to_string(), rfc3339(issued.issued_at)),
+                    (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),
+                    (CREDENTIAL.to_string(), credential.clone()),
+                ]);
+                if *static_copy {
+                    annotations.insert(STATIC_COPY.into(), "true".into());
+                    tracing::warn!(grant = %grant, namespace = %namespace, "copying a static upstream password (allowStaticCopy)");
+                }
+                // No ownerReference to the grant, on purpose: garbage
+                // collection would delete the secret before we removed the
+                // service-account entries naming it, and without the secret
+                // those entries can no longer be told from users' own.
+                let meta = json!({
+                    "name": name, "namespace": namespace,
+                    "labels": {MANAGED_BY.0: MANAGED_BY.1, GRANT_LABEL: grant},
+                    "annotations": annotations,
+                });
+                let body = json!({
+                    "apiVersion": "v1", "kind": "Secret", "metadata": meta,
+                    "type": "kubernetes.io/dockerconfigjson",
+                    "data": {".dockerconfigjson": STANDARD.encode(&issued.dockerconfigjson)},
+                });
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+                let written = api
+                    .patch(
+                        name,
+                        &PatchParams::apply(&ctx.settings.field_manager).force(),
+                        &Patch::Apply(&body),
+                    )
+                    .await
+                    .map_err(|e| Error::Kube("apply secret", e))?;
+                let o = observe_secret(&written);
+                due(o.issued_at, o.expires_at);
+                ctx.mark(
+                    "secret",
+                    namespace,
+                    name,
+                    written.metadata.resource_version.clone(),
+                    Written::Secret(o),
+                );
+                ctx.metrics.issued(*rotation);
+                tracing::info!(grant = %grant, namespace = %namespace, secret = %name, rotation, expires_at = %rfc3339(issued.expires_at), "issued pull secret");
+            }
+            Action::DeleteSecret { namespace, name } => {
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+                match api.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(Error::Kube("delete secret", e)),
+                }
+                ctx.mark("secret", namespace, name, None, Written::SecretDeleted);
+                tracing::info!(namespace = %namespace, secret = %name, "removed pull secret");
+            }
+            Action::AddReference {
+                service_account,
+                secret,
+                ..
+            } => refs.entry(service_account).or_default().0.push(secret),
+            Action::RemoveReference {
+                service_account,
+                secret,
+                ..
+            } => refs.entry(service_account).or_default().1.push(secret),
+        }
+    }
+    for (sa, (add, remove)) in refs {
+        let current = observed
+            .service_accounts
+            .iter()
+            .find(|s| s.name == sa)
+            .map(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default();
+        let rv = rvs.get(sa).cloned().flatten();
+        update_references(&ctx, &name, sa, current, rv, &add, &remove).await?;
+    }
+    if !plan.actions.is_empty() {
+        ctx.status_dirty.notify_one();
+    }
+    ctx.failures.lock().expect("poisoned").remove(&name);
+    Ok(match next_due {
+        Some(at) => Requeue::requeue(Duration::from_secs((at - now).clamp(1, 3600) as u64)),
+        None => Requeue::await_change(),
+    })
+}
+
+/// Adds and removes only our entries of one service account's
+/// `imagePullSecrets`, guarded by its resourceVersion; re-reads on conflict.
+async fn update_references(
+    ctx: &Context,
+    ns: &str,
+    sa: &str,
+    mut current: Vec<String>,
+    mut rv: Option<String>,
+    add: &[&str],
+    remove: &[&str],
+) -> Result<(), Error> {
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    for _ in 0..5 {
+        let mut next: Vec<String> = current
+            .iter()
+            .filter(|n| !remove.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for a in add {
+            if !next.iter().any(|n| n == a) {
+                next.push(a.to_string());
+            }
+        }
+        if next == current {
+            return Ok(());
+        }
+        let list: Vec<_> = next.iter().map(|n| json!({"name": n})).collect();
+        let patch = json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+            {"op": "add", "path": "/imagePullSecrets", "value": list},
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("valid JSON patch");
+        tracing::debug!(namespace = %ns, service_account = %sa, ?rv, "patching imagePullSecrets");
+        match api
+            .patch(sa, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+        {
+            Ok(written) => {
+                tracing::debug!(namespace = %ns, service_account = %sa, refs = ?pull_secret_names(&written), "updated imagePullSecrets");
+                ctx.mark(
+                    "sa",
+                    ns,
+                    sa,
+                    written.metadata.resource_version.clone(),
+                    Written::References(next),
+                );
+                return Ok(());
+            }
+            // Someone changed it since we read it (409, or 422 from the
+            // failed `test`): read again and redo only our part.
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => {
+                let Some(fresh) = api
+                    .get_opt(sa)
+                    .await
+                    .map_err(|e| Error::Kube("get serviceaccount", e))?
+                else {
+                    return Ok(());
+                };
+                current = pull_secret_names(&fresh);
+                rv = fresh.metadata.resource_version.clone();
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(Error::Kube("patch serviceaccount", e)),
+        }
+    }
+    Err(Error::Contended(ns.to_string(), sa.to_string()))
+}
+
+/// Backoff on errors: 1 s doubling to 5 min, per namespace.
+pub fn error_policy(ns: Arc<Namespace>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    let name = ns.name_any();
+    let mut failures = ctx.failures.lock().expect("poisoned");
+    let n = failures.entry(name.clone()).or_default();
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs((1u64 << (*n - 1).min(9)).min(300));
+    tracing::warn!(namespace = %name, error = %err, retry_in = ?delay, "reconcile failed");
+    ctx.metrics.failed();
+    Requeue::requeue(delay)
+}

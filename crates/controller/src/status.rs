@@ -1,0 +1,276 @@
+//! Status of `PullGrant`s and `RegistryCredential`s, written back through
+//! the status subresource: a `Ready` condition with a reason, the number of
+//! selected namespaces, whether a static password is being copied, the last
+//! and next rotation, `observedGeneration` — and an Event when `Ready` changes.
+//! Written only when something changed, after a short quiet period, so a
+//! burst of reconciles makes one write per object.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use pullbroker_broker::config::credential_runtime;
+use pullbroker_core::policy::model::{Condition, PullGrantStatus, RegistryCredentialStatus};
+use pullbroker_core::policy::{Named, Policy, PullGrant, Purpose, RegistryCredential};
+use pullbroker_core::sync::{self, Observed, ObservedNamespace};
+use serde_json::json;
+
+use crate::reconcile::{now, observe_secret, CREDENTIAL};
+use crate::Context;
+
+const QUIET: Duration = Duration::from_millis(300);
+/// Rotation times move without any watch event; refresh them this often.
+const REFRESH: Duration = Duration::from_secs(60);
+
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(t, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A Ready condition that keeps its transition time while nothing changes.
+fn ready(
+    old: &[Condition],
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status && c.reason == reason)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| rfc3339(now()));
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+pub async fn run(ctx: Arc<Context>) {
+    tracing::debug!("status writer waiting for caches");
+    ctx.wait_ready().await;
+    tracing::debug!("status writer started");
+    loop {
+        if let Err(e) = write_all(&ctx).await {
+            tracing::warn!(error = %e, "cannot write statuses");
+        }
+        let _ = tokio::time::timeout(REFRESH, ctx.status_dirty.notified()).await;
+        tokio::time::sleep(QUIET).await;
+    }
+}
+
+async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
+    let namespaces: Vec<_> = ctx
+        .namespaces
+        .state()
+        .iter()
+        .map(|n| (**n).clone())
+        .collect();
+    let policy = ctx.policy(&namespaces);
+    let all_grants = ctx.grants.state();
+    let all_creds = ctx.credentials.state();
+    // Problems are reported per document: rebuild with everything to get them.
+    let (_, problems) = Policy::new(
+        all_creds
+            .iter()
+            .map(|c| Named {
+                name: c.name_any(),
+                spec: c.spec.clone(),
+            })
+            .collect(),
+        all_grants
+            .iter()
+            .map(|g| Named {
+                name: g.name_any(),
+                spec: g.spec.clone(),
+            })
+            .collect(),
+        BTreeMap::new(),
+    );
+    let observed = Observed {
+        namespaces: namespaces
+            .iter()
+            .map(|n| ObservedNamespace {
+                name: n.name_any(),
+                terminating: n.metadata.deletion_timestamp.is_some(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let (_, reports) = sync::desired(&policy, &observed);
+    let central = ctx.central_secrets(&policy);
+
+    let grants: Api<PullGrant> = Api::all(ctx.client.clone());
+    for g in all_grants.iter() {
+        let name = g.name_any();
+        let old = g.status.clone().unwrap_or_default();
+        let generation = g.metadata.generation;
+        let problem = problems
+            .iter()
+            .find(|p| p.starts_with(&format!("PullGrant {name:?}")));
+        let report = reports.get(&name);
+        let (ok, reason, message) = match (problem, report) {
+            (Some(p), _) => (false, "Invalid", p.clone()),
+            (None, Some(r)) if r.blocked.is_some() => (
+                false,
+                "StaticCopyNotAllowed",
+                r.blocked.clone().unwrap_or_default(),
+            ),
+            (None, Some(r)) if r.static_copy => (
+                true,
+                "SyncedStaticCopy",
+                format!(
+                    "a static upstream password is copied into {} namespace(s) (allowStaticCopy)",
+                    r.selected_namespaces
+                ),
+            ),
+            (None, Some(r)) => (
+                true,
+                "Synced",
+                format!(
+                    "short-lived credentials synced to {} namespace(s)",
+                    r.selected_namespaces
+                ),
+            ),
+            (None, None) if !g.spec.purposes.contains(&Purpose::Sync) => {
+                (true, "Valid", "grant is in effect".to_string())
+            }
+            (None, None) => (false, "Invalid", "grant is not in effect".to_string()),
+        };
+        let status = PullGrantStatus {
+            conditions: vec![ready(
+                &old.conditions,
+                ok,
+                reason,
+                message.clone(),
+                generation,
+            )],
+            observed_generation: generation,
+            selected_namespaces: report.map(|r| r.selected_namespaces as i64),
+            static_copy: report.is_some_and(|r| r.static_copy),
+        };
+        tracing::debug!(grant = %name, changed = (status != old), ?status, "grant status");
+        if status != old {
+            grants
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
+                .await?;
+            announce(
+                ctx,
+                g.object_ref(&()),
+                &old.conditions,
+                ok,
+                reason,
+                &message,
+            )
+            .await;
+        }
+    }
+
+    // Rotation times per credential, from the managed secrets.
+    let rotate_after = ctx.settings.rotate_after;
+    let mut times: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for s in ctx.managed.all() {
+        let Some(cred) = s.annotations().get(CREDENTIAL).cloned() else {
+            continue;
+        };
+        let o = observe_secret(&s);
+        let due = o.issued_at + ((o.expires_at - o.issued_at) as f64 * rotate_after) as i64;
+        let t = times.entry(cred).or_insert((i64::MIN, i64::MAX));
+        t.0 = t.0.max(o.issued_at);
+        t.1 = t.1.min(due);
+    }
+    let creds: Api<RegistryCredential> = Api::all(ctx.client.clone());
+    for c in all_creds.iter() {
+        let name = c.name_any();
+        let old = c.status.clone().unwrap_or_default();
+        let generation = c.metadata.generation;
+        let (ok, reason, message) = match problems
+            .iter()
+            .find(|p| p.starts_with(&format!("RegistryCredential {name:?}")))
+        {
+            Some(p) => (false, "Invalid", p.clone()),
+            None => match credential_runtime(&c.spec, &central) {
+                Ok(_) => (
+                    true,
+                    "SourceAvailable",
+                    "credential source is available".to_string(),
+                ),
+                Err(e) => (false, "SourceUnavailable", e),
+            },
+        };
+        let (last, next) = times.get(&name).copied().unwrap_or((i64::MIN, i64::MAX));
+        let status = RegistryCredentialStatus {
+            conditions: vec![ready(
+                &old.conditions,
+                ok,
+                reason,
+                message.clone(),
+                generation,
+            )],
+            observed_generation: generation,
+            last_rotation: (last != i64::MIN).then(|| rfc3339(last)),
+            next_rotation: (next != i64::MAX).then(|| rfc3339(next)),
+        };
+        if status != old {
+            creds
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
+                .await?;
+            announce(
+                ctx,
+                c.object_ref(&()),
+                &old.conditions,
+                ok,
+                reason,
+                &message,
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// An Event when Ready changes (not on every count change).
+async fn announce(
+    ctx: &Context,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    old: &[Condition],
+    ok: bool,
+    reason: &str,
+    message: &str,
+) {
+    let was = old.iter().find(|c| c.type_ == "Ready");
+    if was.is_some_and(|c| c.reason == reason && (c.status == "True") == ok) {
+        return;
+    }
+    let event = Event {
+        type_: if ok {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: reason.into(),
+        note: Some(message.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}

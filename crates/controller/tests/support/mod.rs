@@ -1,0 +1,255 @@
+//! A fake cluster for controller tests: the fake API server, a kube client
+//! on it, a token-issuer credential with its signing key, and helpers to
+//! run controller replicas and wait for conditions.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use pullbroker_broker::keys::{IssuerKeys, SigningKey};
+use pullbroker_controller::{Metrics, Settings};
+use pullbroker_testenv::fakeapi::FakeApi;
+use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
+use serde_json::{json, Value};
+
+pub const SYSTEM: &str = "pullbroker-system";
+pub const REGISTRY: &str = "registry.corp.example";
+
+pub struct Cluster {
+    pub fake: FakeApi,
+    pub client: Client,
+    pub key_pem: String,
+    pub cert_pem: String,
+}
+
+pub async fn client(fake: &FakeApi) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+pub fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+impl Cluster {
+    /// A cluster with the system namespace, a signing key and the `corp`
+    /// token-issuer credential for `registry`.
+    pub async fn start(registry: &str, key: Option<(String, String)>) -> Cluster {
+        // RUST_LOG=pullbroker_controller=debug shows what the controller does.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+        let client = client(&fake).await;
+        let (key_pem, cert_pem) =
+            key.unwrap_or_else(|| SigningKey::generate("pullbroker test").unwrap());
+        let c = Cluster {
+            fake,
+            client,
+            key_pem,
+            cert_pem,
+        };
+        c.namespace(SYSTEM, json!({})).await;
+        c.create_in::<Secret>(
+            SYSTEM,
+            json!({"metadata": {"name": "corp-signer"}, "type": "kubernetes.io/tls",
+            "stringData": {"tls.key": c.key_pem, "tls.crt": c.cert_pem}}),
+        )
+        .await;
+        c.create::<pullbroker_core::policy::RegistryCredential>(json!({
+            "apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
+            "metadata": {"name": "corp"},
+            "spec": {"registries": [registry], "source": {"tokenIssuer": {
+                "signingKeySecretRef": {"name": "corp-signer"}, "service": "pullbroker-e2e-registry", "issuer": "pullbroker-e2e"}}}
+        }))
+        .await;
+        c
+    }
+
+    pub fn keys(&self) -> IssuerKeys {
+        IssuerKeys {
+            current: SigningKey::from_pem(&self.key_pem, &self.cert_pem).unwrap(),
+            previous: None,
+        }
+    }
+
+    pub async fn create<K>(&self, v: Value) -> K
+    where
+        K: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        Api::<K>::all(self.client.clone())
+            .create(&PostParams::default(), &obj(v))
+            .await
+            .unwrap()
+    }
+
+    pub async fn create_in<K>(&self, ns: &str, v: Value) -> K
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        Api::<K>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &obj(v))
+            .await
+            .unwrap()
+    }
+
+    pub async fn namespace(&self, name: &str, labels: Value) {
+        self.create::<Namespace>(json!({"metadata": {"name": name, "labels": labels}}))
+            .await;
+    }
+
+    /// A namespace with service accounts, each with its own pull secrets.
+    pub async fn tenant(&self, ns: &str, accounts: &[(&str, &[&str])]) {
+        self.namespace(ns, json!({})).await;
+        for (sa, refs) in accounts {
+            let refs: Vec<Value> = refs.iter().map(|r| json!({"name": r})).collect();
+            self.create_in::<ServiceAccount>(
+                ns,
+                json!({"metadata": {"name": sa}, "imagePullSecrets": refs}),
+            )
+            .await;
+        }
+    }
+
+    pub async fn grant(&self, name: &str, spec: Value) {
+        self.create::<pullbroker_core::policy::PullGrant>(json!({
+            "apiVersion": "pullbroker.dev/v1alpha1", "kind": "PullGrant",
+            "metadata": {"name": name}, "spec": spec}))
+            .await;
+    }
+
+    pub async fn secret(&self, ns: &str, name: &str) -> Option<Secret> {
+        Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    pub async fn pull_secrets(&self, ns: &str, sa: &str) -> Vec<String> {
+        Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
+            .get(sa)
+            .await
+            .unwrap()
+            .image_pull_secrets
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    }
+
+    /// Writes the fake has handled to secrets and service accounts.
+    pub fn sync_writes(&self) -> usize {
+        self.fake
+            .writes()
+            .iter()
+            .filter(|(k, _)| k.ends_with(" secrets") || k.ends_with(" serviceaccounts"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The (username, password) a synced secret holds for `registry`.
+pub fn credential_in(secret: &Secret, registry: &str) -> (String, String) {
+    let data = &secret.data.as_ref().unwrap()[".dockerconfigjson"].0;
+    let config: Value = serde_json::from_slice(data).unwrap();
+    let entry = &config["auths"][registry];
+    let auth =
+        String::from_utf8(STANDARD.decode(entry["auth"].as_str().unwrap()).unwrap()).unwrap();
+    let (u, p) = auth.split_once(':').unwrap();
+    assert_eq!(entry["username"], u);
+    assert_eq!(entry["password"], p);
+    (u.to_string(), p.to_string())
+}
+
+/// A controller replica running in this test's runtime.
+pub struct Replica {
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn settings(identity: &str) -> Settings {
+    Settings {
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(3),
+        concurrency: 8,
+        ..Settings::default()
+    }
+}
+
+impl Replica {
+    pub fn start(client: Client, settings: Settings) -> Replica {
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(pullbroker_controller::run(
+            client,
+            settings,
+            metrics.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Replica {
+            metrics,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Graceful stop: finishes reconciles and releases the lease.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .expect("replica stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(30);

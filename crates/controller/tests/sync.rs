@@ -1,0 +1,212 @@
+//! Sync mode against the fake API server with the real kube client: secrets
+//! and references appear in exactly the selected namespaces, follow selector
+//! changes and grant deletion, leave users' entries alone, and carry
+//! namespace-scoped broker credentials.
+
+mod support;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::ResourceExt;
+use pullbroker_broker::mint::BrokerCredential;
+use pullbroker_core::policy::PullGrant;
+use serde_json::json;
+use support::*;
+
+const SECRET: &str = "pullbroker-team-a";
+
+async fn has_ref(c: &Cluster, ns: &str, sa: &str) -> bool {
+    c.pull_secrets(ns, sa).await.iter().any(|s| s == SECRET)
+}
+
+#[tokio::test]
+async fn grant_lifecycle_creates_follows_and_cleans_up() {
+    let c = Cluster::start(REGISTRY, None).await;
+    c.tenant("team-a", &[("app", &["user-own"]), ("default", &[])])
+        .await;
+    c.tenant("team-a-dev", &[("app", &[])]).await;
+    c.tenant("team-ab", &[("app", &[])]).await;
+    c.tenant("other", &[("app", &[])]).await;
+    // A user's own secret that happens to carry our name: never ours.
+    c.create_in::<Secret>(
+        "other",
+        json!({"metadata": {"name": SECRET}, "stringData": {"x": "y"}}),
+    )
+    .await;
+    c.grant(
+        "team-a",
+        json!({"credential": "corp", "subjects": {"namespaces": ["team-a", "team-a-*"], "serviceAccounts": ["app"]},
+               "repositories": ["apps/team-a/**"], "purposes": ["sync"], "ttl": "10m"}),
+    )
+    .await;
+    let replica = Replica::start(c.client.clone(), settings("r1"));
+
+    // Exactly the selected namespaces and service accounts.
+    for ns in ["team-a", "team-a-dev"] {
+        eventually(&format!("reference in {ns}"), WAIT, || async {
+            has_ref(&c, ns, "app").await.then_some(())
+        })
+        .await;
+        let s = c.secret(ns, SECRET).await.expect("secret exists");
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+        assert_eq!(s.labels()["app.kubernetes.io/managed-by"], "pullbroker");
+        assert!(
+            s.owner_references().is_empty(),
+            "we delete it ourselves, after the references"
+        );
+        // A broker credential for the namespace, not the central secret.
+        let (user, password) = credential_in(&s, REGISTRY);
+        assert_eq!(user, "pullbroker");
+        let cred = BrokerCredential::open(&password, &c.keys(), chrono::Utc::now().timestamp())
+            .expect("a valid broker credential");
+        assert_eq!(
+            (cred.ns.as_str(), cred.sa.as_str(), cred.cred.as_str()),
+            (ns, "", "corp")
+        );
+        let lifetime = cred.exp - cred.iat;
+        assert!((590..=600).contains(&lifetime), "ttl 10m, got {lifetime}s");
+    }
+    assert_eq!(
+        c.pull_secrets("team-a", "app").await,
+        ["user-own", SECRET],
+        "users' entries stay, ours appended"
+    );
+    assert!(
+        !has_ref(&c, "team-a", "default").await,
+        "only granted service accounts"
+    );
+    assert!(
+        c.secret("team-ab", SECRET).await.is_none(),
+        "team-ab is not team-a-*"
+    );
+    let status = eventually("grant status", WAIT, || async {
+        let g = Api::<PullGrant>::all(c.client.clone())
+            .get("team-a")
+            .await
+            .unwrap();
+        g.status.filter(|s| s.selected_namespaces == Some(2))
+    })
+    .await;
+    assert_eq!(status.conditions[0].type_, "Ready");
+    assert_eq!(
+        (
+            status.conditions[0].status.as_str(),
+            status.conditions[0].reason.as_str()
+        ),
+        ("True", "Synced")
+    );
+    assert_eq!(status.observed_generation, Some(1));
+
+    // A new namespace is served.
+    c.tenant("team-a-new", &[("app", &[])]).await;
+    eventually("new namespace served", WAIT, || async {
+        has_ref(&c, "team-a-new", "app").await.then_some(())
+    })
+    .await;
+    // A new service account in a served namespace too; one not granted is left alone.
+    c.create_in::<k8s_openapi::api::core::v1::ServiceAccount>(
+        "team-a",
+        json!({"metadata": {"name": "worker"}}),
+    )
+    .await;
+
+    // Narrowing the grant removes what it no longer selects.
+    Api::<PullGrant>::all(c.client.clone())
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app", "worker"]}}})),
+        )
+        .await
+        .unwrap();
+    eventually("narrowed", WAIT, || async {
+        (c.secret("team-a-dev", SECRET).await.is_none()
+            && c.secret("team-a-new", SECRET).await.is_none()
+            && !has_ref(&c, "team-a-dev", "app").await
+            && !has_ref(&c, "team-a-new", "app").await
+            && has_ref(&c, "team-a", "worker").await)
+            .then_some(())
+    })
+    .await;
+    assert!(has_ref(&c, "team-a", "app").await, "still selected");
+
+    // Deleting the grant removes everything we made; users' entries survive.
+    Api::<PullGrant>::all(c.client.clone())
+        .delete("team-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("grant deleted: cleaned up", WAIT, || async {
+        (c.secret("team-a", SECRET).await.is_none()
+            && !has_ref(&c, "team-a", "app").await
+            && !has_ref(&c, "team-a", "worker").await)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(c.pull_secrets("team-a", "app").await, ["user-own"]);
+    let theirs = c
+        .secret("other", SECRET)
+        .await
+        .expect("the user's secret survives");
+    assert!(theirs
+        .labels()
+        .get("app.kubernetes.io/managed-by")
+        .is_none());
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn static_passwords_are_copied_only_on_opt_in_and_flagged() {
+    let c = Cluster::start(REGISTRY, None).await;
+    c.create_in::<Secret>(SYSTEM, json!({"metadata": {"name": "hub-auth"}, "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": "{\"auths\":{\"static.example\":{\"username\":\"bot\",\"password\":\"CANARY-static-pw\"}}}"}}))
+        .await;
+    c.create::<pullbroker_core::policy::RegistryCredential>(json!({
+        "apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": "hub"},
+        "spec": {"registries": ["static.example"], "source": {"secretRef": {"name": "hub-auth"}}}}))
+        .await;
+    c.tenant("team-a", &[("app", &[])]).await;
+    let spec = json!({"credential": "hub", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["*"]},
+        "repositories": ["**"], "purposes": ["sync"]});
+    c.grant("hub", spec.clone()).await;
+    let replica = Replica::start(c.client.clone(), settings("r1"));
+    let status = eventually("blocked status", WAIT, || async {
+        Api::<PullGrant>::all(c.client.clone())
+            .get("hub")
+            .await
+            .unwrap()
+            .status
+    })
+    .await;
+    assert_eq!(status.conditions[0].status, "False");
+    assert_eq!(status.conditions[0].reason, "StaticCopyNotAllowed");
+    assert!(status.conditions[0].message.contains("allowStaticCopy"));
+    assert!(
+        c.secret("team-a", "pullbroker-hub").await.is_none(),
+        "no copy without opt-in"
+    );
+
+    Api::<PullGrant>::all(c.client.clone())
+        .patch(
+            "hub",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"allowStaticCopy": true}})),
+        )
+        .await
+        .unwrap();
+    let s = eventually("static copy", WAIT, || async {
+        c.secret("team-a", "pullbroker-hub").await
+    })
+    .await;
+    assert_eq!(s.annotations()["pullbroker.dev/static-copy"], "true");
+    let status = eventually("flagged status", WAIT, || async {
+        let st = Api::<PullGrant>::all(c.client.clone())
+            .get("hub")
+            .await
+            .unwrap()
+            .status?;
+        (st.static_copy && st.observed_generation == Some(2)).then_some(st)
+    })
+    .await;
+    assert_eq!(status.conditions[0].reason, "SyncedStaticCopy");
+    replica.stop().await;
+}
