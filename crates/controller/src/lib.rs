@@ -98,6 +98,8 @@ impl Default for Settings {
 /// Counters for logs and benchmarks.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Tries to take or renew the leader lease (a standby keeps trying).
+    pub lease_attempts: AtomicU64,
     pub issued: AtomicU64,
     pub rotated: AtomicU64,
     pub failures: AtomicU64,
@@ -221,6 +223,16 @@ impl Context {
             }
         }
         out
+    }
+}
+
+/// A spawned task that ends with its owner (dropping or cancelling the
+/// owning future must not leave a renewer or writer running).
+struct Owned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -368,11 +380,9 @@ pub async fn run_leader(
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    let status = tokio::spawn(status::run(ctx.clone()));
-    let stuck = tokio::spawn(stuck::run(ctx.clone()));
+    let _status = Owned(tokio::spawn(status::run(ctx.clone())));
+    let _stuck = Owned(tokio::spawn(stuck::run(ctx.clone())));
     controller.await;
-    status.abort();
-    stuck.abort();
 }
 
 /// Runs with leader election until `shutdown` resolves: waits for the lease,
@@ -394,7 +404,9 @@ pub async fn run(
     let retry = settings.lease_duration / 3;
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     loop {
-        match lock.try_acquire_or_renew().await {
+        let attempt = lock.try_acquire_or_renew().await;
+        metrics.lease_attempts.fetch_add(1, Ordering::Relaxed);
+        match attempt {
             Ok(true) => break,
             Ok(false) => tracing::debug!(
                 identity = lock.identity(),
@@ -411,7 +423,7 @@ pub async fn run(
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let renewer = {
         let lock = lock.clone();
-        tokio::spawn(async move {
+        Owned(tokio::spawn(async move {
             let mut failing_since: Option<tokio::time::Instant> = None;
             loop {
                 tokio::time::sleep(retry).await;
@@ -429,22 +441,22 @@ pub async fn run(
                 }
             }
             let _ = lost_tx.send(());
-        })
+        }))
     };
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    {
+    let _forward = {
         let (shutdown, lost) = (shutdown.clone(), lost.clone());
-        tokio::spawn(async move {
+        Owned(tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = lost_rx => lost.store(true, Ordering::SeqCst),
             }
             let _ = stop_tx.send(true);
-        });
-    }
+        }))
+    };
     run_leader(client, settings, metrics, stop).await;
-    renewer.abort();
+    drop(renewer);
     if lost.load(Ordering::SeqCst) {
         anyhow::bail!("lost the leader lease; stopping so a restart starts clean");
     }

@@ -15,7 +15,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use pullbroker_broker::keys::{IssuerKeys, SigningKey};
-use pullbroker_controller::{Metrics, Settings};
+pub use pullbroker_controller::{Metrics, Settings};
 use pullbroker_testenv::fakeapi::FakeApi;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use serde_json::{json, Value};

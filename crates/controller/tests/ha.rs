@@ -1,0 +1,138 @@
+//! Leader election and crash safety, against the fake API server.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use serde_json::json;
+use support::*;
+
+async fn holder(c: &Cluster) -> Option<String> {
+    Api::<Lease>::namespaced(c.client.clone(), SYSTEM)
+        .get_opt("pullbroker-controller")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+const GRANT: &str = "pullbroker-team-a";
+
+async fn grant_all(c: &Cluster) {
+    c.grant(
+        "team-a",
+        json!({"credential": "corp", "subjects": {"namespaces": ["team-*"], "serviceAccounts": ["app", "worker"]},
+               "repositories": ["**"], "purposes": ["sync"], "ttl": "1h"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_standby_replica_writes_nothing_while_the_leader_holds_the_lease() {
+    let c = Cluster::start(REGISTRY, None).await;
+    c.tenant("team-1", &[("app", &[])]).await;
+    grant_all(&c).await;
+    let leader = Replica::start(
+        c.client.clone(),
+        Settings {
+            lease_duration: Duration::from_secs(5),
+            ..settings("r1")
+        },
+    );
+    eventually("leader syncs", WAIT, || async {
+        c.secret("team-1", GRANT).await.map(|_| ())
+    })
+    .await;
+    assert_eq!(holder(&c).await.as_deref(), Some("r1"));
+
+    // The leader crashes (no release); its lease stays valid for 5 s.
+    leader.task.abort();
+    let standby = Replica::start(c.client.clone(), settings("r2"));
+    let before = c.sync_writes();
+    c.tenant("team-2", &[("app", &[])]).await;
+    let writes_by_test = c.sync_writes() - before;
+    eventually("standby tried twice", WAIT, || async {
+        (standby.metrics.lease_attempts.load(Ordering::Relaxed) >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        holder(&c).await.as_deref(),
+        Some("r1"),
+        "lease not yet expired"
+    );
+    assert_eq!(
+        c.sync_writes() - before,
+        writes_by_test,
+        "the standby wrote nothing"
+    );
+    assert!(c.secret("team-2", GRANT).await.is_none());
+
+    // Once the lease expires the standby takes over and serves the new namespace.
+    eventually("standby takes over", WAIT, || async {
+        c.secret("team-2", GRANT).await.map(|_| ())
+    })
+    .await;
+    assert_eq!(holder(&c).await.as_deref(), Some("r2"));
+    // A graceful stop releases the lease at once.
+    standby.stop().await;
+    assert_eq!(holder(&c).await, None);
+}
+
+#[tokio::test]
+async fn a_crash_mid_reconcile_loses_and_duplicates_nothing() {
+    let c = Cluster::start(REGISTRY, None).await;
+    let namespaces: Vec<String> = (0..40).map(|i| format!("team-{i}")).collect();
+    for ns in &namespaces {
+        c.tenant(ns, &[("app", &["user-own"]), ("worker", &[])])
+            .await;
+    }
+    let seeded = c.sync_writes();
+    grant_all(&c).await;
+    let first = Replica::start(c.client.clone(), settings("r1"));
+    // Crash once some, not all, of the work is done.
+    eventually("some writes", WAIT, || async {
+        (c.sync_writes() - seeded >= 20).then_some(())
+    })
+    .await;
+    first.task.abort();
+    let partial = c.sync_writes() - seeded;
+    assert!(partial < 120, "crashed before finishing ({partial} writes)");
+
+    // The restarted replica (same identity, as a restarted pod) finishes.
+    let second = Replica::start(c.client.clone(), settings("r1"));
+    eventually("converged", WAIT, || async {
+        for ns in &namespaces {
+            c.secret(ns, GRANT).await?;
+            for sa in ["app", "worker"] {
+                if !c.pull_secrets(ns, sa).await.iter().any(|s| s == GRANT) {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await;
+    for ns in &namespaces {
+        assert_eq!(
+            c.pull_secrets(ns, "app").await,
+            ["user-own", GRANT],
+            "{ns}: once, users' entry kept"
+        );
+        assert_eq!(c.pull_secrets(ns, "worker").await, [GRANT], "{ns}");
+    }
+    // Exactly one write per managed object across both replicas: nothing redone.
+    let writes = c.fake.writes();
+    assert_eq!(
+        writes.get("apply secrets").copied().unwrap_or(0),
+        40,
+        "{writes:?}"
+    );
+    assert_eq!(
+        writes.get("patch serviceaccounts").copied().unwrap_or(0),
+        80,
+        "{writes:?}"
+    );
+    second.stop().await;
+}
