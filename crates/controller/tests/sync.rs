@@ -210,3 +210,85 @@ async fn static_passwords_are_copied_only_on_opt_in_and_flagged() {
     assert_eq!(status.conditions[0].reason, "SyncedStaticCopy");
     replica.stop().await;
 }
+
+#[tokio::test]
+async fn pods_admitted_before_the_secret_get_an_event_and_owned_ones_are_recreated() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::events::v1::Event;
+    let c = Cluster::start(REGISTRY, None).await;
+    c.tenant("team-a", &[("app", &[])]).await;
+    c.grant(
+        "team-a",
+        json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
+               "repositories": ["apps/team-a/**"], "purposes": ["sync"]}),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "team-a");
+    // Created before the controller ran: admitted without our secret.
+    for (name, image, owned) in [
+        ("owned", "registry.corp.example/apps/team-a/web:1", true),
+        ("bare", "registry.corp.example/apps/team-a/web:1", false),
+        ("elsewhere", "registry.corp.example/apps/team-b/web:1", true),
+    ] {
+        let owner = if owned {
+            json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-uid", "controller": true}])
+        } else {
+            json!([])
+        };
+        c.create_in::<Pod>(
+            "team-a",
+            json!({"metadata": {"name": name, "ownerReferences": owner},
+            "spec": {"serviceAccountName": "app", "containers": [{"name": "c", "image": image}]}}),
+        )
+        .await;
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {"containerStatuses": [{
+            "name": "c", "image": image, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}})))
+            .await
+            .unwrap();
+    }
+    let replica = Replica::start(
+        c.client.clone(),
+        Settings {
+            recreate_stuck_pods: true,
+            ..settings("r1")
+        },
+    );
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "team-a");
+    let warned = eventually("events for both stuck pods", WAIT, || async {
+        let list = events.list(&Default::default()).await.unwrap().items;
+        let names: Vec<String> = list
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("MissingPullSecret"))
+            .filter_map(|e| e.regarding.as_ref()?.name.clone())
+            .collect();
+        (names.len() >= 2).then_some((names, list))
+    })
+    .await;
+    let (mut names, list) = warned;
+    names.sort();
+    assert_eq!(
+        names,
+        ["bare", "owned"],
+        "not the pod whose image no grant covers"
+    );
+    let note = list
+        .iter()
+        .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bare"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(
+        note.contains(SECRET) && note.contains("delete the pod"),
+        "{note}"
+    );
+    eventually("owned pod deleted", WAIT, || async {
+        pods.get_opt("owned").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        pods.get_opt("bare").await.unwrap().is_some(),
+        "no owner to recreate it: left alone"
+    );
+    assert!(pods.get_opt("elsewhere").await.unwrap().is_some());
+    replica.stop().await;
+}
