@@ -100,6 +100,8 @@ impl Default for Settings {
 pub struct Metrics {
     /// Tries to take or renew the leader lease (a standby keeps trying).
     pub lease_attempts: AtomicU64,
+    /// Reconciles that completed without error.
+    pub reconciles: AtomicU64,
     pub issued: AtomicU64,
     pub rotated: AtomicU64,
     pub failures: AtomicU64,

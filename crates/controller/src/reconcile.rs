@@ -296,6 +296,9 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
         ctx.status_dirty.notify_one();
     }
     ctx.failures.lock().expect("poisoned").remove(&name);
+    ctx.metrics
+        .reconciles
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(match next_due {
         Some(at) => Requeue::requeue(Duration::from_secs((at - now).clamp(1, 3600) as u64)),
         None => Requeue::await_change(),

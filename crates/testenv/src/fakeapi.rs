@@ -531,6 +531,10 @@ async fn handle(
         }
         ("GET", "/openid/v1/jwks") => return ([("content-type", "application/jwk-set+json")], inner.issuer.jwks()).into_response(),
         ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => return token_review(&inner, &body),
+        // Not Kubernetes: the write counts, for benchmarks in another process.
+        ("GET", "/fake/writes") => {
+            return axum::Json(inner.store.lock().expect("poisoned").requests.clone()).into_response()
+        }
         _ => {}
     }
     let Some(r) = route(&inner, &path) else {
