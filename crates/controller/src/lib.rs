@@ -38,6 +38,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -131,7 +132,9 @@ pub struct Context {
     credentials: Store<RegistryCredential>,
     central: Store<Secret>,
     service_accounts: Arc<Index<ServiceAccount>>,
-    managed: Arc<Index<Secret>>,
+    /// Metadata only: the controller never needs to hold other tenants'
+    /// secret data (nor its own, once written).
+    managed: Arc<Index<PartialObjectMeta<Secret>>>,
     marks: Mutex<reconcile::Marks>,
     failures: Mutex<HashMap<String, u32>>,
     status_dirty: Notify,
@@ -330,11 +333,14 @@ pub async fn run_leader(
     let secret_stream = {
         let idx = managed.clone();
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-        watcher(Api::<Secret>::all(client.clone()), wc().labels(&selector))
-            .default_backoff()
-            .inspect_ok(move |ev| idx.apply(ev))
-            .inspect_ok(ctx.listed_once())
-            .touched_objects()
+        watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            wc().labels(&selector),
+        )
+        .default_backoff()
+        .inspect_ok(move |ev| idx.apply(ev))
+        .inspect_ok(ctx.listed_once())
+        .touched_objects()
     };
     let status_poke = {
         let ctx = ctx.clone();
@@ -371,8 +377,8 @@ pub async fn run_leader(
         .watches_stream(sa_stream, |sa: ServiceAccount| {
             sa.namespace().map(|n| ObjectRef::new(&n))
         })
-        .watches_stream(secret_stream, |s: Secret| {
-            s.namespace().map(|n| ObjectRef::new(&n))
+        .watches_stream(secret_stream, |s: PartialObjectMeta<Secret>| {
+            s.metadata.namespace.as_deref().map(ObjectRef::new)
         })
         .reconcile_all_on(futures::stream::select(
             futures::stream::select(grant_changes, cred_changes),

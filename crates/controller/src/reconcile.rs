@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
 use pullbroker_core::sync::{
@@ -69,12 +69,17 @@ fn parse_time(s: Option<&String>) -> i64 {
 
 /// A managed secret as the plan sees it. Missing or unreadable times read as
 /// 0, which makes the plan reissue it: a damaged secret heals.
-pub fn observe_secret(s: &Secret) -> ObservedSecret {
-    let ann = s.annotations();
+pub fn observe_secret(meta: &ObjectMeta) -> ObservedSecret {
+    let ann = meta.annotations.clone().unwrap_or_default();
     ObservedSecret {
-        namespace: s.namespace().unwrap_or_default(),
-        name: s.name_any(),
-        grant: s.labels().get(GRANT_LABEL).cloned().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        grant: meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(GRANT_LABEL))
+            .cloned()
+            .unwrap_or_default(),
         issued_at: parse_time(ann.get(ISSUED_AT)),
         expires_at: parse_time(ann.get(EXPIRES_AT)),
     }
@@ -150,7 +155,7 @@ impl Context {
                     what: Written::Secret(o),
                     ..
                 }) => managed_secrets.push(o),
-                _ => managed_secrets.push(observe_secret(&s)),
+                _ => managed_secrets.push(observe_secret(&s.metadata)),
             }
         }
         // Secrets we wrote that the cache has not seen at all yet.
@@ -248,7 +253,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
                     )
                     .await
                     .map_err(|e| Error::Kube("apply secret", e))?;
-                let o = observe_secret(&written);
+                let o = observe_secret(&written.metadata);
                 due(o.issued_at, o.expires_at);
                 ctx.mark(
                     "secret",

@@ -186,7 +186,7 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
         let Some(cred) = s.annotations().get(CREDENTIAL).cloned() else {
             continue;
         };
-        let o = observe_secret(&s);
+        let o = observe_secret(&s.metadata);
         let due = o.issued_at + ((o.expires_at - o.issued_at) as f64 * rotate_after) as i64;
         let t = times.entry(cred).or_insert((i64::MIN, i64::MAX));
         t.0 = t.0.max(o.issued_at);

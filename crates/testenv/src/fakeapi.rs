@@ -21,7 +21,9 @@
 //! - no schema validation or defaulting (CRD schemas are not enforced);
 //! - server-side apply keeps `managedFields` but treats every list as atomic
 //!   (lists with merge keys, like `containers`, are merged by key upstream);
-//! - `limit`/`continue` are ignored: lists come back whole;
+//! - `limit`/`continue` page in (namespace, name) order, but later pages show
+//!   the current state rather than a snapshot at the first page's
+//!   resourceVersion (which every page reports);
 //! - resources must be registered ([`FakeApi::RESOURCES`] lists the built-in ones);
 //! - watch history keeps the last 10,000 events; older versions get 410;
 //! - garbage collection is immediate and foreground-like, not by a controller.
@@ -551,11 +553,16 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    // Metadata-only reads (`Accept: …;as=PartialObjectMetadata;g=meta.k8s.io;v=v1`).
+    let meta_only = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
     match (method.as_str(), &r.name, r.sub.as_deref()) {
         ("GET", None, _) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            watch(&inner, &r, &q)
+            watch(&inner, &r, &q, meta_only)
         }
-        ("GET", None, _) => list(&inner, &r, &q),
+        ("GET", None, _) => list(&inner, &r, &q, meta_only),
         ("GET", Some(_), _) => get(&inner, &r),
         ("POST", _, Some("token")) if r.resource.plural == "serviceaccounts" => {
             token_request(&inner, &r, &body)
@@ -600,24 +607,77 @@ fn get(inner: &Inner, r: &Route) -> Response {
     }
 }
 
-fn list(inner: &Inner, r: &Route, q: &BTreeMap<String, String>) -> Response {
+/// An object as `PartialObjectMetadata`: its metadata, nothing else.
+fn partial(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+}
+
+fn list(inner: &Inner, r: &Route, q: &BTreeMap<String, String>, meta_only: bool) -> Response {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // `continue` is opaque to clients: here, the list's resourceVersion and
+    // the (namespace, name) after which the next page starts.
+    let (list_rv, after) = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let Some((rv, ns, name)) = b64
+                .decode(token)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<(String, String, String)>(&b).ok())
+            else {
+                return status(
+                    400,
+                    "BadRequest",
+                    "invalid continue token".into(),
+                    json!({}),
+                );
+            };
+            (Some(rv), Some((ns, name)))
+        }
+        None => (None, None),
+    };
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
     let s = inner.store.lock().expect("poisoned");
-    let items: Vec<Value> = s
-        .objects
-        .iter()
-        .filter(|((res, ns, _), o)| {
-            *res == key(r) && (r.namespace.is_empty() || *ns == r.namespace) && selected(q, o)
-        })
-        .map(|(_, o)| o.clone())
-        .collect();
+    let res = key(r);
+    let mut matching = s.objects.iter().filter(|((kind, ns, name), o)| {
+        *kind == res
+            && (r.namespace.is_empty() || *ns == r.namespace)
+            && after
+                .as_ref()
+                .is_none_or(|(a_ns, a_name)| (ns, name) > (a_ns, a_name))
+            && selected(q, o)
+    });
+    let mut items = Vec::new();
+    let mut last = None;
+    for ((_, ns, name), o) in matching.by_ref().take(limit) {
+        items.push(if meta_only { partial(o) } else { o.clone() });
+        last = Some((ns.clone(), name.clone()));
+    }
+    let rv = list_rv.unwrap_or_else(|| s.rv.to_string());
+    let mut metadata = json!({"resourceVersion": rv});
+    if matching.next().is_some() {
+        let (ns, name) = last.expect("a full page");
+        metadata["continue"] =
+            json!(b64.encode(serde_json::to_vec(&(rv.clone(), ns, name)).expect("json")));
+    }
+    let (kind, api_version) = if meta_only {
+        (
+            "PartialObjectMetadataList".to_string(),
+            "meta.k8s.io/v1".to_string(),
+        )
+    } else {
+        (format!("{}List", r.resource.kind), r.resource.api_version())
+    };
     axum::Json(
-        json!({"kind": format!("{}List", r.resource.kind), "apiVersion": r.resource.api_version(),
-        "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+        json!({"kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items}),
     )
     .into_response()
 }
 
-fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>) -> Response {
+fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>, meta_only: bool) -> Response {
     let from: u64 = q
         .get("resourceVersion")
         .and_then(|v| v.parse().ok())
@@ -647,6 +707,7 @@ fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>) -> Response {
     let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
         let line = |v: Value| Bytes::from(format!("{v}\n"));
+        let shown = move |o: &Value| if meta_only { partial(o) } else { o.clone() };
         if gone {
             let st = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": format!("too old resource version: {from} ({oldest})"), "reason": "Expired", "code": 410}});
@@ -657,7 +718,7 @@ fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>) -> Response {
         for e in backlog.into_iter().filter(|e| matches(e)) {
             last = e.rv;
             if tx
-                .send(line(json!({"type": e.kind, "object": e.object})))
+                .send(line(json!({"type": e.kind, "object": shown(&e.object)})))
                 .await
                 .is_err()
             {
@@ -672,7 +733,7 @@ fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>) -> Response {
                 ev = rx.recv() => match ev {
                     Ok(e) if e.rv > last && matches(&e) => {
                         last = e.rv;
-                        if tx.send(line(json!({"type": e.kind, "object": e.object}))).await.is_err() { return; }
+                        if tx.send(line(json!({"type": e.kind, "object": shown(&e.object)}))).await.is_err() { return; }
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,

@@ -580,3 +580,104 @@ async fn reqwest_like_apply(url: &str) -> u16 {
     stream.read_to_string(&mut out).await.unwrap();
     out.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+#[tokio::test]
+async fn lists_page_with_limit_and_continue_and_serve_metadata_only() {
+    use kube::core::PartialObjectMeta;
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let c = client(&fake).await;
+    Api::<Namespace>::all(c.clone())
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "p"}})),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), "p");
+    for i in 0..5 {
+        secrets
+            .create(
+                &PostParams::default(),
+                &obj(json!({"metadata": {"name": format!("s{i}")}, "stringData": {"k": "SECRET-VALUE"}})),
+            )
+            .await
+            .unwrap();
+    }
+    let mut names = Vec::new();
+    let mut params = ListParams::default().limit(2);
+    let mut pages = 0;
+    loop {
+        let page = secrets.list(&params).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.iter().map(|s| s.metadata.name.clone().unwrap()));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["s0", "s1", "s2", "s3", "s4"]);
+    let err = secrets
+        .list(&ListParams::default().continue_token("garbage"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err).0, 400);
+
+    // stringData was folded into data, base64, as the API server does.
+    let s0 = secrets.get("s0").await.unwrap();
+    assert_eq!(s0.data.unwrap()["k"].0, b"SECRET-VALUE");
+
+    // Metadata-only reads carry no data, in lists and watches alike.
+    let meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(c.clone(), "p");
+    let list = meta.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 5);
+    let events: Vec<_> = watcher(meta, watcher::Config::default())
+        .take(7)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 7, "Init, five objects, InitDone");
+    let full = raw_get(
+        &fake.url,
+        "/api/v1/namespaces/p/secrets",
+        "application/json",
+    )
+    .await;
+    assert!(
+        full.contains("U0VDUkVULVZBTFVF"),
+        "a full list carries data"
+    );
+    let partial = raw_get(
+        &fake.url,
+        "/api/v1/namespaces/p/secrets",
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+    )
+    .await;
+    assert!(
+        partial.contains("\"kind\":\"PartialObjectMetadataList\""),
+        "{partial}"
+    );
+    assert!(
+        !partial.contains("U0VDUkVULVZBTFVF"),
+        "metadata only: no data"
+    );
+}
+
+/// A plain HTTP GET with the given Accept header.
+async fn raw_get(base: &str, path: &str, accept: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
