@@ -44,6 +44,20 @@ pub struct BrokerConfigSpec {
     /// Operator-controlled namespace labels, for `namespaceSelector`s.
     #[serde(default)]
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Where credentials, grants, central secrets and namespace labels come
+    /// from: this file (default) or the cluster's API (watched).
+    #[serde(default)]
+    pub policy_source: PolicySource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySource {
+    #[default]
+    File,
+    /// `RegistryCredential`/`PullGrant` objects, Secrets of the system
+    /// namespace and namespace labels, from the Kubernetes API.
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +98,7 @@ pub struct TokenReviewSpec {
 pub type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
 
 /// A usable credential.
+#[derive(Clone)]
 pub enum CredentialRuntime {
     /// The broker mints registry tokens with these keys.
     TokenIssuer {
@@ -100,6 +115,8 @@ pub enum CredentialRuntime {
 pub struct Snapshot {
     pub policy: Policy,
     pub credentials: BTreeMap<String, CredentialRuntime>,
+    pub policy_source: PolicySource,
+    pub system_namespace: String,
     pub issuer: IssuerSettings,
     pub token_review: Option<TokenReviewSpec>,
     pub listen: SocketAddr,
@@ -241,6 +258,14 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
         problems.push("no BrokerConfig document".into());
         return Err(report(path, problems));
     };
+    if broker.policy_source == PolicySource::Kubernetes
+        && !(credentials.is_empty()
+            && grants.is_empty()
+            && secrets.is_empty()
+            && namespaces.is_empty())
+    {
+        problems.push("with policySource: kubernetes, RegistryCredentials, PullGrants, Secrets and Namespaces come from the cluster; remove them from the file".into());
+    }
     let system_ns = broker
         .system_namespace
         .clone()
@@ -276,33 +301,7 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
             .extend(labels.clone());
     }
 
-    // Credentials need their secrets.
-    let mut runtimes = BTreeMap::new();
-    for c in &credentials {
-        if let Err(e) = c.spec.validate() {
-            problems.push(format!("RegistryCredential {:?}: {e}", c.name));
-            continue;
-        }
-        match credential_runtime(&c.spec, &secrets) {
-            Ok(rt) => {
-                runtimes.insert(c.name.clone(), rt);
-            }
-            Err(e) => problems.push(format!("RegistryCredential {:?}: {e}", c.name)),
-        }
-    }
-    let services: Vec<&String> = runtimes
-        .values()
-        .filter_map(|r| match r {
-            CredentialRuntime::TokenIssuer { service, .. } => Some(service),
-            _ => None,
-        })
-        .collect();
-    for (i, s) in services.iter().enumerate() {
-        if services[..i].contains(s) {
-            problems.push(format!("two token-issuer credentials share service {s:?}"));
-        }
-    }
-    let (policy, policy_problems) = Policy::new(credentials, grants, namespaces);
+    let (policy, runtimes, policy_problems) = assemble(credentials, grants, &secrets, namespaces);
     problems.extend(policy_problems);
 
     let issuer = issuer_settings(&broker, base, &mut watched).map_err(|e| {
@@ -323,11 +322,53 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
     Ok(Snapshot {
         policy,
         credentials: runtimes,
+        policy_source: broker.policy_source,
+        system_namespace: system_ns,
         issuer: issuer.expect("no problems"),
         token_review: broker.service_account_issuer.token_review.clone(),
         listen: listen.expect("no problems"),
         watched,
     })
+}
+
+/// The policy and usable credentials from documents, with every problem.
+/// The file loader refuses a file with any problem; a cluster source serves
+/// what is valid (invalid documents are left out, never widening access).
+pub fn assemble(
+    credentials: Vec<Named<RegistryCredentialSpec>>,
+    grants: Vec<Named<PullGrantSpec>>,
+    secrets: &Secrets,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+) -> (Policy, BTreeMap<String, CredentialRuntime>, Vec<String>) {
+    let mut problems = Vec::new();
+    // Credentials need their secrets.
+    let mut runtimes = BTreeMap::new();
+    for c in &credentials {
+        if let Err(e) = c.spec.validate() {
+            problems.push(format!("RegistryCredential {:?}: {e}", c.name));
+            continue;
+        }
+        match credential_runtime(&c.spec, secrets) {
+            Ok(rt) => {
+                runtimes.insert(c.name.clone(), rt);
+            }
+            Err(e) => problems.push(format!("RegistryCredential {:?}: {e}", c.name)),
+        }
+    }
+    let mut services: Vec<(&String, &String)> = Vec::new();
+    for (name, r) in &runtimes {
+        if let CredentialRuntime::TokenIssuer { service, .. } = r {
+            if services.iter().any(|(_, s)| *s == service) {
+                problems.push(format!(
+                    "two token-issuer credentials share service {service:?}"
+                ));
+            }
+            services.push((name, service));
+        }
+    }
+    let (policy, policy_problems) = Policy::new(credentials, grants, namespaces);
+    problems.extend(policy_problems);
+    (policy, runtimes, problems)
 }
 
 fn report(path: &Path, problems: Vec<String>) -> String {
@@ -472,4 +513,38 @@ fn issuer_settings(
         ca_pem: s.ca_file.as_ref().map(read).transpose()?,
         min_refresh_interval: Duration::from_secs(10),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.yaml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+        (dir, path)
+    }
+
+    const BROKER: &str = "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {name: b}\nspec:\n  policySource: kubernetes\n  serviceAccountIssuer: {issuer: https://kubernetes.default.svc, jwksFile: jwks.json}\n";
+
+    #[test]
+    fn kubernetes_policy_source_takes_no_policy_from_the_file() {
+        let (_d, path) = write(BROKER);
+        let s = load(&path).unwrap();
+        assert_eq!(s.policy_source, PolicySource::Kubernetes);
+        assert!(
+            s.policy.grants().is_empty(),
+            "nothing until the cluster says"
+        );
+        assert_eq!(s.system_namespace, "pullbroker-system");
+
+        let (_d, path) = write(&format!("{BROKER}---\napiVersion: pullbroker.dev/v1alpha1\nkind: PullGrant\nmetadata: {{name: g}}\nspec: {{credential: c, subjects: {{namespaces: [a], serviceAccounts: [b]}}, repositories: ['**'], purposes: [pull]}}\n"));
+        let err = load(&path).err().unwrap();
+        assert!(err.contains("come from the cluster"), "{err}");
+
+        let (_d, path) = write(&BROKER.replace("kubernetes", "etcd"));
+        assert!(load(&path).is_err(), "unknown policySource");
+    }
 }

@@ -9,6 +9,7 @@ use rcgen::PublicKeyData;
 use sha2::{Digest as _, Sha256};
 
 /// One signing key with its certificate.
+#[derive(Clone)]
 pub struct SigningKey {
     pub kid: String,
     pub cert_pem: String,
@@ -85,7 +86,7 @@ fn pem_body(pem: &str) -> Option<Vec<u8>> {
 }
 
 /// The current key and, during a rotation, the previous one.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IssuerKeys {
     pub current: SigningKey,
     pub previous: Option<SigningKey>,

@@ -161,6 +161,32 @@ impl Broker {
         self.state.snapshot.load()
     }
 
+    /// Serves a policy and credentials read from elsewhere (the cluster),
+    /// keeping the file's broker settings.
+    pub fn install_policy(
+        &self,
+        policy: pullbroker_core::policy::Policy,
+        credentials: std::collections::BTreeMap<String, config::CredentialRuntime>,
+    ) {
+        let current = self.state.snapshot.load();
+        self.state.snapshot.store(Arc::new(Snapshot {
+            policy,
+            credentials,
+            policy_source: current.policy_source,
+            system_namespace: current.system_namespace.clone(),
+            issuer: current.issuer.clone(),
+            token_review: current.token_review.clone(),
+            listen: current.listen,
+            watched: current.watched.clone(),
+        }));
+        let mut status = self.state.reload.lock().expect("poisoned");
+        status.generation += 1;
+        self.state
+            .metrics
+            .config_generation
+            .set(status.generation as i64);
+    }
+
     /// Loads the config file again; on any problem the running config stays.
     pub async fn reload(&self) -> Result<(), String> {
         let st = &self.state;
@@ -168,7 +194,13 @@ impl Broker {
             return Ok(());
         };
         let result = async {
-            let snapshot = config::load(path)?;
+            let mut snapshot = config::load(path)?;
+            if snapshot.policy_source == config::PolicySource::Kubernetes {
+                // The policy comes from the cluster; the file only from here.
+                let current = st.snapshot.load();
+                snapshot.policy = current.policy.clone();
+                snapshot.credentials = current.credentials.clone();
+            }
             let fp = issuer_fingerprint(&snapshot);
             if *st.issuer_fingerprint.lock().expect("poisoned") != fp {
                 let verifier = build_verifier(&snapshot, st.reviewer_override.clone()).await?;

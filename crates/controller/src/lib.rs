@@ -25,6 +25,7 @@
 pub mod index;
 pub mod issue;
 pub mod lease;
+pub mod policy_source;
 pub mod reconcile;
 pub mod status;
 pub mod stuck;

@@ -38,6 +38,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
 async fn serve(args: Args) -> Result<ExitCode> {
     let snapshot = config::load(&args.config).map_err(anyhow::Error::msg)?;
     let listen = args.listen.unwrap_or(snapshot.listen);
+    let cluster = (snapshot.policy_source == config::PolicySource::Kubernetes)
+        .then(|| snapshot.system_namespace.clone());
     let broker = Broker::new(
         snapshot,
         Some(args.config.clone()),
@@ -50,6 +52,20 @@ async fn serve(args: Args) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let watcher = broker.spawn_watcher(args.reload_interval);
+    // policySource: kubernetes — credentials and grants from the API.
+    let _cluster = match cluster {
+        Some(system_namespace) => {
+            let client = kube::Client::try_default().await.context(
+                "policySource is kubernetes: cannot connect to the Kubernetes API (in-cluster config or KUBECONFIG)",
+            )?;
+            Some(tokio::spawn(pullbroker_controller::policy_source::run(
+                client,
+                broker.clone(),
+                system_namespace,
+            )))
+        }
+        None => None,
+    };
     tracing::info!(address = %listener.local_addr()?, config = %args.config.display(), "pullbroker serving");
     broker
         .serve(listener, shutdown_signal())

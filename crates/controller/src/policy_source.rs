@@ -1,0 +1,159 @@
+//! The broker's policy from the cluster (`BrokerConfig.spec.policySource:
+//! kubernetes`): `RegistryCredential`s and `PullGrant`s, the Secrets of the
+//! system namespace, and namespace labels, from watch-backed caches. Every
+//! change rebuilds the policy with the same code the standalone file uses
+//! ([`pullbroker_broker::config::assemble`]) and swaps it into the broker.
+//! Invalid documents are left out and logged; until every cache has listed
+//! once the broker keeps its empty policy, which denies everything.
+
+use std::collections::BTreeMap;
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use pullbroker_broker::config::{assemble, Secrets};
+use pullbroker_broker::Broker;
+use pullbroker_core::policy::{Named, PullGrant, RegistryCredential};
+
+struct Caches {
+    credentials: Store<RegistryCredential>,
+    grants: Store<PullGrant>,
+    secrets: Store<Secret>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+}
+
+impl Caches {
+    fn install(&self, broker: &Broker, last_problems: &mut Vec<String>) {
+        let credentials = self
+            .credentials
+            .state()
+            .iter()
+            .map(|c| Named {
+                name: c.name_any(),
+                spec: c.spec.clone(),
+            })
+            .collect();
+        let grants = self
+            .grants
+            .state()
+            .iter()
+            .filter(|g| g.metadata.deletion_timestamp.is_none())
+            .map(|g| Named {
+                name: g.name_any(),
+                spec: g.spec.clone(),
+            })
+            .collect();
+        let secrets: Secrets = self
+            .secrets
+            .state()
+            .iter()
+            .map(|s| {
+                let data: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect();
+                (s.name_any(), (s.namespace(), data))
+            })
+            .collect();
+        let labels = self
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect();
+        let (policy, runtimes, problems) = assemble(credentials, grants, &secrets, labels);
+        if problems != *last_problems {
+            for p in &problems {
+                tracing::warn!(problem = %p, "policy document left out");
+            }
+            *last_problems = problems;
+        }
+        tracing::info!(
+            credentials = runtimes.len(),
+            grants = policy.grants().len(),
+            "policy from the cluster installed"
+        );
+        broker.install_policy(policy, runtimes);
+    }
+}
+
+/// Watches the cluster and keeps `broker`'s policy current, until dropped.
+pub async fn run(client: Client, broker: Broker, system_namespace: String) {
+    let wc = watcher::Config::default;
+    let (credentials, cw) = reflector::store();
+    let (grants, gw) = reflector::store();
+    let (secrets, sw) = reflector::store();
+    let (namespaces, nw) = reflector::store();
+    let caches = Caches {
+        credentials,
+        grants,
+        secrets,
+        namespaces,
+    };
+    // Each stream says which cache changed and whether it finished a list.
+    fn tag<K: Send + 'static>(
+        i: u8,
+        s: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    ) -> stream::BoxStream<'static, (u8, bool)> {
+        s.filter_map(move |ev| {
+            futures::future::ready(match ev {
+                Ok(watcher::Event::InitDone) => Some((i, true)),
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some((i, false)),
+                _ => None,
+            })
+        })
+        .boxed()
+    }
+    let changes = stream::select_all([
+        tag(
+            0,
+            watcher(Api::<RegistryCredential>::all(client.clone()), wc())
+                .default_backoff()
+                .reflect(cw),
+        ),
+        tag(
+            1,
+            watcher(Api::<PullGrant>::all(client.clone()), wc())
+                .default_backoff()
+                .reflect(gw),
+        ),
+        tag(
+            2,
+            watcher(
+                Api::<Secret>::namespaced(client.clone(), &system_namespace),
+                wc(),
+            )
+            .default_backoff()
+            .reflect(sw),
+        ),
+        tag(
+            3,
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                wc(),
+            )
+            .default_backoff()
+            .reflect(nw),
+        ),
+    ]);
+    // Whatever piled up while the last rebuild ran is handled by one rebuild.
+    let mut batches = changes.ready_chunks(4096);
+    let mut listed = 0u8;
+    let mut problems = Vec::new();
+    while let Some(batch) = batches.next().await {
+        for (i, done) in batch {
+            if done {
+                listed |= 1 << i;
+            }
+        }
+        if listed == 0b1111 {
+            caches.install(&broker, &mut problems);
+        }
+    }
+}
