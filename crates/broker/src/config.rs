@@ -48,6 +48,10 @@ pub struct BrokerConfigSpec {
     /// from: this file (default) or the cluster's API (watched).
     #[serde(default)]
     pub policy_source: PolicySource,
+    /// Directory of exec source executables (relative to this file); exec
+    /// sources are refused without it.
+    #[serde(default)]
+    pub exec_source_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -109,12 +113,17 @@ pub enum CredentialRuntime {
     },
     /// A static upstream credential (dockerconfigjson).
     Static { config: DockerConfig },
+    /// Short-lived upstream credentials from an exec source, refreshed.
+    Refreshing {
+        source: std::sync::Arc<crate::source::Refresher>,
+    },
 }
 
 /// Everything the broker serves from, swapped whole on reload.
 pub struct Snapshot {
     pub policy: Policy,
     pub credentials: BTreeMap<String, CredentialRuntime>,
+    pub exec_source_dir: Option<PathBuf>,
     pub policy_source: PolicySource,
     pub system_namespace: String,
     pub issuer: IssuerSettings,
@@ -301,7 +310,14 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
             .extend(labels.clone());
     }
 
-    let (policy, runtimes, policy_problems) = assemble(credentials, grants, &secrets, namespaces);
+    let exec_dir = broker.exec_source_dir.as_ref().map(|d| resolve(base, d));
+    let (policy, runtimes, policy_problems) = assemble(
+        credentials,
+        grants,
+        &secrets,
+        namespaces,
+        exec_dir.as_deref(),
+    );
     problems.extend(policy_problems);
 
     let issuer = issuer_settings(&broker, base, &mut watched).map_err(|e| {
@@ -322,6 +338,7 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
     Ok(Snapshot {
         policy,
         credentials: runtimes,
+        exec_source_dir: exec_dir,
         policy_source: broker.policy_source,
         system_namespace: system_ns,
         issuer: issuer.expect("no problems"),
@@ -339,6 +356,7 @@ pub fn assemble(
     grants: Vec<Named<PullGrantSpec>>,
     secrets: &Secrets,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    exec_dir: Option<&Path>,
 ) -> (Policy, BTreeMap<String, CredentialRuntime>, Vec<String>) {
     let mut problems = Vec::new();
     // Credentials need their secrets.
@@ -348,7 +366,7 @@ pub fn assemble(
             problems.push(format!("RegistryCredential {:?}: {e}", c.name));
             continue;
         }
-        match credential_runtime(&c.spec, secrets) {
+        match credential_runtime(&c.name, &c.spec, secrets, exec_dir) {
             Ok(rt) => {
                 runtimes.insert(c.name.clone(), rt);
             }
@@ -419,9 +437,21 @@ fn secret_key<'a>(secrets: &'a Secrets, name: &str, key: &str) -> Result<&'a [u8
 }
 
 pub fn credential_runtime(
+    name: &str,
     spec: &RegistryCredentialSpec,
     secrets: &Secrets,
+    exec_dir: Option<&Path>,
 ) -> Result<CredentialRuntime, String> {
+    if let Some(e) = &spec.source.exec {
+        let registry = spec
+            .registries
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default();
+        return Ok(CredentialRuntime::Refreshing {
+            source: crate::source::Refresher::for_credential(name, e, registry, exec_dir),
+        });
+    }
     if let Some(r) = &spec.source.secret_ref {
         let bytes = secret_key(secrets, &r.name, ".dockerconfigjson")?;
         let config = DockerConfig::parse(bytes).map_err(|e| format!("Secret {:?}: {e}", r.name))?;

@@ -5,6 +5,7 @@
 //! - [`keys`] / [`mint`]: token-issuer signing keys, registry tokens, and
 //!   the broker's own short-lived credentials.
 //! - [`config`]: the standalone YAML configuration (the embedded default).
+//! - [`source`]: refreshing upstream credentials (the `exec` source).
 //! - [`server`]: routes, audit events, metrics, reload, graceful shutdown.
 
 pub mod config;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod mint;
 pub mod satoken;
 pub mod server;
+pub mod source;
 pub mod tokenreview;
 
 pub use server::Broker;

@@ -172,6 +172,7 @@ impl Broker {
         self.state.snapshot.store(Arc::new(Snapshot {
             policy,
             credentials,
+            exec_source_dir: current.exec_source_dir.clone(),
             policy_source: current.policy_source,
             system_namespace: current.system_namespace.clone(),
             issuer: current.issuer.clone(),
@@ -254,6 +255,26 @@ impl Broker {
             }
         })
     }
+}
+
+/// Refresh an exec source's credential at half its lifetime.
+const REFRESH_AFTER: f64 = 0.5;
+
+/// The first username/password pair a docker config holds for `image`.
+fn basic_for(
+    config: &pullbroker_core::DockerConfig,
+    image: &pullbroker_core::Reference,
+) -> Option<(String, String)> {
+    config
+        .credentials_for(image)
+        .into_iter()
+        .find_map(|c| match c {
+            Credential::Basic { .. } => Some((
+                c.username().unwrap_or_default().to_string(),
+                c.secret().unwrap_or_default().to_string(),
+            )),
+            _ => None,
+        })
 }
 
 fn next_jti(st: &AppState) -> String {
@@ -461,7 +482,7 @@ async fn exchange_inner(
         .clone()
         .expect("an allow names its credential");
     let now = now();
-    let expires_at = (now + decision.ttl.as_secs() as i64).min(verified.expires_at);
+    let mut expires_at = (now + decision.ttl.as_secs() as i64).min(verified.expires_at);
     let (username, password, kind) = match snapshot.credentials.get(&name) {
         Some(CredentialRuntime::TokenIssuer { keys, .. }) => {
             let c = BrokerCredential {
@@ -473,18 +494,30 @@ async fn exchange_inner(
             };
             (BROKER_USERNAME.to_string(), c.seal(&keys.current), "broker")
         }
+        Some(CredentialRuntime::Refreshing { source }) => {
+            let upstream = source.current(now, REFRESH_AFTER).await.map_err(|e| {
+                tracing::warn!(credential = %name, error = %e, "exec source failed");
+                error(
+                    StatusCode::BAD_GATEWAY,
+                    "source_unavailable",
+                    format!("credential {name:?} is unavailable: its source failed"),
+                )
+            })?;
+            expires_at = expires_at.min(upstream.expires_at);
+            let (u, p) = basic_for(&upstream.config, &image).ok_or_else(|| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "misconfigured",
+                    format!(
+                        "credential {name:?} holds no username/password for {}",
+                        image.registry()
+                    ),
+                )
+            })?;
+            (u, p, "refreshing")
+        }
         Some(CredentialRuntime::Static { config }) => {
-            let basic = config
-                .credentials_for(&image)
-                .into_iter()
-                .find_map(|c| match c {
-                    Credential::Basic { .. } => Some((
-                        c.username().unwrap_or_default().to_string(),
-                        c.secret().unwrap_or_default().to_string(),
-                    )),
-                    _ => None,
-                });
-            let (u, p) = basic.ok_or_else(|| {
+            let (u, p) = basic_for(config, &image).ok_or_else(|| {
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "misconfigured",
@@ -815,6 +848,18 @@ async fn resolve_one(
             }
         }
         Some(CredentialRuntime::Static { config }) => config.credentials_for(&image),
+        Some(CredentialRuntime::Refreshing { source }) => {
+            match source.current(now(), REFRESH_AFTER).await {
+                Ok(upstream) => upstream.config.credentials_for(&image),
+                Err(e) => {
+                    tracing::warn!(credential = %name, error = %e, "exec source failed");
+                    return fail(
+                        "source_unavailable",
+                        format!("credential {name:?} is unavailable: its source failed"),
+                    );
+                }
+            }
+        }
         None => {
             return fail(
                 "misconfigured",

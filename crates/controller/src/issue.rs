@@ -6,7 +6,9 @@
 //!   repositories granted: the secret is scoped, short-lived and revocable;
 //! - static upstream password → a copy of the central dockerconfigjson, only
 //!   on the grant's `allowStaticCopy` (the plan refuses otherwise), re-copied
-//!   every ttl so a changed upstream password propagates.
+//!   every ttl so a changed upstream password propagates;
+//! - exec source (ECR-style) → the upstream's own short-lived credential,
+//!   with its real issue and expiry times (the caller refreshes it first).
 
 use std::fmt;
 
@@ -14,6 +16,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use pullbroker_broker::config::{credential_runtime, CredentialRuntime, Secrets};
 use pullbroker_broker::mint::{BrokerCredential, BROKER_USERNAME};
+use pullbroker_broker::source::Upstream;
 use pullbroker_core::policy::Policy;
 use serde_json::json;
 
@@ -42,6 +45,8 @@ pub fn issue(
     grant: &str,
     namespace: &str,
     now: i64,
+    upstream: Option<&Upstream>,
+    exec_dir: Option<&std::path::Path>,
 ) -> Result<Issued, String> {
     let g = policy
         .grants()
@@ -54,7 +59,7 @@ pub fn issue(
         .ok_or_else(|| format!("RegistryCredential {:?} does not exist", g.spec.credential))?;
     let ttl = g.spec.ttl().as_secs() as i64;
     let expires_at = now + ttl;
-    let runtime = credential_runtime(spec, central)
+    let runtime = credential_runtime(&g.spec.credential, spec, central, exec_dir)
         .map_err(|e| format!("RegistryCredential {:?}: {e}", g.spec.credential))?;
     let dockerconfigjson = match runtime {
         CredentialRuntime::TokenIssuer { keys, .. } => {
@@ -78,6 +83,14 @@ pub fn issue(
                 })
                 .collect();
             serde_json::to_vec(&json!({ "auths": entries })).expect("serializable")
+        }
+        CredentialRuntime::Refreshing { .. } => {
+            let u = upstream.ok_or("the exec source's credential was not fetched")?;
+            return Ok(Issued {
+                dockerconfigjson: u.dockerconfigjson.clone(),
+                issued_at: u.issued_at,
+                expires_at: u.expires_at,
+            });
         }
         CredentialRuntime::Static { .. } => {
             if !g.spec.allow_static_copy {

@@ -80,6 +80,8 @@ pub struct Settings {
     /// Delete pods stuck pulling for want of our secret when a controller
     /// (Deployment, Job, …) owns them, so they are recreated with it.
     pub recreate_stuck_pods: bool,
+    /// Directory of exec-source executables; exec sources are refused without it.
+    pub exec_source_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -93,6 +95,7 @@ impl Default for Settings {
             lease_duration: Duration::from_secs(15),
             concurrency: 32,
             recreate_stuck_pods: false,
+            exec_source_dir: None,
         }
     }
 }

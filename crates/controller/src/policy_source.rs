@@ -67,7 +67,9 @@ impl Caches {
             .iter()
             .map(|n| (n.name_any(), n.labels().clone()))
             .collect();
-        let (policy, runtimes, problems) = assemble(credentials, grants, &secrets, labels);
+        let exec_dir = broker.snapshot().exec_source_dir.clone();
+        let (policy, runtimes, problems) =
+            assemble(credentials, grants, &secrets, labels, exec_dir.as_deref());
         if problems != *last_problems {
             for p in &problems {
                 tracing::warn!(problem = %p, "policy document left out");

@@ -219,8 +219,42 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
                 rotation,
             } => {
                 let central = ctx.central_secrets(&policy);
-                let issued = crate::issue::issue(&policy, &central, grant, namespace, now)
-                    .map_err(|e| Error::Issue(grant.clone(), namespace.clone(), e))?;
+                let fail = |e: String| Error::Issue(grant.clone(), namespace.clone(), e);
+                // An exec source's credential is refreshed (once, for every
+                // namespace) when this secret's rotation is due.
+                let upstream = match policy.credentials().get(credential) {
+                    Some(spec) if spec.source.exec.is_some() => {
+                        let rt = pullbroker_broker::config::credential_runtime(
+                            credential,
+                            spec,
+                            &central,
+                            ctx.settings.exec_source_dir.as_deref(),
+                        )
+                        .map_err(fail)?;
+                        let pullbroker_broker::config::CredentialRuntime::Refreshing { source } =
+                            rt
+                        else {
+                            unreachable!("exec sources refresh")
+                        };
+                        Some(
+                            source
+                                .current(now, ctx.settings.rotate_after)
+                                .await
+                                .map_err(fail)?,
+                        )
+                    }
+                    _ => None,
+                };
+                let issued = crate::issue::issue(
+                    &policy,
+                    &central,
+                    grant,
+                    namespace,
+                    now,
+                    upstream.as_deref(),
+                    ctx.settings.exec_source_dir.as_deref(),
+                )
+                .map_err(fail)?;
                 let mut annotations = BTreeMap::from([
                     (ISSUED_AT.to_string(), rfc3339(issued.issued_at)),
                     (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),

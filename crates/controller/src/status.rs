@@ -202,7 +202,12 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
             .find(|p| p.starts_with(&format!("RegistryCredential {name:?}")))
         {
             Some(p) => (false, "Invalid", p.clone()),
-            None => match credential_runtime(&c.spec, &central) {
+            None => match credential_runtime(
+                &name,
+                &c.spec,
+                &central,
+                ctx.settings.exec_source_dir.as_deref(),
+            ) {
                 Ok(_) => (
                     true,
                     "SourceAvailable",

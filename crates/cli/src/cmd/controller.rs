@@ -43,6 +43,10 @@ pub struct Args {
     /// so they are recreated with it (without this flag they only get a Warning Event).
     #[arg(long)]
     recreate_stuck_pods: bool,
+    /// Directory of exec-source executables (RegistryCredential `source.exec.command` names a file here;
+    /// kubelet credential-provider plugins work). Without it exec sources are refused.
+    #[arg(long, env = "PULLBROKER_EXEC_SOURCE_DIR", value_name = "DIR")]
+    exec_source_dir: Option<std::path::PathBuf>,
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -74,6 +78,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             lease_duration: args.lease_duration,
             concurrency: args.concurrency,
             recreate_stuck_pods: args.recreate_stuck_pods,
+            exec_source_dir: args.exec_source_dir,
             ..Settings::default()
         };
         tracing::info!(identity = %settings.identity, namespace = %settings.system_namespace, "pullbroker controller starting");

@@ -55,6 +55,32 @@ pub struct CredentialSource {
     /// A key the registry trusts: the broker mints repository-scoped registry tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_issuer: Option<TokenIssuer>,
+    /// Short-lived upstream credentials (ECR-style) from an executable,
+    /// refreshed from their real expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecSource>,
+}
+
+/// An executable speaking the kubelet credential-provider exec protocol
+/// (`CredentialProviderRequest` on stdin, `CredentialProviderResponse` on
+/// stdout), so existing provider plugins (ECR, ACR, GCR, …) serve as sources.
+/// Only a file name: it is looked up in the directory the operator gives
+/// the broker and controller (`execSourceDir` / `--exec-source-dir`), never
+/// a path a document could point anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecSource {
+    /// Executable name in the exec source directory.
+    #[schemars(length(min = 1))]
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Lifetime when the response gives no `cacheDuration` (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_lifetime: Option<String>,
+    /// How long the executable may run (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -313,9 +339,24 @@ impl RegistryCredentialSpec {
                 return Err(format!("registry {r:?} must be host[:port] without a path"));
             }
         }
-        match (&self.source.secret_ref, &self.source.token_issuer) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => return Err("source must set exactly one of secretRef and tokenIssuer".into()),
+        let sources = [
+            self.source.secret_ref.is_some(),
+            self.source.token_issuer.is_some(),
+            self.source.exec.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err("source must set exactly one of secretRef, tokenIssuer and exec".into());
+        }
+        if let Some(e) = &self.source.exec {
+            let c = &e.command;
+            if c.is_empty() || c.contains('/') || c == "." || c == ".." || c.contains('\0') {
+                return Err(format!(
+                    "exec.command {c:?} must be a file name in the exec source directory, not a path"
+                ));
+            }
+            for d in [&e.default_lifetime, &e.timeout].into_iter().flatten() {
+                parse_duration(d)?;
+            }
         }
         if let Some(t) = &self.source.token_issuer {
             if t.service.is_empty() || t.issuer.is_empty() {

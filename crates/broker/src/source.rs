@@ -1,0 +1,302 @@
+//! Upstream credentials that expire and are refreshed (ECR-style tokens):
+//! the `exec` credential source.
+//!
+//! The executable speaks the kubelet credential-provider exec protocol: a
+//! `CredentialProviderRequest` (v1) on stdin naming an image of the
+//! credential's registry, a `CredentialProviderResponse` on stdout whose
+//! `auth` entries hold username/password and whose `cacheDuration` is the
+//! credential's real lifetime. So existing provider plugins work unchanged.
+//!
+//! A [`Refresher`] keeps the current credential and runs the executable
+//! again once the caller's fraction of that lifetime has passed — one run at
+//! a time, shared by every caller (all namespaces of a sync grant share one
+//! refresh). Executables are looked up by file name in one operator-given
+//! directory; without it exec sources are refused.
+//! Errors never include the executable's output: it holds secrets.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use pullbroker_core::policy::model::{parse_duration, ExecSource};
+use pullbroker_core::DockerConfig;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest response read from an executable.
+const MAX_OUTPUT: u64 = 1 << 20;
+
+/// A credential as an exec source gave it. Debug never shows it.
+pub struct Upstream {
+    pub config: DockerConfig,
+    /// The `.dockerconfigjson` bytes (for synced secrets).
+    pub dockerconfigjson: Vec<u8>,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Go's `time.Duration` text (`12h0m0s`, `1m30s`, `1.5s`, `500ms`), which
+/// is what `cacheDuration` holds.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let (unit, len) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("µs", 1e-6),
+            ("ms", 1e-3),
+            ("h", 3600.0),
+            ("m", 60.0),
+            ("s", 1.0),
+        ]
+        .iter()
+        .find(|(u, _)| rest.starts_with(u))
+        .map(|(u, f)| (*f, u.len()))
+        .ok_or_else(bad)?;
+        total += n * unit;
+        rest = &rest[len..];
+    }
+    if !total.is_finite() || total > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Parses a `CredentialProviderResponse` into a docker config; `None` when
+/// it gives no lifetime.
+pub fn parse_response(out: &[u8]) -> Result<(DockerConfig, Vec<u8>, Option<Duration>), String> {
+    let v: Value = serde_json::from_slice(out).map_err(|e| {
+        format!(
+            "output is not JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if v["kind"] != "CredentialProviderResponse" {
+        return Err("output is not a CredentialProviderResponse".into());
+    }
+    let auth = v["auth"].as_object().ok_or("response has no auth")?;
+    let mut auths = serde_json::Map::new();
+    for (key, entry) in auth {
+        let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) else {
+            return Err(format!("auth[{key:?}] needs a username and a password"));
+        };
+        // `auth` too: containers/image (skopeo, CRI-O) reads only that field.
+        let auth = STANDARD.encode(format!("{u}:{p}"));
+        auths.insert(
+            key.clone(),
+            json!({"username": u, "password": p, "auth": auth}),
+        );
+    }
+    if auths.is_empty() {
+        return Err("response has no auth entries".into());
+    }
+    let raw = serde_json::to_vec(&json!({ "auths": auths })).expect("serializable");
+    let config = DockerConfig::parse(&raw).map_err(|e| e.to_string())?;
+    let lifetime = match v["cacheDuration"].as_str() {
+        None => None,
+        Some(d) => Some(parse_go_duration(d)?).filter(|d| !d.is_zero()),
+    };
+    Ok((config, raw, lifetime))
+}
+
+/// Keeps one exec source's current credential.
+pub struct Refresher {
+    name: String,
+    spec: ExecSource,
+    registry: String,
+    /// Where executables live (kubelet's `--image-credential-provider-bin-dir`).
+    dir: Option<PathBuf>,
+    current: tokio::sync::Mutex<Option<Arc<Upstream>>>,
+}
+
+impl fmt::Debug for Refresher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refresher")
+            .field("credential", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+type Registry = Mutex<HashMap<String, Weak<Refresher>>>;
+static REFRESHERS: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::default);
+
+impl Refresher {
+    /// The refresher for a credential: the same one while its spec is
+    /// unchanged, so a reload does not throw the current credential away.
+    pub fn for_credential(
+        name: &str,
+        spec: &ExecSource,
+        registry: &str,
+        dir: Option<&std::path::Path>,
+    ) -> Arc<Refresher> {
+        let key = format!(
+            "{name}\0{registry}\0{dir:?}\0{}",
+            serde_json::to_string(spec).expect("serializable")
+        );
+        let mut all = REFRESHERS.lock().expect("poisoned");
+        all.retain(|_, w| w.strong_count() > 0);
+        if let Some(r) = all.get(&key).and_then(Weak::upgrade) {
+            return r;
+        }
+        let r = Arc::new(Refresher {
+            name: name.into(),
+            spec: spec.clone(),
+            registry: registry.into(),
+            dir: dir.map(PathBuf::from),
+            current: tokio::sync::Mutex::new(None),
+        });
+        all.insert(key, Arc::downgrade(&r));
+        r
+    }
+
+    /// The current credential, refreshed first once `refresh_after` (a
+    /// fraction) of its lifetime has passed.
+    pub async fn current(&self, now: i64, refresh_after: f64) -> Result<Arc<Upstream>, String> {
+        let mut current = self.current.lock().await;
+        if let Some(u) = current.as_ref() {
+            let due = u.issued_at + ((u.expires_at - u.issued_at) as f64 * refresh_after) as i64;
+            if now < due {
+                return Ok(u.clone());
+            }
+        }
+        let fresh = Arc::new(self.run(now).await?);
+        tracing::info!(credential = %self.name, expires_at = fresh.expires_at, "exec source refreshed");
+        *current = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn run(&self, now: i64) -> Result<Upstream, String> {
+        let what = format!("exec source {:?}", self.spec.command);
+        let dir = self.dir.clone().ok_or_else(|| {
+            format!("{what}: exec sources are disabled (no exec source directory configured)")
+        })?;
+        let path = dir.join(&self.spec.command);
+        let timeout = self
+            .spec
+            .timeout
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .unwrap_or(Duration::from_secs(30));
+        let default_lifetime = self
+            .spec
+            .default_lifetime
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .unwrap_or(Duration::from_secs(3600));
+        let mut child = tokio::process::Command::new(&path)
+            .args(&self.spec.args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{what}: cannot run {}: {e}", path.display()))?;
+        // The registry patterns may be globs; a concrete image is what the protocol asks about.
+        let host = self.registry.replace("*.", "x.");
+        let request = json!({"apiVersion": "credentialprovider.kubelet.k8s.io/v1", "kind": "CredentialProviderRequest",
+            "image": format!("{host}/pullbroker/source")});
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut stdout = child.stdout.take().expect("piped");
+        let io = async {
+            stdin.write_all(request.to_string().as_bytes()).await.ok();
+            drop(stdin);
+            let mut out = Vec::new();
+            (&mut stdout)
+                .take(MAX_OUTPUT)
+                .read_to_end(&mut out)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = child.wait().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, out))
+        };
+        let (status, out) = tokio::time::timeout(timeout, io)
+            .await
+            .map_err(|_| format!("{what}: no answer within {timeout:?}"))?
+            .map_err(|e| format!("{what}: {e}"))?;
+        if !status.success() {
+            return Err(format!("{what}: exited with {status}"));
+        }
+        let (config, dockerconfigjson, lifetime) =
+            parse_response(&out).map_err(|e| format!("{what}: {e}"))?;
+        Ok(Upstream {
+            config,
+            dockerconfigjson,
+            issued_at: now,
+            expires_at: now + lifetime.unwrap_or(default_lifetime).as_secs().max(1) as i64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(
+            parse_go_duration("12h0m0s").unwrap(),
+            Duration::from_secs(43200)
+        );
+        assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_go_duration("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse_go_duration("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "5", "h", "1x", "1h-2m", "1e300h"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn responses_are_checked_and_never_echoed() {
+        let ok = br#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"12h0m0s","auth":{"r.example":{"username":"AWS","password":"CANARY-pw"}}}"#;
+        let (config, raw, lifetime) = parse_response(ok).unwrap();
+        assert_eq!(lifetime, Some(Duration::from_secs(43200)));
+        assert!(String::from_utf8(raw).unwrap().contains("CANARY-pw"));
+        assert!(!format!("{config:?}").contains("CANARY-pw"));
+        for bad in [
+            &br#"not json CANARY-pw"#[..],
+            br#"{"kind":"Other","auth":{"r":{"username":"u","password":"CANARY-pw"}}}"#,
+            br#"{"kind":"CredentialProviderResponse","auth":{"r":{"username":"u"}}}"#,
+            br#"{"kind":"CredentialProviderResponse","auth":{}}"#,
+            br#"{"kind":"CredentialProviderResponse","cacheDuration":"soon","auth":{"r":{"username":"u","password":"CANARY-pw"}}}"#,
+        ] {
+            let e = parse_response(bad).unwrap_err();
+            assert!(!e.contains("CANARY"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! An ECR-style refreshing upstream: an exec source (kubelet
+//! credential-provider protocol) hands out a short-lived credential for a
+//! real htpasswd `docker-registry`; the controller syncs it, refreshes it
+//! from its real expiry once for all namespaces, and skopeo pulls with it.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use kube::api::Api;
+use kube::ResourceExt;
+use pullbroker_core::policy::RegistryCredential;
+use pullbroker_testenv::{Env, PASSWORD, REPO, USER};
+use serde_json::json;
+use support::*;
+
+const SECRET: &str = "pullbroker-ecr";
+
+fn runs(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("runs")).map_or(0, |s| s.lines().count())
+}
+
+#[tokio::test]
+async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
+    let env = Env::shared();
+    let host = env.basic.host();
+    let dir = tempfile::tempdir().unwrap();
+    // The "cloud": answers with the registry's current password, valid 4 s.
+    std::fs::write(dir.path().join("password"), PASSWORD).unwrap();
+    let script = dir.path().join("issue-token");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho run >> '{d}/runs'\nprintf '{{\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"kind\":\"CredentialProviderResponse\",\"cacheKeyType\":\"Registry\",\"cacheDuration\":\"4s\",\"auth\":{{\"{host}\":{{\"username\":\"{USER}\",\"password\":\"%s\"}}}}}}' \"$(cat '{d}/password')\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let c = Cluster::start(REGISTRY, None).await;
+    c.create::<RegistryCredential>(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
+        "metadata": {"name": "ecr"}, "spec": {"registries": [host], "source": {"exec": {"command": "issue-token"}}}}))
+        .await;
+    // A document cannot point the controller at any other executable.
+    c.create::<RegistryCredential>(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
+        "metadata": {"name": "evil"}, "spec": {"registries": ["evil.example"], "source": {"exec": {"command": "../../bin/sh"}}}}))
+        .await;
+    let namespaces = ["team-1", "team-2", "team-3"];
+    for ns in namespaces {
+        c.tenant(ns, &[("app", &[])]).await;
+    }
+    c.grant(
+        "ecr",
+        json!({"credential": "ecr", "subjects": {"namespaces": ["team-*"], "serviceAccounts": ["app"]},
+               "repositories": ["**"], "purposes": ["sync"]}),
+    )
+    .await;
+    let replica = Replica::start(
+        c.client.clone(),
+        Settings {
+            exec_source_dir: Some(dir.path().to_path_buf()),
+            ..settings("r1")
+        },
+    );
+    let mut first = Vec::new();
+    for ns in namespaces {
+        first.push(eventually("synced", WAIT, || async { c.secret(ns, SECRET).await }).await);
+    }
+    assert_eq!(runs(dir.path()), 1, "one refresh serves every namespace");
+    let ann = first[0].metadata.annotations.clone().unwrap();
+    let lifetime = chrono::DateTime::parse_from_rfc3339(&ann["pullbroker.dev/expires-at"]).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(&ann["pullbroker.dev/issued-at"]).unwrap();
+    assert_eq!(
+        lifetime.num_seconds(),
+        4,
+        "the upstream's real lifetime, not the grant's ttl"
+    );
+    assert!(first[0]
+        .annotations()
+        .get("pullbroker.dev/static-copy")
+        .is_none());
+
+    // skopeo pulls with exactly what the secret holds.
+    let authfile = dir.path().join("auth.json");
+    std::fs::write(
+        &authfile,
+        &first[0].data.as_ref().unwrap()[".dockerconfigjson"].0,
+    )
+    .unwrap();
+    let image = format!("docker://{host}/{REPO}:v1");
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw", "--authfile"])
+        .arg(&authfile)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Refreshed at half its real lifetime: once, for all three namespaces.
+    let issued = ann["pullbroker.dev/issued-at"].clone();
+    for ns in namespaces {
+        eventually("refreshed", WAIT, || async {
+            let s = c.secret(ns, SECRET).await?;
+            (s.annotations()["pullbroker.dev/issued-at"] != issued).then_some(())
+        })
+        .await;
+    }
+    let n = runs(dir.path());
+    assert!(
+        (2..=3).contains(&n),
+        "one exec per refresh, not per namespace ({n})"
+    );
+
+    let evil = eventually("evil credential refused", WAIT, || async {
+        Api::<RegistryCredential>::all(c.client.clone())
+            .get("evil")
+            .await
+            .unwrap()
+            .status
+    })
+    .await;
+    assert_eq!(evil.conditions[0].reason, "Invalid");
+    assert!(
+        evil.conditions[0].message.contains("not a path"),
+        "{}",
+        evil.conditions[0].message
+    );
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn the_broker_hands_out_an_exec_sources_credential_capped_by_its_expiry() {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::PostParams;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("short-token");
+    std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\nprintf '{\"kind\":\"CredentialProviderResponse\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"cacheDuration\":\"90s\",\"auth\":{\"ecr.example\":{\"username\":\"AWS\",\"password\":\"CANARY-ecr-pw\"}}}'\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = Cluster::start(REGISTRY, None).await;
+    c.tenant("team-a", &[("app", &[])]).await;
+    let file = dir.path().join("broker.yaml");
+    std::fs::write(&file, format!(
+        "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  execSourceDir: .\n  serviceAccountIssuer: {{issuer: https://kubernetes.default.svc, discoveryUrl: {}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: ecr}}\nspec: {{registries: [ecr.example], source: {{exec: {{command: short-token}}}}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: PullGrant\nmetadata: {{name: g}}\nspec: {{credential: ecr, subjects: {{namespaces: [team-a], serviceAccounts: [app]}}, repositories: ['**'], purposes: [pull], ttl: 10m}}\n",
+        c.fake.url)).unwrap();
+    let broker = pullbroker_broker::Broker::new(
+        pullbroker_broker::config::load(&file).unwrap(),
+        Some(file.clone()),
+        Default::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let b = broker.clone();
+    let server =
+        tokio::spawn(async move { b.serve(listener, std::future::pending()).await.unwrap() });
+    let req: TokenRequest =
+        obj(json!({"spec": {"audiences": ["pullbroker"], "expirationSeconds": 600}}));
+    let token = Api::<ServiceAccount>::namespaced(c.client.clone(), "team-a")
+        .create_token_request("app", &PostParams::default(), &req)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body: serde_json::Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{url}/v1/exchange"))
+        .json(&json!({"token": token, "image": "ecr.example/app:1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["username"], "AWS", "{body}");
+    assert_eq!(body["password"], "CANARY-ecr-pw");
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["expiresAt"].as_str().unwrap()).unwrap();
+    let left = expires.timestamp() - chrono::Utc::now().timestamp();
+    assert!(
+        (80..=90).contains(&left),
+        "capped by the upstream's 90 s, not the grant's 10m: {left}"
+    );
+    server.abort();
+}
