@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
+use pullbroker_core::policy::Policy;
 use pullbroker_core::sync::{
     self, Action, Observed, ObservedNamespace, ObservedSecret, ObservedServiceAccount, GRANT_LABEL,
     MANAGED_BY,
@@ -208,8 +209,12 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
     for s in &observed.managed_secrets {
         due(s.issued_at, s.expires_at);
     }
+    // Each action stands alone: one grant whose source fails must not hold
+    // up the others. The first error is returned at the end (backoff).
+    let mut first_error: Option<Error> = None;
+    let mut not_issued: BTreeSet<&str> = BTreeSet::new();
     for action in &plan.actions {
-        match action {
+        let result = match action {
             Action::IssueSecret {
                 namespace,
                 name,
@@ -218,110 +223,66 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
                 static_copy,
                 rotation,
             } => {
-                let central = ctx.central_secrets(&policy);
-                let fail = |e: String| Error::Issue(grant.clone(), namespace.clone(), e);
-                // An exec source's credential is refreshed (once, for every
-                // namespace) when this secret's rotation is due.
-                let upstream = match policy.credentials().get(credential) {
-                    Some(spec) if spec.source.exec.is_some() => {
-                        let rt = pullbroker_broker::config::credential_runtime(
-                            credential,
-                            spec,
-                            &central,
-                            ctx.settings.exec_source_dir.as_deref(),
-                        )
-                        .map_err(fail)?;
-                        let pullbroker_broker::config::CredentialRuntime::Refreshing { source } =
-                            rt
-                        else {
-                            unreachable!("exec sources refresh")
-                        };
-                        Some(
-                            source
-                                .current(now, ctx.settings.rotate_after)
-                                .await
-                                .map_err(fail)?,
-                        )
-                    }
-                    _ => None,
-                };
-                let issued = crate::issue::issue(
+                let issued = issue_secret(
+                    &ctx,
                     &policy,
-                    &central,
-                    grant,
-                    namespace,
                     now,
-                    upstream.as_deref(),
-                    ctx.settings.exec_source_dir.as_deref(),
-                )
-                .map_err(fail)?;
-                let mut annotations = BTreeMap::from([
-                    (ISSUED_AT.to_string(), rfc3339(issued.issued_at)),
-                    (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),
-                    (CREDENTIAL.to_string(), credential.clone()),
-                ]);
-                if *static_copy {
-                    annotations.insert(STATIC_COPY.into(), "true".into());
-                    tracing::warn!(grant = %grant, namespace = %namespace, "copying a static upstream password (allowStaticCopy)");
-                }
-                // No ownerReference to the grant, on purpose: garbage
-                // collection would delete the secret before we removed the
-                // service-account entries naming it, and without the secret
-                // those entries can no longer be told from users' own.
-                let meta = json!({
-                    "name": name, "namespace": namespace,
-                    "labels": {MANAGED_BY.0: MANAGED_BY.1, GRANT_LABEL: grant},
-                    "annotations": annotations,
-                });
-                let body = json!({
-                    "apiVersion": "v1", "kind": "Secret", "metadata": meta,
-                    "type": "kubernetes.io/dockerconfigjson",
-                    "data": {".dockerconfigjson": STANDARD.encode(&issued.dockerconfigjson)},
-                });
-                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-                let written = api
-                    .patch(
-                        name,
-                        &PatchParams::apply(&ctx.settings.field_manager).force(),
-                        &Patch::Apply(&body),
-                    )
-                    .await
-                    .map_err(|e| Error::Kube("apply secret", e))?;
-                let o = observe_secret(&written.metadata);
-                due(o.issued_at, o.expires_at);
-                ctx.mark(
-                    "secret",
                     namespace,
                     name,
-                    written.metadata.resource_version.clone(),
-                    Written::Secret(o),
-                );
-                ctx.metrics.issued(*rotation);
-                tracing::info!(grant = %grant, namespace = %namespace, secret = %name, rotation, expires_at = %rfc3339(issued.expires_at), "issued pull secret");
+                    grant,
+                    credential,
+                    *static_copy,
+                    *rotation,
+                )
+                .await;
+                match issued {
+                    Ok(o) => {
+                        due(o.issued_at, o.expires_at);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        not_issued.insert(name);
+                        Err(e)
+                    }
+                }
             }
             Action::DeleteSecret { namespace, name } => {
                 let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
                 match api.delete(name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(Error::Kube("delete secret", e)),
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(Error::Kube("delete secret", e)),
                 }
-                ctx.mark("secret", namespace, name, None, Written::SecretDeleted);
-                tracing::info!(namespace = %namespace, secret = %name, "removed pull secret");
+                .inspect(|_| {
+                    ctx.mark("secret", namespace, name, None, Written::SecretDeleted);
+                    tracing::info!(namespace = %namespace, secret = %name, "removed pull secret");
+                })
             }
             Action::AddReference {
                 service_account,
                 secret,
                 ..
-            } => refs.entry(service_account).or_default().0.push(secret),
+            } => {
+                refs.entry(service_account).or_default().0.push(secret);
+                Ok(())
+            }
             Action::RemoveReference {
                 service_account,
                 secret,
                 ..
-            } => refs.entry(service_account).or_default().1.push(secret),
+            } => {
+                refs.entry(service_account).or_default().1.push(secret);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(namespace = %name, error = %e, "action failed");
+            first_error.get_or_insert(e);
         }
     }
-    for (sa, (add, remove)) in refs {
+    for (sa, (mut add, remove)) in refs {
+        // Never point an account at a secret that could not be written.
+        add.retain(|n| !not_issued.contains(n));
         let current = observed
             .service_accounts
             .iter()
@@ -329,7 +290,13 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
             .map(|s| s.image_pull_secrets.clone())
             .unwrap_or_default();
         let rv = rvs.get(sa).cloned().flatten();
-        update_references(&ctx, &name, sa, current, rv, &add, &remove).await?;
+        if let Err(e) = update_references(&ctx, &name, sa, current, rv, &add, &remove).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        ctx.status_dirty.notify_one();
+        return Err(e);
     }
     if !plan.actions.is_empty() {
         ctx.status_dirty.notify_one();
@@ -342,6 +309,99 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
         Some(at) => Requeue::requeue(Duration::from_secs((at - now).clamp(1, 3600) as u64)),
         None => Requeue::await_change(),
     })
+}
+
+/// Mints and writes one managed secret; returns it as the plan sees it.
+#[allow(clippy::too_many_arguments)]
+async fn issue_secret(
+    ctx: &Context,
+    policy: &Policy,
+    now: i64,
+    namespace: &str,
+    name: &str,
+    grant: &str,
+    credential: &str,
+    static_copy: bool,
+    rotation: bool,
+) -> Result<ObservedSecret, Error> {
+    let central = ctx.central_secrets(policy);
+    let fail = |e: String| Error::Issue(grant.to_string(), namespace.to_string(), e);
+    // An exec source's credential is refreshed (once, for every
+    // namespace) when this secret's rotation is due.
+    let upstream = match policy.credentials().get(credential) {
+        Some(spec) if spec.source.exec.is_some() => {
+            let rt = pullbroker_broker::config::credential_runtime(
+                credential,
+                spec,
+                &central,
+                ctx.settings.exec_source_dir.as_deref(),
+            )
+            .map_err(fail)?;
+            let pullbroker_broker::config::CredentialRuntime::Refreshing { source } = rt else {
+                unreachable!("exec sources refresh")
+            };
+            Some(
+                source
+                    .current(now, ctx.settings.rotate_after)
+                    .await
+                    .map_err(fail)?,
+            )
+        }
+        _ => None,
+    };
+    let issued = crate::issue::issue(
+        policy,
+        &central,
+        grant,
+        namespace,
+        now,
+        upstream.as_deref(),
+        ctx.settings.exec_source_dir.as_deref(),
+    )
+    .map_err(fail)?;
+    let mut annotations = BTreeMap::from([
+        (ISSUED_AT.to_string(), rfc3339(issued.issued_at)),
+        (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),
+        (CREDENTIAL.to_string(), credential.to_string()),
+    ]);
+    if static_copy {
+        annotations.insert(STATIC_COPY.into(), "true".into());
+        tracing::warn!(grant = %grant, namespace = %namespace, "copying a static upstream password (allowStaticCopy)");
+    }
+    // No ownerReference to the grant, on purpose: garbage
+    // collection would delete the secret before we removed the
+    // service-account entries naming it, and without the secret
+    // those entries can no longer be told from users' own.
+    let meta = json!({
+        "name": name, "namespace": namespace,
+        "labels": {MANAGED_BY.0: MANAGED_BY.1, GRANT_LABEL: grant},
+        "annotations": annotations,
+    });
+    let body = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": meta,
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": STANDARD.encode(&issued.dockerconfigjson)},
+    });
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let written = api
+        .patch(
+            name,
+            &PatchParams::apply(&ctx.settings.field_manager).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|e| Error::Kube("apply secret", e))?;
+    let o = observe_secret(&written.metadata);
+    ctx.mark(
+        "secret",
+        namespace,
+        name,
+        written.metadata.resource_version.clone(),
+        Written::Secret(o.clone()),
+    );
+    ctx.metrics.issued(rotation);
+    tracing::info!(grant = %grant, namespace = %namespace, secret = %name, rotation, expires_at = %rfc3339(issued.expires_at), "issued pull secret");
+    Ok(o)
 }
 
 /// Adds and removes only our entries of one service account's

@@ -173,11 +173,16 @@ pub fn credential_in(secret: &Secret, registry: &str) -> (String, String) {
     let data = &secret.data.as_ref().unwrap()[".dockerconfigjson"].0;
     let config: Value = serde_json::from_slice(data).unwrap();
     let entry = &config["auths"][registry];
-    let auth =
-        String::from_utf8(STANDARD.decode(entry["auth"].as_str().unwrap()).unwrap()).unwrap();
-    let (u, p) = auth.split_once(':').unwrap();
-    assert_eq!(entry["username"], u);
-    assert_eq!(entry["password"], p);
+    let (u, p) = (
+        entry["username"].as_str().unwrap(),
+        entry["password"].as_str().unwrap(),
+    );
+    if let Some(auth) = entry["auth"].as_str() {
+        assert_eq!(
+            STANDARD.decode(auth).unwrap(),
+            format!("{u}:{p}").as_bytes()
+        );
+    }
     (u.to_string(), p.to_string())
 }
 
