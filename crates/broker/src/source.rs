@@ -259,6 +259,36 @@ impl Refresher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever an executable prints, parsing answers (never panics)
+        /// and its errors never repeat what it printed.
+        #[test]
+        fn any_output_parses_or_fails_cleanly(out in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(e) = parse_response(&out) {
+                let text = String::from_utf8_lossy(&out);
+                prop_assert!(text.len() < 8 || !e.contains(text.as_ref()));
+            }
+        }
+
+        #[test]
+        fn response_shaped_output(user in "[a-zA-Z0-9]{1,12}", pw in "CANARY[a-zA-Z0-9]{1,20}", dur in "[0-9.hmsu]{0,8}") {
+            let out = format!(r#"{{"kind":"CredentialProviderResponse","cacheDuration":"{dur}","auth":{{"r.example":{{"username":"{user}","password":"{pw}"}}}}}}"#);
+            match parse_response(out.as_bytes()) {
+                Ok((config, _, _)) => {
+                    let shown = format!("{config:?}");
+                    prop_assert!(!shown.contains(&pw));
+                }
+                Err(e) => prop_assert!(!e.contains(&pw)),
+            }
+        }
+
+        #[test]
+        fn go_durations_never_panic(s in "[0-9.a-zµ]{0,16}") {
+            let _ = parse_go_duration(&s);
+        }
+    }
 
     #[test]
     fn go_durations() {
