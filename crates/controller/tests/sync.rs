@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::ResourceExt;
 use pullbroker_broker::mint::BrokerCredential;
-use pullbroker_core::policy::PullGrant;
+use pullbroker_core::policy::{PullGrant, RegistryCredential};
 use serde_json::json;
 use support::*;
 
@@ -96,6 +96,45 @@ async fn grant_lifecycle_creates_follows_and_cleans_up() {
         ("True", "Synced")
     );
     assert_eq!(status.observed_generation, Some(1));
+    // The credential's status: its source, and rotation times from the secrets.
+    let cred = eventually("credential status", WAIT, || async {
+        let c = Api::<RegistryCredential>::all(c.client.clone())
+            .get("corp")
+            .await
+            .unwrap();
+        c.status.filter(|s| s.next_rotation.is_some())
+    })
+    .await;
+    assert_eq!(
+        (
+            cred.conditions[0].status.as_str(),
+            cred.conditions[0].reason.as_str()
+        ),
+        ("True", "SourceAvailable")
+    );
+    let last =
+        chrono::DateTime::parse_from_rfc3339(cred.last_rotation.as_deref().unwrap()).unwrap();
+    let next =
+        chrono::DateTime::parse_from_rfc3339(cred.next_rotation.as_deref().unwrap()).unwrap();
+    assert_eq!((next - last).num_seconds(), 300, "half of the 10m ttl");
+    c.create::<RegistryCredential>(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
+        "metadata": {"name": "keyless"}, "spec": {"registries": ["other.example"], "source": {"tokenIssuer": {
+        "signingKeySecretRef": {"name": "no-such-secret"}, "service": "s", "issuer": "i"}}}}))
+        .await;
+    let keyless = eventually("keyless status", WAIT, || async {
+        Api::<RegistryCredential>::all(c.client.clone())
+            .get("keyless")
+            .await
+            .unwrap()
+            .status
+    })
+    .await;
+    assert_eq!(keyless.conditions[0].reason, "SourceUnavailable");
+    assert!(
+        keyless.conditions[0].message.contains("no-such-secret"),
+        "{}",
+        keyless.conditions[0].message
+    );
 
     // A new namespace is served.
     c.tenant("team-a-new", &[("app", &[])]).await;
