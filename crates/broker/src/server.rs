@@ -494,29 +494,26 @@ async fn exchange_inner(
             };
             (BROKER_USERNAME.to_string(), c.seal(&keys.current), "broker")
         }
-        Some(CredentialRuntime::Refreshing { source }) => {
-            let upstream = source.current(now, REFRESH_AFTER).await.map_err(|e| {
-                tracing::warn!(credential = %name, error = %e, "exec source failed");
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "source_unavailable",
-                    format!("credential {name:?} is unavailable: its source failed"),
-                )
-            })?;
-            expires_at = expires_at.min(upstream.expires_at);
-            let (u, p) = basic_for(&upstream.config, &image).ok_or_else(|| {
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "misconfigured",
-                    format!(
-                        "credential {name:?} holds no username/password for {}",
-                        image.registry()
-                    ),
-                )
-            })?;
-            (u, p, "refreshing")
-        }
-        Some(CredentialRuntime::Static { config }) => {
+        Some(
+            runtime @ (CredentialRuntime::Static { .. } | CredentialRuntime::Refreshing { .. }),
+        ) => {
+            let upstream;
+            let (config, kind) = match runtime {
+                CredentialRuntime::Refreshing { source } => {
+                    upstream = source.current(now, REFRESH_AFTER).await.map_err(|e| {
+                        tracing::warn!(credential = %name, error = %e, "exec source failed");
+                        error(
+                            StatusCode::BAD_GATEWAY,
+                            "source_unavailable",
+                            format!("credential {name:?} is unavailable: its source failed"),
+                        )
+                    })?;
+                    expires_at = expires_at.min(upstream.expires_at);
+                    (&upstream.config, "refreshing")
+                }
+                CredentialRuntime::Static { config } => (config, "static"),
+                CredentialRuntime::TokenIssuer { .. } => unreachable!("matched above"),
+            };
             let (u, p) = basic_for(config, &image).ok_or_else(|| {
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -527,7 +524,7 @@ async fn exchange_inner(
                     ),
                 )
             })?;
-            (u, p, "static")
+            (u, p, kind)
         }
         None => {
             return Err(error(

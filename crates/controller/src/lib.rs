@@ -177,27 +177,7 @@ impl Context {
     /// decision about them needs; copying every namespace's labels per
     /// reconcile would be quadratic).
     fn policy(&self, namespaces: &[Namespace]) -> Policy {
-        let live = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_none();
-        let credentials = self
-            .credentials
-            .state()
-            .iter()
-            .filter(|c| live(&c.metadata))
-            .map(|c| Named {
-                name: c.name_any(),
-                spec: c.spec.clone(),
-            })
-            .collect();
-        let grants = self
-            .grants
-            .state()
-            .iter()
-            .filter(|g| live(&g.metadata))
-            .map(|g| Named {
-                name: g.name_any(),
-                spec: g.spec.clone(),
-            })
-            .collect();
+        let (credentials, grants) = documents(&self.credentials, &self.grants);
         let labels = namespaces
             .iter()
             .map(|n| (n.name_any(), n.labels().clone()))
@@ -233,6 +213,37 @@ impl Context {
         }
         out
     }
+}
+
+/// The credentials and grants in the caches, as the core's documents;
+/// objects being deleted are gone already as far as access goes.
+pub(crate) fn documents(
+    credentials: &Store<RegistryCredential>,
+    grants: &Store<PullGrant>,
+) -> (
+    Vec<Named<pullbroker_core::policy::RegistryCredentialSpec>>,
+    Vec<Named<pullbroker_core::policy::PullGrantSpec>>,
+) {
+    let live = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_none();
+    let credentials = credentials
+        .state()
+        .iter()
+        .filter(|c| live(&c.metadata))
+        .map(|c| Named {
+            name: c.name_any(),
+            spec: c.spec.clone(),
+        })
+        .collect();
+    let grants = grants
+        .state()
+        .iter()
+        .filter(|g| live(&g.metadata))
+        .map(|g| Named {
+            name: g.name_any(),
+            spec: g.spec.clone(),
+        })
+        .collect();
+    (credentials, grants)
 }
 
 /// A spawned task that ends with its owner (dropping or cancelling the

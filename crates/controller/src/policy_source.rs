@@ -17,7 +17,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use pullbroker_broker::config::{assemble, Secrets};
 use pullbroker_broker::Broker;
-use pullbroker_core::policy::{Named, PullGrant, RegistryCredential};
+use pullbroker_core::policy::{PullGrant, RegistryCredential};
 
 struct Caches {
     credentials: Store<RegistryCredential>,
@@ -28,25 +28,7 @@ struct Caches {
 
 impl Caches {
     fn install(&self, broker: &Broker, last_problems: &mut Vec<String>) {
-        let credentials = self
-            .credentials
-            .state()
-            .iter()
-            .map(|c| Named {
-                name: c.name_any(),
-                spec: c.spec.clone(),
-            })
-            .collect();
-        let grants = self
-            .grants
-            .state()
-            .iter()
-            .filter(|g| g.metadata.deletion_timestamp.is_none())
-            .map(|g| Named {
-                name: g.name_any(),
-                spec: g.spec.clone(),
-            })
-            .collect();
+        let (credentials, grants) = crate::documents(&self.credentials, &self.grants);
         let secrets: Secrets = self
             .secrets
             .state()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use pullbroker_broker::config::credential_runtime;
 use pullbroker_core::policy::model::{Condition, PullGrantStatus, RegistryCredentialStatus};
 use pullbroker_core::policy::{Named, Policy, PullGrant, Purpose, RegistryCredential};
@@ -158,24 +158,13 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
             selected_namespaces: report.map(|r| r.selected_namespaces as i64),
             static_copy: report.is_some_and(|r| r.static_copy),
         };
-        tracing::debug!(grant = %name, changed = (status != old), ?status, "grant status");
         if status != old {
-            grants
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await?;
-            announce(
-                ctx,
-                g.object_ref(&()),
-                &old.conditions,
+            let verdict = Ready {
                 ok,
                 reason,
-                &message,
-            )
-            .await;
+                message: &message,
+            };
+            write(ctx, &grants, g, &old.conditions, &status, verdict).await?;
         }
     }
 
@@ -230,24 +219,52 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
             next_rotation: (next != i64::MAX).then(|| rfc3339(next)),
         };
         if status != old {
-            creds
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await?;
-            announce(
-                ctx,
-                c.object_ref(&()),
-                &old.conditions,
+            let verdict = Ready {
                 ok,
                 reason,
-                &message,
-            )
-            .await;
+                message: &message,
+            };
+            write(ctx, &creds, c, &old.conditions, &status, verdict).await?;
         }
     }
+    Ok(())
+}
+
+/// The Ready verdict being written.
+struct Ready<'a> {
+    ok: bool,
+    reason: &'a str,
+    message: &'a str,
+}
+
+/// Writes a changed status through the status subresource, with an Event
+/// when Ready changed.
+async fn write<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    old: &[Condition],
+    status: &impl serde::Serialize,
+    ready: Ready<'_>,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    announce(
+        ctx,
+        obj.object_ref(&()),
+        old,
+        ready.ok,
+        ready.reason,
+        ready.message,
+    )
+    .await;
     Ok(())
 }
 
