@@ -55,6 +55,8 @@ pub struct AppState {
     config_path: Option<PathBuf>,
     reviewer_override: Option<Arc<dyn TokenReviewer>>,
     jti: AtomicU64,
+    /// With `policySource: kubernetes`: the cluster's policy has arrived.
+    cluster_policy: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default, Clone)]
@@ -137,6 +139,7 @@ impl Broker {
                 config_path,
                 reviewer_override,
                 jti: AtomicU64::new(0),
+                cluster_policy: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -180,6 +183,7 @@ impl Broker {
             listen: current.listen,
             watched: current.watched.clone(),
         }));
+        self.state.cluster_policy.store(true, Ordering::Relaxed);
         let mut status = self.state.reload.lock().expect("poisoned");
         status.generation += 1;
         self.state
@@ -897,6 +901,15 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 
 /// Ready when tokens can be verified: the issuer's keys are loaded.
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if st.snapshot.load().policy_source == config::PolicySource::Kubernetes
+        && !st.cluster_policy.load(Ordering::Relaxed)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the policy from the cluster",
+        )
+            .into_response();
+    }
     match st.verifier.load().key_count() {
         0 => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -42,6 +42,19 @@ async fn exchange(url: &str, token: &str, image: &str) -> (u16, Value) {
     )
 }
 
+async fn get(url: &str, path: &str) -> (u16, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{url}{path}"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
 #[tokio::test]
 async fn the_broker_follows_grants_and_labels_in_the_cluster() {
     let c = Cluster::start(REGISTRY, None).await;
@@ -70,6 +83,8 @@ async fn the_broker_follows_grants_and_labels_in_the_cluster() {
         let b = broker.clone();
         tokio::spawn(async move { b.serve(listener, std::future::pending()).await.unwrap() })
     };
+    let (code, _) = get(&url, "/readyz").await;
+    assert_eq!(code, 503, "not ready before the cluster's policy arrives");
     let source = tokio::spawn(pullbroker_controller::policy_source::run(
         c.client.clone(),
         broker.clone(),
@@ -84,6 +99,7 @@ async fn the_broker_follows_grants_and_labels_in_the_cluster() {
     })
     .await;
 
+    assert_eq!(get(&url, "/readyz").await, (200, "ok".to_string()));
     let image = "registry.corp.example/apps/team-a/web:1";
     let t = token(&c, "team-a", "app").await;
     let (status, body) = exchange(&url, &t, image).await;
