@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -134,6 +134,8 @@ pub struct Refresher {
     /// Where executables live (kubelet's `--image-credential-provider-bin-dir`).
     dir: Option<PathBuf>,
     current: tokio::sync::Mutex<Option<Arc<Upstream>>>,
+    /// Why the last run failed, until one succeeds (for statuses).
+    last_error: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Refresher {
@@ -144,12 +146,17 @@ impl fmt::Debug for Refresher {
     }
 }
 
-type Registry = Mutex<HashMap<String, Weak<Refresher>>>;
+/// Refreshers by credential name and spec, with their last use. Kept alive
+/// here: the cached credential must outlive the callers that used it. One
+/// whose credential has a newer spec goes once unused for [`STALE`].
+type Registry = Mutex<HashMap<String, (String, std::time::Instant, Arc<Refresher>)>>;
+const STALE: Duration = Duration::from_secs(600);
 static REFRESHERS: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::default);
 
 impl Refresher {
     /// The refresher for a credential: the same one while its spec is
-    /// unchanged, so a reload does not throw the current credential away.
+    /// unchanged, so neither a reload nor the end of a reconcile throws the
+    /// current credential away.
     pub fn for_credential(
         name: &str,
         spec: &ExecSource,
@@ -161,18 +168,21 @@ impl Refresher {
             serde_json::to_string(spec).expect("serializable")
         );
         let mut all = REFRESHERS.lock().expect("poisoned");
-        all.retain(|_, w| w.strong_count() > 0);
-        if let Some(r) = all.get(&key).and_then(Weak::upgrade) {
-            return r;
+        let now = std::time::Instant::now();
+        if let Some((_, used, r)) = all.get_mut(&key) {
+            *used = now;
+            return r.clone();
         }
+        all.retain(|_, (n, used, _)| n != name || now.duration_since(*used) < STALE);
         let r = Arc::new(Refresher {
             name: name.into(),
             spec: spec.clone(),
             registry: registry.into(),
             dir: dir.map(PathBuf::from),
             current: tokio::sync::Mutex::new(None),
+            last_error: Mutex::new(None),
         });
-        all.insert(key, Arc::downgrade(&r));
+        all.insert(key, (name.to_string(), now, r.clone()));
         r
     }
 
@@ -186,10 +196,22 @@ impl Refresher {
                 return Ok(u.clone());
             }
         }
-        let fresh = Arc::new(self.run(now).await?);
+        let fresh = match self.run(now).await {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
+                *self.last_error.lock().expect("poisoned") = Some(e.clone());
+                return Err(e);
+            }
+        };
+        *self.last_error.lock().expect("poisoned") = None;
         tracing::info!(credential = %self.name, expires_at = fresh.expires_at, "exec source refreshed");
         *current = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// Why the last refresh failed, if it did (never the executable's output).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("poisoned").clone()
     }
 
     async fn run(&self, now: i64) -> Result<Upstream, String> {
@@ -288,6 +310,23 @@ mod tests {
         fn go_durations_never_panic(s in "[0-9.a-zµ]{0,16}") {
             let _ = parse_go_duration(&s);
         }
+    }
+
+    #[test]
+    fn a_refresher_outlives_its_callers_until_its_spec_changes() {
+        let spec: ExecSource = serde_json::from_value(json!({"command": "x"})).unwrap();
+        let first = Refresher::for_credential("keep", &spec, "r.example", None);
+        let ptr = Arc::as_ptr(&first);
+        drop(first);
+        let again = Refresher::for_credential("keep", &spec, "r.example", None);
+        assert_eq!(
+            Arc::as_ptr(&again),
+            ptr,
+            "the cached credential is not thrown away"
+        );
+        let changed: ExecSource = serde_json::from_value(json!({"command": "y"})).unwrap();
+        let other = Refresher::for_credential("keep", &changed, "r.example", None);
+        assert_ne!(Arc::as_ptr(&other), ptr, "a new spec gets a new refresher");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::ResourceExt;
-use pullbroker_broker::config::credential_runtime;
+use pullbroker_broker::config::{credential_runtime, CredentialRuntime};
 use pullbroker_core::policy::model::{Condition, PullGrantStatus, RegistryCredentialStatus};
 use pullbroker_core::policy::{Named, Policy, PullGrant, Purpose, RegistryCredential};
 use pullbroker_core::sync::{self, Observed, ObservedNamespace};
@@ -197,6 +197,11 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
                 &central,
                 ctx.settings.exec_source_dir.as_deref(),
             ) {
+                Ok(CredentialRuntime::Refreshing { source }) if source.last_error().is_some() => (
+                    false,
+                    "SourceUnavailable",
+                    source.last_error().unwrap_or_default(),
+                ),
                 Ok(_) => (
                     true,
                     "SourceAvailable",

@@ -123,6 +123,23 @@ async fn secrets_never_reach_logs_events_or_status() {
         g.status.map(|_| ())
     })
     .await;
+    let broken = eventually("failing source in status", WAIT, || async {
+        let c = Api::<RegistryCredential>::all(c.client.clone())
+            .get("broken")
+            .await
+            .unwrap();
+        c.status.filter(|s| {
+            s.conditions
+                .first()
+                .is_some_and(|c| c.reason == "SourceUnavailable")
+        })
+    })
+    .await;
+    assert!(
+        broken.conditions[0].message.contains("exited with"),
+        "{:?}",
+        broken.conditions[0]
+    );
     replica.stop().await;
 
     let mut observed = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
