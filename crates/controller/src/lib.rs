@@ -185,6 +185,33 @@ impl Context {
         Policy::new(credentials, grants, labels).0
     }
 
+    /// What each credential's synced secrets were made from, so a change
+    /// reissues them at once: a static copy follows its central Secret's
+    /// resourceVersion (never a hash of the password); a token issuer its
+    /// signing certificate (public). Exec sources follow their own expiry.
+    fn source_versions(&self, policy: &Policy) -> BTreeMap<String, String> {
+        use sha2::Digest as _;
+        let central = |name: &str| {
+            self.central
+                .get(&ObjectRef::new(name).within(&self.settings.system_namespace))
+        };
+        policy
+            .credentials()
+            .iter()
+            .filter_map(|(name, c)| {
+                let version = if let Some(r) = &c.source.secret_ref {
+                    central(&r.name)?.metadata.resource_version.clone()?
+                } else {
+                    let t = c.source.token_issuer.as_ref()?;
+                    let secret = central(&t.signing_key_secret_ref.name)?;
+                    let cert = &secret.data.as_ref()?.get("tls.crt")?.0;
+                    hex::encode(&sha2::Sha256::digest(cert)[..8])
+                };
+                Some((name.clone(), version))
+            })
+            .collect()
+    }
+
     /// The central secrets the policy's credentials name.
     fn central_secrets(&self, policy: &Policy) -> Secrets {
         let mut out = Secrets::new();
@@ -377,15 +404,24 @@ pub async fn run_leader(
             .inspect_ok(ctx.listed_once()),
     )
     .inspect(status_poke);
-    let central_changes = spec_changes(
-        watcher(
-            Api::<Secret>::namespaced(client.clone(), &settings.system_namespace),
-            wc(),
-        )
-        .default_backoff()
-        .reflect(central_writer)
-        .inspect_ok(ctx.listed_once()),
-    );
+    // Secrets have no generation: any change to one in the system namespace
+    // (a new password, a rotated key) reconciles every namespace; writes
+    // follow only where a source version moved.
+    let central_changes = watcher(
+        Api::<Secret>::namespaced(client.clone(), &settings.system_namespace),
+        wc(),
+    )
+    .default_backoff()
+    .reflect(central_writer)
+    .inspect_ok(ctx.listed_once())
+    .filter_map(|ev| {
+        futures::future::ready(match ev {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                Some(())
+            }
+            _ => None,
+        })
+    });
 
     let controller = Controller::for_stream(ns_stream, namespaces)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))

@@ -31,6 +31,7 @@ pub const ISSUED_AT: &str = "pullbroker.dev/issued-at";
 pub const EXPIRES_AT: &str = "pullbroker.dev/expires-at";
 pub const CREDENTIAL: &str = "pullbroker.dev/credential";
 pub const STATIC_COPY: &str = "pullbroker.dev/static-copy";
+pub const SOURCE_VERSION: &str = "pullbroker.dev/source-version";
 
 /// How long our own write is preferred over a cache that has not seen it yet.
 const WRITE_MEMORY: Duration = Duration::from_secs(30);
@@ -83,6 +84,8 @@ pub fn observe_secret(meta: &ObjectMeta) -> ObservedSecret {
             .unwrap_or_default(),
         issued_at: parse_time(ann.get(ISSUED_AT)),
         expires_at: parse_time(ann.get(EXPIRES_AT)),
+        source_version: ann.get(SOURCE_VERSION).cloned().unwrap_or_default(),
+        static_copy: ann.get(STATIC_COPY).is_some_and(|v| v == "true"),
     }
 }
 
@@ -99,7 +102,11 @@ impl Context {
     /// writes laid over a cache that may not have seen them yet (so a
     /// reconcile triggered by our first write does not redo the second).
     /// Returns the resourceVersions to guard service-account patches with.
-    fn observe(&self, ns: &Namespace) -> (Observed, BTreeMap<String, Option<String>>) {
+    fn observe(
+        &self,
+        ns: &Namespace,
+        policy: &Policy,
+    ) -> (Observed, BTreeMap<String, Option<String>>) {
         let name = ns.name_any();
         let terminating = ns.metadata.deletion_timestamp.is_some()
             || ns
@@ -172,6 +179,7 @@ impl Context {
                 namespaces: vec![ObservedNamespace { name, terminating }],
                 service_accounts,
                 managed_secrets,
+                source_versions: self.source_versions(policy),
             },
             rvs,
         )
@@ -195,19 +203,20 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
     ctx.wait_ready().await;
     let name = ns.name_any();
     let policy = ctx.policy(std::slice::from_ref(&*ns));
-    let (observed, rvs) = ctx.observe(&ns);
+    let (observed, rvs) = ctx.observe(&ns, &policy);
     let now = now();
     let plan = sync::plan(&policy, &observed, now, ctx.settings.rotate_after);
     tracing::debug!(namespace = %name, service_accounts = observed.service_accounts.len(), managed = observed.managed_secrets.len(), actions = ?plan.actions, "plan");
 
     let mut refs: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
     let mut next_due: Option<i64> = None;
-    let mut due = |issued: i64, expires: i64| {
-        let at = issued + ((expires - issued) as f64 * ctx.settings.rotate_after) as i64;
-        next_due = Some(next_due.map_or(at, |d: i64| d.min(at)));
+    let mut due = |s: &ObservedSecret| {
+        if let Some(at) = s.due(ctx.settings.rotate_after) {
+            next_due = Some(next_due.map_or(at, |d: i64| d.min(at)));
+        }
     };
     for s in &observed.managed_secrets {
-        due(s.issued_at, s.expires_at);
+        due(s);
     }
     // Each action stands alone: one grant whose source fails must not hold
     // up the others. The first error is returned at the end (backoff).
@@ -233,11 +242,12 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
                     credential,
                     *static_copy,
                     *rotation,
+                    observed.source_versions.get(credential),
                 )
                 .await;
                 match issued {
                     Ok(o) => {
-                        due(o.issued_at, o.expires_at);
+                        due(&o);
                         Ok(())
                     }
                     Err(e) => {
@@ -323,6 +333,7 @@ async fn issue_secret(
     credential: &str,
     static_copy: bool,
     rotation: bool,
+    source_version: Option<&String>,
 ) -> Result<ObservedSecret, Error> {
     let central = ctx.central_secrets(policy);
     let fail = |e: String| Error::Issue(grant.to_string(), namespace.to_string(), e);
@@ -364,6 +375,9 @@ async fn issue_secret(
         (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),
         (CREDENTIAL.to_string(), credential.to_string()),
     ]);
+    if let Some(v) = source_version {
+        annotations.insert(SOURCE_VERSION.into(), v.clone());
+    }
     if static_copy {
         annotations.insert(STATIC_COPY.into(), "true".into());
         tracing::warn!(grant = %grant, namespace = %namespace, "copying a static upstream password (allowStaticCopy)");

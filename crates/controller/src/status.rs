@@ -176,7 +176,8 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
             continue;
         };
         let o = observe_secret(&s.metadata);
-        let due = o.issued_at + ((o.expires_at - o.issued_at) as f64 * rotate_after) as i64;
+        // A static copy has no next rotation: it follows its source.
+        let due = o.due(rotate_after).unwrap_or(i64::MAX);
         let t = times.entry(cred).or_insert((i64::MIN, i64::MAX));
         t.0 = t.0.max(o.issued_at);
         t.1 = t.1.min(due);

@@ -247,6 +247,29 @@ async fn static_passwords_are_copied_only_on_opt_in_and_flagged() {
     })
     .await;
     assert_eq!(status.conditions[0].reason, "SyncedStaticCopy");
+    let before = c.fake.writes().get("apply secrets").copied().unwrap_or(0);
+
+    // The upstream password changes centrally: every copy follows at once.
+    Api::<Secret>::namespaced(c.client.clone(), SYSTEM)
+        .patch("hub-auth", &PatchParams::default(), &Patch::Merge(json!({"stringData": {".dockerconfigjson":
+            "{\"auths\":{\"static.example\":{\"username\":\"bot\",\"password\":\"CANARY-new-pw\"}}}"}})))
+        .await
+        .unwrap();
+    let copied = eventually("new password copied", WAIT, || async {
+        let s = c.secret("team-a", "pullbroker-hub").await?;
+        let config = String::from_utf8(s.data.as_ref()?[".dockerconfigjson"].0.clone()).ok()?;
+        config.contains("CANARY-new-pw").then_some(s)
+    })
+    .await;
+    assert_ne!(
+        copied.annotations()["pullbroker.dev/source-version"],
+        s.annotations()["pullbroker.dev/source-version"]
+    );
+    assert_eq!(
+        c.fake.writes()["apply secrets"],
+        before + 1,
+        "one rewrite for one change"
+    );
     replica.stop().await;
 }
 

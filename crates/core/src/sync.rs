@@ -11,7 +11,10 @@
 //! - it is referenced from the `imagePullSecrets` of every service account of
 //!   that namespace the grant's subjects select — only our own entry is ever
 //!   added or removed, users' entries are never touched;
-//! - a secret is rotated once `rotate_after` of its lifetime has passed;
+//! - a secret is rotated once `rotate_after` of its lifetime has passed, or
+//!   at once when its credential's source changed (its *source version*: a
+//!   new signing key, a new upstream password); a static copy does not
+//!   expire and is rewritten only then — never with identical content;
 //! - secrets without our label are never deleted, whatever their name;
 //! - a static upstream password (a `secretRef` credential) is synced only when
 //!   the grant sets `allowStaticCopy`; otherwise the grant is reported blocked.
@@ -65,6 +68,18 @@ pub struct ObservedSecret {
     /// When its credential was issued and expires (seconds since the epoch).
     pub issued_at: i64,
     pub expires_at: i64,
+    /// The source version it was written from (empty if unknown).
+    pub source_version: String,
+    /// A copy of a static upstream password (does not expire).
+    pub static_copy: bool,
+}
+
+impl ObservedSecret {
+    /// When it is due for reissue by time, if it ever is.
+    pub fn due(&self, rotate_after: f64) -> Option<i64> {
+        let lifetime = (self.expires_at - self.issued_at).max(0) as f64;
+        (!self.static_copy).then(|| self.issued_at + (lifetime * rotate_after) as i64)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -73,6 +88,8 @@ pub struct Observed {
     pub service_accounts: Vec<ObservedServiceAccount>,
     /// Only secrets labelled [`MANAGED_BY`]; unmanaged ones are never listed.
     pub managed_secrets: Vec<ObservedSecret>,
+    /// Each credential's current source version, where one is known.
+    pub source_versions: BTreeMap<String, String>,
 }
 
 /// What a managed secret must hold.
@@ -215,9 +232,14 @@ pub fn plan(policy: &Policy, observed: &Observed, now: i64, rotate_after: f64) -
                 actions.insert(issue(false));
             }
             Some(s) => {
-                let lifetime = (s.expires_at - s.issued_at).max(0) as f64;
-                let due = s.issued_at + (lifetime * rotate_after) as i64;
-                if now >= due || now >= s.expires_at {
+                let source_changed = observed
+                    .source_versions
+                    .get(&d.credential)
+                    .is_some_and(|v| *v != s.source_version);
+                let expired = s
+                    .due(rotate_after)
+                    .is_some_and(|due| now >= due || now >= s.expires_at);
+                if source_changed || expired {
                     actions.insert(issue(true));
                 }
             }
@@ -351,6 +373,8 @@ mod tests {
                         grant: grant.clone(),
                         issued_at: now,
                         expires_at: now + lifetime,
+                        source_version: String::new(),
+                        static_copy: false,
                     });
                 }
                 Action::DeleteSecret { namespace, name } => observed
@@ -396,6 +420,7 @@ mod tests {
                 sa("team-ab", "app", &[]),
             ],
             managed_secrets: vec![],
+            ..Default::default()
         };
         let plan1 = plan(&p, &o, 1000, 0.5);
         let issued: Vec<&str> = plan1
@@ -442,7 +467,10 @@ mod tests {
                 grant: "team-a".into(),
                 issued_at: 1000,
                 expires_at: 1600,
+                source_version: String::new(),
+                static_copy: false,
             }],
+            ..Default::default()
         };
         assert!(plan(&p, &o, 1299, 0.5).actions.is_empty());
         assert!(matches!(
@@ -459,6 +487,60 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_source_reissues_and_a_static_copy_never_expires() {
+        let secret = |static_copy, version: &str| ObservedSecret {
+            namespace: "team-a".into(),
+            name: "pullbroker-g".into(),
+            grant: "g".into(),
+            issued_at: 1000,
+            expires_at: 1600,
+            source_version: version.into(),
+            static_copy,
+        };
+        let observed = |s: ObservedSecret, current: &str| Observed {
+            namespaces: ns(&["team-a"]),
+            managed_secrets: vec![s],
+            source_versions: BTreeMap::from([("static".to_string(), current.to_string())]),
+            ..Default::default()
+        };
+        let copy = "credential: static\nsubjects: {namespaces: [team-a], serviceAccounts: ['*']}\nrepositories: ['**']\npurposes: [sync]\nallowStaticCopy: true\n";
+        let p = policy(&[("g", copy)], &[]);
+        // Long past its nominal expiry, same source: nothing to write.
+        assert!(plan(&p, &observed(secret(true, "v1"), "v1"), 99_999, 0.5)
+            .actions
+            .is_empty());
+        // The central password changed: rewritten at once.
+        assert!(matches!(
+            plan(&p, &observed(secret(true, "v1"), "v2"), 1001, 0.5).actions[..],
+            [Action::IssueSecret { rotation: true, .. }]
+        ));
+        // A minted credential still rotates by time, and on a new key too.
+        let p = policy(&[("g", &TEAM_A.replace("team-a-*", "x"))], &[]);
+        let minted = |version: &str| Observed {
+            namespaces: ns(&["team-a"]),
+            managed_secrets: vec![ObservedSecret {
+                name: "pullbroker-g".into(),
+                ..secret(false, version)
+            }],
+            source_versions: BTreeMap::from([("corp".to_string(), "k1".to_string())]),
+            ..Default::default()
+        };
+        assert!(plan(&p, &minted("k1"), 1001, 0.5).actions.is_empty());
+        assert_eq!(
+            plan(&p, &minted("k1"), 1300, 0.5).actions.len(),
+            1,
+            "half its lifetime"
+        );
+        assert_eq!(
+            plan(&p, &minted("k0"), 1001, 0.5).actions.len(),
+            1,
+            "a new signing key"
+        );
+        assert_eq!(secret(true, "").due(0.5), None);
+        assert_eq!(secret(false, "").due(0.5), Some(1300));
+    }
+
+    #[test]
     fn narrowing_and_deletion_clean_up_only_ours() {
         let p_before = policy(&[("team-a", TEAM_A)], &[]);
         let mut o = Observed {
@@ -468,6 +550,7 @@ mod tests {
                 sa("team-a-dev", "app", &["user-own"]),
             ],
             managed_secrets: vec![],
+            ..Default::default()
         };
         let first = plan(&p_before, &o, 0, 0.5);
         apply(&mut o, &first, 0, 600);
@@ -573,6 +656,7 @@ mod tests {
             namespaces: ns(&["elsewhere"]),
             service_accounts: vec![sa("elsewhere", "app", &["pullbroker-team-a"])],
             managed_secrets: vec![],
+            ..Default::default()
         };
         assert!(
             plan(&p, &o, 0, 0.5).actions.is_empty(),
@@ -612,7 +696,8 @@ mod tests {
             let mut o = Observed {
                 namespaces: ns(&names),
                 service_accounts: names.iter().zip(&refs).map(|(n, r)| sa(n, "app", &r.iter().map(|i| pool[*i]).collect::<Vec<_>>())).collect(),
-                managed_secrets: if stale { vec![ObservedSecret { namespace: "other".into(), name: "pullbroker-old".into(), grant: "old".into(), issued_at: 0, expires_at: 600 }] } else { vec![] },
+                managed_secrets: if stale { vec![ObservedSecret { namespace: "other".into(), name: "pullbroker-old".into(), grant: "old".into(), issued_at: 0, expires_at: 600, source_version: String::new(), static_copy: false }] } else { vec![] },
+                ..Default::default()
             };
             let before: Vec<Vec<String>> = o.service_accounts.iter().map(|s| s.image_pull_secrets.iter().filter(|n| !n.starts_with("pullbroker-")).cloned().collect()).collect();
             let first = plan(&p, &o, 100, 0.5);

@@ -838,6 +838,10 @@ fn merge_update(old: &Value, mut new: Value, status_only: bool) -> Value {
         out["status"] = new["status"].take();
         return out;
     }
+    // `stringData` is folded on every write, not only on create.
+    if new["kind"] == "Secret" {
+        fold_string_data(&mut new);
+    }
     // The main resource ignores status changes (status subresource semantics);
     // spec-like changes bump the generation.
     new["status"] = old["status"].clone();
