@@ -273,6 +273,11 @@ pub(crate) fn documents(
     (credentials, grants)
 }
 
+/// Drops what the controller never reads from a cached object.
+fn strip<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
 /// A spawned task that ends with its owner (dropping or cancelling the
 /// owning future must not leave a renewer or writer running).
 struct Owned<T>(tokio::task::JoinHandle<T>);
@@ -359,8 +364,10 @@ pub async fn run_leader(
         listed: tokio::sync::watch::channel(0).0,
     });
 
+    // Nothing here reads managedFields; not caching them saves memory.
     let ns_stream = watcher(Api::<Namespace>::all(client.clone()), wc())
         .default_backoff()
+        .modify(strip)
         .reflect(ns_writer)
         .inspect_ok(ctx.listed_once())
         .applied_objects();
@@ -368,6 +375,7 @@ pub async fn run_leader(
         let idx = service_accounts.clone();
         watcher(Api::<ServiceAccount>::all(client.clone()), wc())
             .default_backoff()
+            .modify(strip)
             .inspect_ok(move |ev| idx.apply(ev))
             .inspect_ok(ctx.listed_once())
             .touched_objects()
@@ -380,6 +388,7 @@ pub async fn run_leader(
             wc().labels(&selector),
         )
         .default_backoff()
+        .modify(strip)
         .inspect_ok(move |ev| idx.apply(ev))
         .inspect_ok(ctx.listed_once())
         .touched_objects()
