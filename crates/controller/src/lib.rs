@@ -228,13 +228,7 @@ impl Context {
             for name in names {
                 let key = ObjectRef::new(&name).within(&self.settings.system_namespace);
                 if let Some(s) = self.central.get(&key) {
-                    let data: BTreeMap<String, Vec<u8>> = s
-                        .data
-                        .iter()
-                        .flatten()
-                        .map(|(k, v)| (k.clone(), v.0.clone()))
-                        .collect();
-                    out.insert(name, (Some(self.settings.system_namespace.clone()), data));
+                    out.insert(name, (s.namespace(), secret_data(&s)));
                 }
             }
         }
@@ -271,6 +265,15 @@ pub(crate) fn documents(
         })
         .collect();
     (credentials, grants)
+}
+
+/// A Secret's data as the broker's config code takes it.
+pub(crate) fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    s.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
 }
 
 /// Drops what the controller never reads from a cached object.

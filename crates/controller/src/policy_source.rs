@@ -6,8 +6,6 @@
 //! Invalid documents are left out and logged; until every cache has listed
 //! once the broker keeps its empty policy, which denies everything.
 
-use std::collections::BTreeMap;
-
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
@@ -33,15 +31,7 @@ impl Caches {
             .secrets
             .state()
             .iter()
-            .map(|s| {
-                let data: BTreeMap<String, Vec<u8>> = s
-                    .data
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), v.0.clone()))
-                    .collect();
-                (s.name_any(), (s.namespace(), data))
-            })
+            .map(|s| (s.name_any(), (s.namespace(), crate::secret_data(s))))
             .collect();
         let labels = self
             .namespaces

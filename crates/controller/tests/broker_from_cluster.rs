@@ -4,56 +4,11 @@
 
 mod support;
 
-use std::time::Duration;
-
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use pullbroker_broker::{config, Broker};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pullbroker_core::policy::PullGrant;
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
-
-async fn token(c: &Cluster, ns: &str, sa: &str) -> String {
-    let req: TokenRequest =
-        obj(json!({"spec": {"audiences": ["pullbroker"], "expirationSeconds": 600}}));
-    let out = Api::<ServiceAccount>::namespaced(c.client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &req)
-        .await
-        .unwrap();
-    out.status.unwrap().token
-}
-
-async fn exchange(url: &str, token: &str, image: &str) -> (u16, Value) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let resp = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-        .post(format!("{url}/v1/exchange"))
-        .json(&json!({"token": token, "image": image}))
-        .send()
-        .await
-        .unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or_default(),
-    )
-}
-
-async fn get(url: &str, path: &str) -> (u16, String) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let resp = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{url}{path}"))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
 
 #[tokio::test]
 async fn the_broker_follows_grants_and_labels_in_the_cluster() {
@@ -69,20 +24,7 @@ async fn the_broker_follows_grants_and_labels_in_the_cluster() {
         ),
     )
     .unwrap();
-    let broker = Broker::new(
-        config::load(&file).unwrap(),
-        Some(file.clone()),
-        Default::default(),
-        None,
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = {
-        let b = broker.clone();
-        tokio::spawn(async move { b.serve(listener, std::future::pending()).await.unwrap() })
-    };
+    let (broker, url, server) = serve_broker(&file).await;
     let (code, _) = get(&url, "/readyz").await;
     assert_eq!(code, 503, "not ready before the cluster's policy arrives");
     let source = tokio::spawn(pullbroker_controller::policy_source::run(
@@ -165,5 +107,5 @@ async fn the_broker_follows_grants_and_labels_in_the_cluster() {
     broker.reload().await.unwrap();
     assert!(broker.snapshot().credentials.contains_key("corp"));
     source.abort();
-    server.abort();
+    drop(server);
 }

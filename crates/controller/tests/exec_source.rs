@@ -136,9 +136,6 @@ async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
 
 #[tokio::test]
 async fn the_broker_hands_out_an_exec_sources_credential_capped_by_its_expiry() {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use kube::api::PostParams;
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("short-token");
     std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\nprintf '{\"kind\":\"CredentialProviderResponse\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"cacheDuration\":\"90s\",\"auth\":{\"ecr.example\":{\"username\":\"AWS\",\"password\":\"CANARY-ecr-pw\"}}}'\n").unwrap();
@@ -149,41 +146,10 @@ async fn the_broker_hands_out_an_exec_sources_credential_capped_by_its_expiry() 
     std::fs::write(&file, format!(
         "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  execSourceDir: .\n  serviceAccountIssuer: {{issuer: https://kubernetes.default.svc, discoveryUrl: {}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: ecr}}\nspec: {{registries: [ecr.example], source: {{exec: {{command: short-token}}}}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: PullGrant\nmetadata: {{name: g}}\nspec: {{credential: ecr, subjects: {{namespaces: [team-a], serviceAccounts: [app]}}, repositories: ['**'], purposes: [pull], ttl: 10m}}\n",
         c.fake.url)).unwrap();
-    let broker = pullbroker_broker::Broker::new(
-        pullbroker_broker::config::load(&file).unwrap(),
-        Some(file.clone()),
-        Default::default(),
-        None,
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let b = broker.clone();
-    let server =
-        tokio::spawn(async move { b.serve(listener, std::future::pending()).await.unwrap() });
-    let req: TokenRequest =
-        obj(json!({"spec": {"audiences": ["pullbroker"], "expirationSeconds": 600}}));
-    let token = Api::<ServiceAccount>::namespaced(c.client.clone(), "team-a")
-        .create_token_request("app", &PostParams::default(), &req)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let body: serde_json::Value = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(format!("{url}/v1/exchange"))
-        .json(&json!({"token": token, "image": "ecr.example/app:1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_broker, url, _server) = serve_broker(&file).await;
+    let token = token(&c, "team-a", "app").await;
+    let (status, body) = exchange(&url, &token, "ecr.example/app:1").await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["username"], "AWS", "{body}");
     assert_eq!(body["password"], "CANARY-ecr-pw");
     let expires =
@@ -193,5 +159,4 @@ async fn the_broker_hands_out_an_exec_sources_credential_capped_by_its_expiry() 
         (80..=90).contains(&left),
         "capped by the upstream's 90 s, not the grant's 10m: {left}"
     );
-    server.abort();
 }

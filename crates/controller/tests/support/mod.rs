@@ -258,3 +258,74 @@ where
 }
 
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A service-account token from the API server's TokenRequest (audience `pullbroker`).
+pub async fn token(c: &Cluster, ns: &str, sa: &str) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    let req: TokenRequest =
+        obj(json!({"spec": {"audiences": ["pullbroker"], "expirationSeconds": 600}}));
+    Api::<ServiceAccount>::namespaced(c.client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &req)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+}
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A broker from `file`, serving on loopback until the handle is dropped.
+pub async fn serve_broker(
+    file: &std::path::Path,
+) -> (pullbroker_broker::Broker, String, AbortOnDrop) {
+    let broker = pullbroker_broker::Broker::new(
+        pullbroker_broker::config::load(file).unwrap(),
+        Some(file.to_path_buf()),
+        Default::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let b = broker.clone();
+    let server =
+        tokio::spawn(async move { b.serve(listener, std::future::pending()).await.unwrap() });
+    (broker, url, AbortOnDrop(server))
+}
+
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `POST /v1/exchange`; (status, body).
+pub async fn exchange(url: &str, token: &str, image: &str) -> (u16, Value) {
+    let resp = http()
+        .post(format!("{url}/v1/exchange"))
+        .json(&json!({"token": token, "image": image}))
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or_default(),
+    )
+}
+
+/// `GET url+path`; (status, body).
+pub async fn get(url: &str, path: &str) -> (u16, String) {
+    let resp = http().get(format!("{url}{path}")).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
