@@ -4,26 +4,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
+use pullbroker_testenv::logs::Capture;
 use pullbroker_testenv::skopeo;
 use serde_json::{json, Value};
 use support::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_errors_or_metrics() {
@@ -134,7 +119,7 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
             .unwrap(),
     );
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("\"allowed\":true") && logs.contains("\"allowed\":false"),
         "audit events were captured"

@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -15,21 +13,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
 use pullbroker_core::policy::{PullGrant, RegistryCredential};
+use pullbroker_testenv::logs::Capture;
 use serde_json::json;
 use support::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const STATIC_PW: &str = "static-CANARY-71f0";
 const EXEC_PW: &str = "exec-CANARY-a55e";
@@ -111,7 +97,7 @@ async fn secrets_never_reach_logs_events_or_status() {
     assert_eq!(minted[2], EXEC_PW);
     // The failing source has been tried (and logged) at least twice.
     eventually("failure logged", WAIT, || async {
-        let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+        let logs = capture.text();
         (logs.matches("exited with").count() >= 2).then_some(())
     })
     .await;
@@ -142,7 +128,7 @@ async fn secrets_never_reach_logs_events_or_status() {
     );
     replica.stop().await;
 
-    let mut observed = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    let mut observed = capture.text();
     let events = Api::<Event>::all(c.client.clone())
         .list(&Default::default())
         .await

@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod fakeapi;
 pub mod fixtures;
 pub mod issuer;
+pub mod logs;
 pub mod pki;
 pub mod process;
 pub mod registry;
