@@ -32,13 +32,12 @@ fn rfc3339(t: i64) -> String {
 }
 
 /// A Ready condition that keeps its transition time while nothing changes.
-fn ready(
-    old: &[Condition],
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
+fn ready(old: &[Condition], verdict: &Ready<'_>, generation: Option<i64>) -> Condition {
+    let Ready {
+        ok,
+        reason,
+        message,
+    } = *verdict;
     let status = if ok { "True" } else { "False" };
     let since = old
         .iter()
@@ -49,7 +48,7 @@ fn ready(
         type_: "Ready".into(),
         status: status.into(),
         reason: reason.into(),
-        message,
+        message: message.into(),
         last_transition_time: since,
         observed_generation: generation,
     }
@@ -146,24 +145,18 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
             }
             (None, None) => (false, "Invalid", "grant is not in effect".to_string()),
         };
+        let verdict = Ready {
+            ok,
+            reason,
+            message: &message,
+        };
         let status = PullGrantStatus {
-            conditions: vec![ready(
-                &old.conditions,
-                ok,
-                reason,
-                message.clone(),
-                generation,
-            )],
+            conditions: vec![ready(&old.conditions, &verdict, generation)],
             observed_generation: generation,
             selected_namespaces: report.map(|r| r.selected_namespaces as i64),
             static_copy: report.is_some_and(|r| r.static_copy),
         };
         if status != old {
-            let verdict = Ready {
-                ok,
-                reason,
-                message: &message,
-            };
             write(ctx, &grants, g, &old.conditions, &status, verdict).await?;
         }
     }
@@ -212,24 +205,18 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
             },
         };
         let (last, next) = times.get(&name).copied().unwrap_or((i64::MIN, i64::MAX));
+        let verdict = Ready {
+            ok,
+            reason,
+            message: &message,
+        };
         let status = RegistryCredentialStatus {
-            conditions: vec![ready(
-                &old.conditions,
-                ok,
-                reason,
-                message.clone(),
-                generation,
-            )],
+            conditions: vec![ready(&old.conditions, &verdict, generation)],
             observed_generation: generation,
             last_rotation: (last != i64::MIN).then(|| rfc3339(last)),
             next_rotation: (next != i64::MAX).then(|| rfc3339(next)),
         };
         if status != old {
-            let verdict = Ready {
-                ok,
-                reason,
-                message: &message,
-            };
             write(ctx, &creds, c, &old.conditions, &status, verdict).await?;
         }
     }
@@ -237,6 +224,7 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
 }
 
 /// The Ready verdict being written.
+#[derive(Clone, Copy)]
 struct Ready<'a> {
     ok: bool,
     reason: &'a str,
