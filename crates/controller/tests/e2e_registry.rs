@@ -8,46 +8,10 @@ mod support;
 #[path = "../../broker/tests/support/mod.rs"]
 mod broker;
 
-use std::process::Command;
-
-use k8s_openapi::api::core::v1::Secret;
 use serde_json::json;
 use support::*;
 
 const SECRET: &str = "pullbroker-sync-a";
-
-/// `skopeo inspect` with the secret's `.dockerconfigjson` as its auth file.
-fn inspect(dir: &std::path::Path, config: &[u8], image: &str) -> Result<(), String> {
-    let file = dir.join(format!("auth-{}.json", rand_suffix()));
-    std::fs::write(&file, config).unwrap();
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "--no-tags",
-            "--raw",
-            "--authfile",
-        ])
-        .arg(&file)
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("skopeo runs");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
-fn config_of(s: &Secret) -> Vec<u8> {
-    s.data.as_ref().unwrap()[".dockerconfigjson"].0.clone()
-}
 
 #[tokio::test]
 async fn skopeo_pulls_with_a_synced_secret_and_rotation_retires_the_old_one() {

@@ -6,7 +6,6 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 use kube::api::Api;
 use kube::ResourceExt;
@@ -83,24 +82,12 @@ async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
         .is_none());
 
     // skopeo pulls with exactly what the secret holds.
-    let authfile = dir.path().join("auth.json");
-    std::fs::write(
-        &authfile,
-        &first[0].data.as_ref().unwrap()[".dockerconfigjson"].0,
+    inspect(
+        dir.path(),
+        &config_of(&first[0]),
+        &format!("{host}/{REPO}:v1"),
     )
-    .unwrap();
-    let image = format!("docker://{host}/{REPO}:v1");
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw", "--authfile"])
-        .arg(&authfile)
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .expect("skopeo pulls with the synced upstream credential");
 
     // Refreshed at half its real lifetime: once, for all three namespaces.
     let issued = ann["pullbroker.dev/issued-at"].clone();

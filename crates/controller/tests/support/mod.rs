@@ -329,3 +329,36 @@ pub async fn get(url: &str, path: &str) -> (u16, String) {
     let resp = http().get(format!("{url}{path}")).send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
+
+/// `skopeo inspect` with the secret's `.dockerconfigjson` as its auth file.
+pub fn inspect(dir: &std::path::Path, config: &[u8], image: &str) -> Result<(), String> {
+    let file = dir.join(format!("auth-{}.json", rand_suffix()));
+    std::fs::write(&file, config).unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--no-tags",
+            "--raw",
+            "--authfile",
+        ])
+        .arg(&file)
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo runs");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn config_of(s: &Secret) -> Vec<u8> {
+    s.data.as_ref().unwrap()[".dockerconfigjson"].0.clone()
+}
