@@ -1,26 +1,18 @@
 //! The `pullbroker` binary, run as a user would, against real registries.
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use pullbroker_testenv::{skopeo, Env, PASSWORD, REPO, USER};
+use pullbroker_testenv::{process, skopeo, Env, PASSWORD, REPO, USER};
 
 fn pullbroker(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
-        .args(args)
-        // Never pick up the developer's own ~/.docker/config.json.
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run pullbroker");
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(input) = stdin {
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pullbroker"));
+    // Never pick up the developer's own ~/.docker/config.json.
+    cmd.args(args).env("DOCKER_CONFIG", "/nonexistent");
+    process::run_with_stdin(
+        &mut cmd,
+        stdin.unwrap_or_default().as_bytes(),
+        std::time::Duration::from_secs(120),
+    )
 }
 
 fn text(b: &[u8]) -> String {
@@ -297,6 +289,19 @@ fn secret_create_refuses_bad_input() {
         Some("pw"),
     );
     assert_eq!(out.status.code(), Some(2), "--password-stdin is required");
+}
+
+/// A child that exits on a usage error before reading its input is an
+/// answer, not a test failure. 1 MiB is far beyond a pipe's buffer, so the
+/// writer always meets the closed pipe: the old helper failed here every time.
+#[test]
+fn child_exiting_before_reading_stdin_is_not_a_failure() {
+    let input = "x".repeat(1 << 20);
+    for _ in 0..20 {
+        let out = pullbroker(&["secret", "create", "--no-such-flag"], Some(&input));
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("--no-such-flag"));
+    }
 }
 
 /// On a terminal, a large batch shows a progress bar (on stderr); piped, it does not.

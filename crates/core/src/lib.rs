@@ -17,8 +17,11 @@
 //! - [`libtrust`]: the key IDs docker/distribution registries expect in token headers.
 //! - [`sync`]: sync mode's desired state and plan (the controller's decisions, no I/O).
 //! - [`jwt`]: reading (not verifying) a JWT's expiry for display.
+//! - [`admission`]: AdmissionReview digest pinning — kinds, pod specs, which
+//!   images to pin, the JSON Patch (the broker's webhook decides and resolves).
 //! - [`policy`]: `RegistryCredential`, `PullGrant` and the decision function.
 
+pub mod admission;
 pub mod credential;
 pub mod digest;
 pub mod dockerconfig;

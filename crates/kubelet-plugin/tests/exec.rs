@@ -5,13 +5,12 @@
 #[path = "../../broker/tests/support/mod.rs"]
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pullbroker_testenv::containerd::Containerd;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
-use pullbroker_testenv::skopeo;
+use pullbroker_testenv::{process, skopeo};
 use serde_json::Value;
 use support::*;
 
@@ -20,25 +19,10 @@ const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
 /// Runs the plugin with `stdin`, `args` and `env`, bounded to 20 s.
 fn exec(stdin: &str, args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pullbroker-credential-provider"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A plugin that fails on its arguments exits before reading stdin.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let pid = child.id();
-    let guard = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(20));
-        // SAFETY: signalling a child we started; harmless if it already exited.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(guard);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pullbroker-credential-provider"));
+    cmd.args(args).env_clear().envs(env.iter().copied());
+    // A plugin that fails on its arguments exits before reading stdin: the helper allows that.
+    let out = process::run_with_stdin(&mut cmd, stdin.as_bytes(), Duration::from_secs(20));
     (out, started.elapsed())
 }
 

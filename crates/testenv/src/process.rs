@@ -74,3 +74,50 @@ pub fn require_tools(tools: &[&str]) -> Result<(), String> {
         ))
     }
 }
+
+/// Runs `cmd` with `input` on its stdin and collects its output; a child
+/// still running after `limit` is killed (its output so far is returned).
+///
+/// The input is written from its own thread while the output is read, so a
+/// child that writes a lot before reading cannot deadlock us, and a child that
+/// exits before reading its input (a usage error, say) is not a failure: the
+/// write then ends in `BrokenPipe`, which is ignored. Any other write error
+/// is a real fault and panics.
+pub fn run_with_stdin(
+    cmd: &mut std::process::Command,
+    input: &[u8],
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let pid = child.id();
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || match pipe.write_all(&input) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = match rx.recv_timeout(limit) {
+        Ok(out) => out,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, which the waiting thread has
+            // not reaped yet (it would have answered), so the pid is still ours.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            rx.recv().expect("waiting thread answers")
+        }
+    }
+    .expect("wait for child");
+    writer
+        .join()
+        .expect("stdin writer panicked")
+        .expect("write child's stdin");
+    out
+}

@@ -21,7 +21,11 @@ fn exec_measured(cmd: &mut Command, stdin: &[u8]) -> Result<(Duration, i64, Vec<
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    child.stdin.take().context("stdin")?.write_all(stdin)?;
+    // A plugin that fails early exits before reading its input; its exit status says why.
+    match child.stdin.take().context("stdin")?.write_all(stdin) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut child.stdout.take().context("stdout")?, &mut out)?;
     let mut status = 0;

@@ -147,6 +147,37 @@ pub struct PullGrantSpec {
     /// Sync may copy a static upstream password into namespaces (flagged).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_static_copy: bool,
+    /// How admission pinning treats images this grant covers (purpose `resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<AdmissionSettings>,
+}
+
+/// Admission pinning settings of a grant.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdmissionSettings {
+    /// What to do when an image cannot be resolved: `Fail` (default) denies
+    /// the object naming the image and the reason; `Ignore` admits it
+    /// unchanged with a warning.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum FailurePolicy {
+    #[default]
+    Fail,
+    Ignore,
+}
+
+impl PullGrantSpec {
+    /// The admission failure policy (default `Fail`: fail closed).
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.admission
+            .as_ref()
+            .map(|a| a.failure_policy)
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
