@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use pullbroker_broker::keys::SigningKey;
+use pullbroker_credentials::keys::SigningKey;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 
 /// The `service` of the benchmarks' token-issuer credential.

@@ -2,19 +2,16 @@
 //! behind HTTP.
 //!
 //! - [`satoken`]: service-account token verification (JWKS, TokenReview).
-//! - [`keys`] / [`mint`]: token-issuer signing keys, registry tokens, and
-//!   the broker's own short-lived credentials.
 //! - [`config`]: the standalone YAML configuration (the embedded default).
-//! - [`source`]: refreshing upstream credentials (the `exec` source).
+//!
+//! Signing keys, registry tokens, broker credentials and exec sources live in
+//! `pullbroker-credentials`, shared with the controller.
 //! - [`server`]: routes, audit events, metrics, reload, graceful shutdown.
 
 pub mod config;
-pub mod keys;
 pub mod metrics;
-pub mod mint;
 pub mod satoken;
 pub mod server;
-pub mod source;
 pub mod tokenreview;
 
 pub use server::Broker;

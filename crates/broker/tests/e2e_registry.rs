@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use pullbroker_broker::keys::SigningKey;
-use pullbroker_broker::mint::{self, Access, BrokerCredential};
+use pullbroker_credentials::keys::SigningKey;
+use pullbroker_credentials::mint::{self, Access, BrokerCredential};
 use pullbroker_testenv::containerd::Containerd;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use pullbroker_testenv::skopeo;

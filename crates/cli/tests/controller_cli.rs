@@ -35,7 +35,7 @@ fn post(base: &str, path: &str, body: &str) {
 fn controller_syncs_and_stops_on_sigterm() {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
     let u = &fake.url;
-    let (key, cert) = pullbroker_broker::keys::SigningKey::generate("cli").unwrap();
+    let (key, cert) = pullbroker_credentials::keys::SigningKey::generate("cli").unwrap();
     post(
         u,
         "/api/v1/namespaces",

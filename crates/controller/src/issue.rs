@@ -14,10 +14,10 @@ use std::fmt;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use pullbroker_broker::config::{credential_runtime, CredentialRuntime, Secrets};
-use pullbroker_broker::mint::{BrokerCredential, BROKER_USERNAME};
-use pullbroker_broker::source::Upstream;
 use pullbroker_core::policy::Policy;
+use pullbroker_credentials::mint::{BrokerCredential, BROKER_USERNAME};
+use pullbroker_credentials::runtime::{credential_runtime, CredentialRuntime, Secrets};
+use pullbroker_credentials::source::Upstream;
 use serde_json::json;
 
 /// The content of a synced secret. Debug never shows it.

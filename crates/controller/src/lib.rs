@@ -45,9 +45,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use pullbroker_broker::config::Secrets;
 use pullbroker_core::policy::{Named, Policy, PullGrant, RegistryCredential};
 use pullbroker_core::sync::MANAGED_BY;
+use pullbroker_credentials::runtime::Secrets;
 use tokio::sync::Notify;
 
 use crate::index::Index;

@@ -2,7 +2,9 @@
 //! kubernetes`): `RegistryCredential`s and `PullGrant`s, the Secrets of the
 //! system namespace, and namespace labels, from watch-backed caches. Every
 //! change rebuilds the policy with the same code the standalone file uses
-//! ([`pullbroker_broker::config::assemble`]) and swaps it into the broker.
+//! ([`pullbroker_credentials::runtime::assemble`]) and hands it to a
+//! [`PolicySink`] (the broker's `install_policy`, wired by the CLI: this crate
+//! does not depend on the broker's HTTP service).
 //! Invalid documents are left out and logged; until every cache has listed
 //! once the broker keeps its empty policy, which denies everything.
 
@@ -13,9 +15,9 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use pullbroker_broker::config::{assemble, Secrets};
-use pullbroker_broker::Broker;
 use pullbroker_core::policy::{PullGrant, RegistryCredential};
+use pullbroker_credentials::runtime::PolicySink;
+use pullbroker_credentials::runtime::{assemble, Secrets};
 
 struct Caches {
     credentials: Store<RegistryCredential>,
@@ -25,7 +27,7 @@ struct Caches {
 }
 
 impl Caches {
-    fn install(&self, broker: &Broker, last_problems: &mut Vec<String>) {
+    fn install(&self, sink: &dyn PolicySink, last_problems: &mut Vec<String>) {
         let (credentials, grants) = crate::documents(&self.credentials, &self.grants);
         let secrets: Secrets = self
             .secrets
@@ -39,7 +41,7 @@ impl Caches {
             .iter()
             .map(|n| (n.name_any(), n.labels().clone()))
             .collect();
-        let exec_dir = broker.snapshot().exec_source_dir.clone();
+        let exec_dir = sink.exec_source_dir();
         let (policy, runtimes, problems) =
             assemble(credentials, grants, &secrets, labels, exec_dir.as_deref());
         if problems != *last_problems {
@@ -53,12 +55,12 @@ impl Caches {
             grants = policy.grants().len(),
             "policy from the cluster installed"
         );
-        broker.install_policy(policy, runtimes);
+        sink.install(policy, runtimes);
     }
 }
 
-/// Watches the cluster and keeps `broker`'s policy current, until dropped.
-pub async fn run(client: Client, broker: Broker, system_namespace: String) {
+/// Watches the cluster and keeps `sink`'s policy current, until dropped.
+pub async fn run(client: Client, sink: std::sync::Arc<dyn PolicySink>, system_namespace: String) {
     let wc = watcher::Config::default;
     let (credentials, cw) = reflector::store();
     let (grants, gw) = reflector::store();
@@ -127,7 +129,7 @@ pub async fn run(client: Client, broker: Broker, system_namespace: String) {
             }
         }
         if listed == 0b1111 {
-            caches.install(&broker, &mut problems);
+            caches.install(sink.as_ref(), &mut problems);
         }
     }
 }

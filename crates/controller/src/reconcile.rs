@@ -341,14 +341,15 @@ async fn issue_secret(
     // namespace) when this secret's rotation is due.
     let upstream = match policy.credentials().get(credential) {
         Some(spec) if spec.source.exec.is_some() => {
-            let rt = pullbroker_broker::config::credential_runtime(
+            let rt = pullbroker_credentials::runtime::credential_runtime(
                 credential,
                 spec,
                 &central,
                 ctx.settings.exec_source_dir.as_deref(),
             )
             .map_err(fail)?;
-            let pullbroker_broker::config::CredentialRuntime::Refreshing { source } = rt else {
+            let pullbroker_credentials::runtime::CredentialRuntime::Refreshing { source } = rt
+            else {
                 unreachable!("exec sources refresh")
             };
             Some(

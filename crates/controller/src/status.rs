@@ -12,10 +12,10 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::ResourceExt;
-use pullbroker_broker::config::{credential_runtime, CredentialRuntime};
 use pullbroker_core::policy::model::{Condition, PullGrantStatus, RegistryCredentialStatus};
 use pullbroker_core::policy::{Named, Policy, PullGrant, Purpose, RegistryCredential};
 use pullbroker_core::sync::{self, Observed, ObservedNamespace};
+use pullbroker_credentials::runtime::{credential_runtime, CredentialRuntime};
 use serde_json::json;
 
 use crate::reconcile::{now, observe_secret, CREDENTIAL};

@@ -29,7 +29,7 @@ async fn the_broker_follows_grants_and_labels_in_the_cluster() {
     assert_eq!(code, 503, "not ready before the cluster's policy arrives");
     let source = tokio::spawn(pullbroker_controller::policy_source::run(
         c.client.clone(),
-        broker.clone(),
+        std::sync::Arc::new(broker.clone()),
         SYSTEM.into(),
     ));
     eventually("credential from the cluster", WAIT, || async {

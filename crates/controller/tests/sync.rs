@@ -8,8 +8,8 @@ mod support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::ResourceExt;
-use pullbroker_broker::mint::BrokerCredential;
 use pullbroker_core::policy::{PullGrant, RegistryCredential};
+use pullbroker_credentials::mint::BrokerCredential;
 use serde_json::json;
 use support::*;
 

@@ -181,7 +181,11 @@ pub fn parse_review(body: &[u8]) -> Result<(String, Option<AdmissionRequest>), R
         "CREATE" => Operation::Create,
         "UPDATE" => Operation::Update,
         "DELETE" | "CONNECT" => Operation::Other,
-        _ => return Err(ReviewError("request.operation is not a known operation".into())),
+        _ => {
+            return Err(ReviewError(
+                "request.operation is not a known operation".into(),
+            ))
+        }
     };
     let Some(kind) = Kind::from_group_kind(group, kind_name) else {
         return Ok((uid, None));
@@ -200,7 +204,9 @@ pub fn parse_review(body: &[u8]) -> Result<(String, Option<AdmissionRequest>), R
     }
     let old_object = req.get("oldObject").filter(|o| !o.is_null()).cloned();
     if operation == Operation::Update && old_object.is_none() {
-        return Err(ReviewError("request.oldObject is required on UPDATE".into()));
+        return Err(ReviewError(
+            "request.oldObject is required on UPDATE".into(),
+        ));
     }
     let meta = object.get("metadata");
     let name = req
@@ -282,7 +288,12 @@ pub fn pod_spec(kind: Kind, object: &Value) -> Result<PodSpec, ReviewError> {
     let spec = object
         .pointer(pointer)
         .filter(|s| s.is_object())
-        .ok_or_else(|| ReviewError(format!("the {} has no pod spec at {pointer}", kind.gvkr().2)))?;
+        .ok_or_else(|| {
+            ReviewError(format!(
+                "the {} has no pod spec at {pointer}",
+                kind.gvkr().2
+            ))
+        })?;
     let service_account = spec
         .get("serviceAccountName")
         .or_else(|| spec.get("serviceAccount"))
@@ -292,12 +303,16 @@ pub fn pod_spec(kind: Kind, object: &Value) -> Result<PodSpec, ReviewError> {
         .to_string();
     let mut slots = Vec::new();
     for list in LISTS {
-        let Some(items) = spec.get(list) else { continue };
+        let Some(items) = spec.get(list) else {
+            continue;
+        };
         let items = items
             .as_array()
             .ok_or_else(|| ReviewError(format!("{pointer}/{list} must be a list")))?;
         for (i, c) in items.iter().enumerate() {
-            let Some(image) = c.get("image") else { continue };
+            let Some(image) = c.get("image") else {
+                continue;
+            };
             let image = image.as_str().ok_or_else(|| {
                 ReviewError(format!("{pointer}/{list}/{i}/image must be a string"))
             })?;
@@ -358,7 +373,9 @@ pub fn action(slot: &Slot, old: Option<&PodSpec>) -> Action {
             // The tag in front of the old digest changed: re-resolve the new tag.
             let old_ref = Reference::parse(&b.image).ok();
             let same_digest = old_ref.as_ref().and_then(|r| r.digest()) == Some(digest);
-            let tag_changed = old_ref.as_ref().map(|r| (r.name(), r.tag().map(str::to_string)))
+            let tag_changed = old_ref
+                .as_ref()
+                .map(|r| (r.name(), r.tag().map(str::to_string)))
                 != Some((image.name(), image.tag().map(str::to_string)));
             if same_digest && tag_changed && image.tag().is_some() {
                 Action::Resolve(image)
@@ -393,9 +410,15 @@ pub fn pinned(image: &str, digest: &crate::Digest) -> String {
 /// A JSON Patch operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PatchOp {
-    ReplaceImage { pointer: String, value: String },
+    ReplaceImage {
+        pointer: String,
+        value: String,
+    },
     /// Add a pull secret to the pod spec at `pod_spec`.
-    AddPullSecret { pod_spec: &'static str, name: String },
+    AddPullSecret {
+        pod_spec: &'static str,
+        name: String,
+    },
 }
 
 /// The JSON Patch (RFC 6902) for `ops`; a `test` of each old image guards
@@ -458,7 +481,11 @@ impl Response {
         if let Some((code, message)) = &self.status {
             resp["status"] = json!({"code": code, "message": message});
         }
-        if let Some(patch) = self.patch.as_ref().filter(|p| p.as_array().is_some_and(|a| !a.is_empty())) {
+        if let Some(patch) = self
+            .patch
+            .as_ref()
+            .filter(|p| p.as_array().is_some_and(|a| !a.is_empty()))
+        {
             let bytes = serde_json::to_vec(patch).expect("a Value serializes");
             resp["patchType"] = json!("JSONPatch");
             resp["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -531,22 +558,36 @@ mod tests {
             let err = parse_review(body).unwrap_err().to_string();
             assert!(!err.contains("SECRET-CANARY"), "{err}");
         }
-        let (_, none) = parse_review(&review(("", "Secret"), "CREATE", json!({}), Value::Null)).unwrap();
+        let (_, none) =
+            parse_review(&review(("", "Secret"), "CREATE", json!({}), Value::Null)).unwrap();
         assert!(none.is_none(), "a kind we do not pin is not an error");
     }
 
     #[test]
     fn children_of_pinned_kinds_are_left_alone() {
         let owned = |api: &str, kind: &str, controller: bool| json!({"metadata": {"ownerReferences": [{"apiVersion": api, "kind": kind, "name": "o", "controller": controller}]}});
-        assert_eq!(pinned_owner(&owned("apps/v1", "Deployment", true)).as_deref(), Some("Deployment/o"));
+        assert_eq!(
+            pinned_owner(&owned("apps/v1", "Deployment", true)).as_deref(),
+            Some("Deployment/o")
+        );
         assert!(pinned_owner(&owned("serving.knative.dev/v1", "Configuration", true)).is_some());
-        assert!(pinned_owner(&owned("apps/v1", "Deployment", false)).is_none(), "not the controller");
-        assert!(pinned_owner(&owned("example.com/v1", "Widget", true)).is_none(), "an owner we do not pin");
+        assert!(
+            pinned_owner(&owned("apps/v1", "Deployment", false)).is_none(),
+            "not the controller"
+        );
+        assert!(
+            pinned_owner(&owned("example.com/v1", "Widget", true)).is_none(),
+            "an owner we do not pin"
+        );
         assert!(pinned_owner(&json!({"metadata": {}})).is_none());
     }
 
     fn spec_with(image: &str) -> PodSpec {
-        pod_spec(Kind::Pod, &json!({"spec": {"containers": [{"name": "c", "image": image}]}})).unwrap()
+        pod_spec(
+            Kind::Pod,
+            &json!({"spec": {"containers": [{"name": "c", "image": image}]}}),
+        )
+        .unwrap()
     }
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -554,15 +595,33 @@ mod tests {
     #[test]
     fn actions_on_create_and_update() {
         let slot = |image: &str| spec_with(image).slots[0].clone();
-        assert!(matches!(action(&slot("r.example/a:1"), None), Action::Resolve(_)));
-        assert_eq!(action(&slot(&format!("r.example/a:1@{D1}")), None), Action::Leave("already pinned to a digest"));
-        assert_eq!(action(&slot("r.example/Case:1"), None), Action::Leave("not a valid image reference"));
+        assert!(matches!(
+            action(&slot("r.example/a:1"), None),
+            Action::Resolve(_)
+        ));
+        assert_eq!(
+            action(&slot(&format!("r.example/a:1@{D1}")), None),
+            Action::Leave("already pinned to a digest")
+        );
+        assert_eq!(
+            action(&slot("r.example/Case:1"), None),
+            Action::Leave("not a valid image reference")
+        );
         let old = spec_with(&format!("r.example/a:1@{D1}"));
-        assert_eq!(action(&slot(&format!("r.example/a:1@{D1}")), Some(&old)), Action::Leave("unchanged"));
+        assert_eq!(
+            action(&slot(&format!("r.example/a:1@{D1}")), Some(&old)),
+            Action::Leave("unchanged")
+        );
         // kubectl apply of the original manifest writes the tag back: keep the old digest.
-        assert_eq!(action(&slot("r.example/a:1"), Some(&old)), Action::Restore(format!("r.example/a:1@{D1}")));
+        assert_eq!(
+            action(&slot("r.example/a:1"), Some(&old)),
+            Action::Restore(format!("r.example/a:1@{D1}"))
+        );
         // A new tag is resolved; so is a new tag typed in front of the old digest.
-        assert!(matches!(action(&slot("r.example/a:2"), Some(&old)), Action::Resolve(_)));
+        assert!(matches!(
+            action(&slot("r.example/a:2"), Some(&old)),
+            Action::Resolve(_)
+        ));
         match action(&slot(&format!("r.example/a:2@{D1}")), Some(&old)) {
             Action::Resolve(r) => assert_eq!(r.tag(), Some("2")),
             other => panic!("{other:?}"),
@@ -574,15 +633,27 @@ mod tests {
         let spec = spec_with("r.example/a:1");
         let p = json_patch(
             &[
-                PatchOp::ReplaceImage { pointer: "/spec/containers/0/image".into(), value: format!("r.example/a:1@{D1}") },
-                PatchOp::AddPullSecret { pod_spec: "/spec", name: "pullbroker-g".into() },
+                PatchOp::ReplaceImage {
+                    pointer: "/spec/containers/0/image".into(),
+                    value: format!("r.example/a:1@{D1}"),
+                },
+                PatchOp::AddPullSecret {
+                    pod_spec: "/spec",
+                    name: "pullbroker-g".into(),
+                },
             ],
             &spec,
         );
         let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "r.example/a:1"}]}});
         json_patch_apply(&mut pod, &p);
-        assert_eq!(pod["spec"]["containers"][0]["image"], format!("r.example/a:1@{D1}"));
-        assert_eq!(pod["spec"]["imagePullSecrets"], json!([{"name": "pullbroker-g"}]));
+        assert_eq!(
+            pod["spec"]["containers"][0]["image"],
+            format!("r.example/a:1@{D1}")
+        );
+        assert_eq!(
+            pod["spec"]["imagePullSecrets"],
+            json!([{"name": "pullbroker-g"}])
+        );
     }
 
     /// A tiny RFC 6902 applier for the ops we emit (test, replace, add).
@@ -609,7 +680,8 @@ mod tests {
     #[test]
     fn response_shape() {
         let mut r = Response::allow();
-        r.patch = Some(json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "x"}]));
+        r.patch =
+            Some(json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "x"}]));
         r.warnings.push("w".into());
         let v = r.review("u1");
         assert_eq!(v["response"]["patchType"], "JSONPatch");

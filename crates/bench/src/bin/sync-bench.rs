@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::{stream, StreamExt};
-use pullbroker_broker::keys::SigningKey;
 use pullbroker_controller::{Metrics, Settings};
+use pullbroker_credentials::keys::SigningKey;
 use serde_json::{json, Value};
 
 const CONCURRENCY: usize = 32;

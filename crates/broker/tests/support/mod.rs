@@ -8,8 +8,8 @@
 
 use std::path::PathBuf;
 
-use pullbroker_broker::keys::SigningKey;
 use pullbroker_broker::{config, Broker};
+use pullbroker_credentials::keys::SigningKey;
 use pullbroker_registry::ClientSettings;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use pullbroker_testenv::registry::TokenAuth;

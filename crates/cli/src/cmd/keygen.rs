@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use pullbroker_broker::keys::SigningKey;
+use pullbroker_credentials::keys::SigningKey;
 
 #[derive(clap::Args, Debug)]
 #[command(

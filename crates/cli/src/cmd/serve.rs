@@ -60,7 +60,7 @@ async fn serve(args: Args) -> Result<ExitCode> {
             )?;
             Some(tokio::spawn(pullbroker_controller::policy_source::run(
                 client,
-                broker.clone(),
+                std::sync::Arc::new(broker.clone()),
                 system_namespace,
             )))
         }

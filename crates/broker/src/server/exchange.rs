@@ -1,0 +1,173 @@
+//! `POST /v1/exchange`: a service-account token and an image in, credentials
+//! for that image's registry out (the kubelet plugin's call).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::*;
+
+/// The first username/password pair a docker config holds for `image`.
+fn basic_for(
+    config: &pullbroker_core::DockerConfig,
+    image: &pullbroker_core::Reference,
+) -> Option<(String, String)> {
+    config
+        .credentials_for(image)
+        .into_iter()
+        .find_map(|c| match c {
+            Credential::Basic { .. } => Some((
+                c.username().unwrap_or_default().to_string(),
+                c.secret().unwrap_or_default().to_string(),
+            )),
+            _ => None,
+        })
+}
+
+/// Body of `POST /v1/exchange`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExchangeRequest {
+    /// The SA token (or send `Authorization: Bearer`).
+    #[serde(default)]
+    token: Option<String>,
+    image: String,
+    /// As kubelet passes them; only [`NARROW_ANNOTATION`] is read.
+    #[serde(default)]
+    service_account_annotations: BTreeMap<String, String>,
+}
+
+pub(super) async fn exchange(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resp = match exchange_inner(&st, &headers, &body).await {
+        Ok(r) | Err(r) => r,
+    };
+    st.count("exchange", resp)
+}
+
+async fn exchange_inner(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Response> {
+    let req: ExchangeRequest = serde_json::from_slice(body).map_err(body_error)?;
+    let token = req
+        .token
+        .as_deref()
+        .or_else(|| bearer(headers))
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "a service-account token is required (body `token` or Authorization: Bearer)",
+            )
+        })?;
+    let verified = st.verify(token).await?;
+    let image = Reference::parse(&req.image)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_reference", e))?;
+    let narrowed: Option<Vec<String>> =
+        req.service_account_annotations
+            .get(NARROW_ANNOTATION)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
+    let snapshot = st.snapshot.load();
+    let decision = st.decide(
+        &snapshot,
+        "exchange",
+        &Request {
+            subject: &verified.subject,
+            purpose: Purpose::Pull,
+            target: Target::Image {
+                registry: image.registry(),
+                repository: image.repository(),
+            },
+            on_behalf_of: None,
+            narrowed_to: narrowed.as_deref(),
+        },
+    );
+    if !decision.allowed {
+        return Err(error(StatusCode::FORBIDDEN, "denied", &decision.reason));
+    }
+    let name = decision
+        .credential
+        .clone()
+        .expect("an allow names its credential");
+    let now = now();
+    let mut expires_at = (now + decision.ttl.as_secs() as i64).min(verified.expires_at);
+    let (username, password, kind) = match snapshot.credentials.get(&name) {
+        Some(CredentialRuntime::TokenIssuer { keys, .. }) => {
+            let c = BrokerCredential {
+                ns: verified.subject.namespace.clone(),
+                sa: verified.subject.service_account.clone(),
+                cred: name.clone(),
+                iat: now,
+                exp: expires_at,
+            };
+            (BROKER_USERNAME.to_string(), c.seal(&keys.current), "broker")
+        }
+        Some(
+            runtime @ (CredentialRuntime::Static { .. } | CredentialRuntime::Refreshing { .. }),
+        ) => {
+            let upstream;
+            let (config, kind) = match runtime {
+                CredentialRuntime::Refreshing { source } => {
+                    upstream = source.current(now, REFRESH_AFTER).await.map_err(|e| {
+                        tracing::warn!(credential = %name, error = %e, "exec source failed");
+                        error(
+                            StatusCode::BAD_GATEWAY,
+                            "source_unavailable",
+                            format!("credential {name:?} is unavailable: its source failed"),
+                        )
+                    })?;
+                    expires_at = expires_at.min(upstream.expires_at);
+                    (&upstream.config, "refreshing")
+                }
+                CredentialRuntime::Static { config } => (config, "static"),
+                CredentialRuntime::TokenIssuer { .. } => unreachable!("matched above"),
+            };
+            let (u, p) = basic_for(config, &image).ok_or_else(|| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "misconfigured",
+                    format!(
+                        "credential {name:?} holds no username/password for {}",
+                        image.registry()
+                    ),
+                )
+            })?;
+            (u, p, kind)
+        }
+        None => {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "misconfigured",
+                format!("credential {name:?} is not loaded"),
+            ))
+        }
+    };
+    Ok(Json(json!({
+        "registry": image.registry(),
+        "authKey": format!("{}/{}", image.registry(), image.repository()),
+        "username": username,
+        "password": password,
+        "expiresAt": rfc3339(expires_at),
+        "cacheSeconds": (expires_at - now).max(0),
+        "grant": decision.grant,
+        "credential": name,
+        "kind": kind,
+    }))
+    .into_response())
+}

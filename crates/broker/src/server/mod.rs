@@ -1,0 +1,431 @@
+//! The broker's HTTP surface (axum):
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/exchange` | SA token + image → credentials for that image's registry |
+//! | `GET/POST /token` | distribution token server for registries that trust the broker |
+//! | `POST /v1/resolve` | a controller resolves digests on behalf of a namespace |
+//! | `GET /v1/credentials/{name}/rootcertbundle` | certificates a registry must trust |
+//! | `GET /healthz`, `/readyz`, `/metrics` | operations |
+//!
+//! Every policy decision is logged as one `audit` event (subject, credential,
+//! repository, purpose, outcome, reason); no event, error or metric carries a
+//! token or credential.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use axum::extract::{DefaultBodyLimit, Path, Query};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use futures::StreamExt;
+use pullbroker_core::policy::{Decision, Purpose, Request, Subject, Target};
+use pullbroker_core::{Credential, Keychain, Reference};
+use pullbroker_registry::{ClientSettings, RegistryClient};
+use serde_json::json;
+
+mod exchange;
+mod ops;
+mod resolve;
+mod token;
+
+use crate::config::{self, CredentialRuntime, Snapshot};
+use crate::metrics::{DecisionLabels, Metrics, RequestLabels, TokenLabels};
+use crate::satoken::{VerifiedToken, Verifier};
+use crate::tokenreview::{HttpTokenReview, TokenReviewer};
+use pullbroker_credentials::mint::{
+    self, Access, BrokerCredential, BROKER_CREDENTIAL_PREFIX, BROKER_USERNAME,
+};
+
+/// Annotation on a service account that narrows (never widens) its access.
+pub const NARROW_ANNOTATION: &str = "pullbroker.dev/repositories";
+/// Images per `/v1/resolve` request.
+const MAX_RESOLVE_IMAGES: usize = 1000;
+
+pub struct AppState {
+    snapshot: ArcSwap<Snapshot>,
+    verifier: ArcSwap<Verifier>,
+    issuer_fingerprint: Mutex<String>,
+    client: RegistryClient,
+    pub metrics: Metrics,
+    reload: Mutex<ReloadStatus>,
+    config_path: Option<PathBuf>,
+    reviewer_override: Option<Arc<dyn TokenReviewer>>,
+    jti: AtomicU64,
+    /// With `policySource: kubernetes`: the cluster's policy has arrived.
+    cluster_policy: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default, Clone)]
+struct ReloadStatus {
+    generation: u64,
+    last_error: Option<String>,
+}
+
+/// The broker: state plus router.
+#[derive(Clone)]
+pub struct Broker {
+    pub state: Arc<AppState>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn issuer_fingerprint(s: &Snapshot) -> String {
+    format!("{:?}|{:?}", s.issuer, s.token_review)
+}
+
+async fn build_verifier(
+    s: &Snapshot,
+    reviewer_override: Option<Arc<dyn TokenReviewer>>,
+) -> Result<Verifier, String> {
+    let reviewer: Option<Arc<dyn TokenReviewer>> = match (reviewer_override, &s.token_review) {
+        (Some(r), _) => Some(r),
+        (None, Some(spec)) => {
+            let token = std::fs::read_to_string(&spec.token_file)
+                .map_err(|e| format!("tokenReview.tokenFile: {e}"))?;
+            let ca = spec
+                .ca_file
+                .as_ref()
+                .map(std::fs::read)
+                .transpose()
+                .map_err(|e| format!("tokenReview.caFile: {e}"))?;
+            Some(Arc::new(HttpTokenReview::new(
+                &spec.api_server,
+                token.trim().to_string().into(),
+                ca.as_deref(),
+            )?))
+        }
+        (None, None) => None,
+    };
+    Verifier::new(s.issuer.clone(), reviewer).await
+}
+
+impl Broker {
+    /// A broker serving `snapshot`; `config_path` enables reloads.
+    pub async fn new(
+        snapshot: Snapshot,
+        config_path: Option<PathBuf>,
+        client_settings: ClientSettings,
+        reviewer_override: Option<Arc<dyn TokenReviewer>>,
+    ) -> Result<Broker, String> {
+        let verifier = build_verifier(&snapshot, reviewer_override.clone()).await?;
+        let metrics = Metrics::default();
+        metrics.config_generation.set(1);
+        Ok(Broker {
+            state: Arc::new(AppState {
+                issuer_fingerprint: Mutex::new(issuer_fingerprint(&snapshot)),
+                snapshot: ArcSwap::from_pointee(snapshot),
+                verifier: ArcSwap::from_pointee(verifier),
+                client: RegistryClient::new(client_settings)?,
+                metrics,
+                reload: Mutex::new(ReloadStatus {
+                    generation: 1,
+                    last_error: None,
+                }),
+                config_path,
+                reviewer_override,
+                jti: AtomicU64::new(0),
+                cluster_policy: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/exchange", post(exchange::exchange))
+            .route("/token", get(token::token_get).post(token::token_post))
+            .route("/v1/resolve", post(resolve::resolve))
+            .route(
+                "/v1/credentials/{name}/rootcertbundle",
+                get(ops::root_cert_bundle),
+            )
+            .route("/healthz", get(ops::healthz))
+            .route("/readyz", get(ops::readyz))
+            .route("/metrics", get(ops::metrics))
+            .layer(DefaultBodyLimit::max(256 * 1024))
+            .with_state(self.state.clone())
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.state.snapshot.load()
+    }
+
+    /// Serves a policy and credentials read from elsewhere (the cluster),
+    /// keeping the file's broker settings.
+    pub fn install_policy(
+        &self,
+        policy: pullbroker_core::policy::Policy,
+        credentials: std::collections::BTreeMap<String, config::CredentialRuntime>,
+    ) {
+        let current = self.state.snapshot.load();
+        self.state.snapshot.store(Arc::new(Snapshot {
+            policy,
+            credentials,
+            exec_source_dir: current.exec_source_dir.clone(),
+            policy_source: current.policy_source,
+            system_namespace: current.system_namespace.clone(),
+            issuer: current.issuer.clone(),
+            token_review: current.token_review.clone(),
+            listen: current.listen,
+            watched: current.watched.clone(),
+        }));
+        self.state.cluster_policy.store(true, Ordering::Relaxed);
+        let mut status = self.state.reload.lock().expect("poisoned");
+        status.generation += 1;
+        self.state
+            .metrics
+            .config_generation
+            .set(status.generation as i64);
+    }
+
+    /// Loads the config file again; on any problem the running config stays.
+    pub async fn reload(&self) -> Result<(), String> {
+        let st = &self.state;
+        let Some(path) = &st.config_path else {
+            return Ok(());
+        };
+        let result = async {
+            let mut snapshot = config::load(path)?;
+            if snapshot.policy_source == config::PolicySource::Kubernetes {
+                // The policy comes from the cluster; the file only from here.
+                let current = st.snapshot.load();
+                snapshot.policy = current.policy.clone();
+                snapshot.credentials = current.credentials.clone();
+            }
+            let fp = issuer_fingerprint(&snapshot);
+            if *st.issuer_fingerprint.lock().expect("poisoned") != fp {
+                let verifier = build_verifier(&snapshot, st.reviewer_override.clone()).await?;
+                st.verifier.store(Arc::new(verifier));
+                *st.issuer_fingerprint.lock().expect("poisoned") = fp;
+            }
+            st.snapshot.store(Arc::new(snapshot));
+            Ok::<(), String>(())
+        }
+        .await;
+        let mut status = st.reload.lock().expect("poisoned");
+        match &result {
+            Ok(()) => {
+                status.generation += 1;
+                status.last_error = None;
+                st.metrics.config_generation.set(status.generation as i64);
+                tracing::info!(generation = status.generation, "configuration reloaded");
+            }
+            Err(e) => {
+                status.last_error = Some(e.clone());
+                st.metrics.config_reload_errors.inc();
+                tracing::warn!(error = %e, "configuration change rejected; keeping the last good configuration");
+            }
+        }
+        result
+    }
+
+    /// Polls the config file (and files it references) and reloads on change.
+    /// Polling works with every editor's save strategy and with ConfigMap
+    /// symlink swaps, where inotify watches go stale.
+    pub fn spawn_watcher(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let broker = self.clone();
+        // The config file itself is always watched: a rejected edit may have
+        // changed which other files it names.
+        let current = move |b: &Broker| {
+            let mut files = b.snapshot().watched.clone();
+            files.extend(b.state.config_path.clone());
+            fingerprint(&files)
+        };
+        tokio::spawn(async move {
+            let mut last = current(&broker);
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let now = current(&broker);
+                if now != last {
+                    let _ = broker.reload().await;
+                    // A reload may change which files are watched.
+                    last = current(&broker);
+                }
+            }
+        })
+    }
+}
+
+/// Refresh an exec source's credential at half its lifetime.
+const REFRESH_AFTER: f64 = 0.5;
+
+fn next_jti(st: &AppState) -> String {
+    let n = st.jti.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{n:x}")
+}
+
+/// serde's messages can quote values (a token given in the wrong place):
+/// report only where the body went wrong.
+fn body_error(e: serde_json::Error) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        format!(
+            "request body is not valid ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    )
+}
+
+fn fingerprint(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| match std::fs::metadata(p) {
+            Ok(m) => format!("{}:{:?}:{}", p.display(), m.modified().ok(), m.len()),
+            Err(_) => format!("{}:missing", p.display()),
+        })
+        .collect()
+}
+
+fn error(status: StatusCode, class: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(json!({"error": {"class": class, "message": message.to_string()}})),
+    )
+        .into_response()
+}
+
+impl AppState {
+    fn count(&self, endpoint: &'static str, resp: Response) -> Response {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                code: resp.status().as_u16(),
+            })
+            .inc();
+        resp
+    }
+
+    async fn verify(&self, token: &str) -> Result<VerifiedToken, Response> {
+        let verifier = self.verifier.load_full();
+        match verifier.verify(token, now()).await {
+            Ok(v) => {
+                self.metrics
+                    .token_verifications
+                    .get_or_create(&TokenLabels { result: "ok" })
+                    .inc();
+                Ok(v)
+            }
+            Err(e) => {
+                self.metrics
+                    .token_verifications
+                    .get_or_create(&TokenLabels { result: e.class() })
+                    .inc();
+                tracing::info!(target: "audit", class = e.class(), "service-account token refused");
+                Err(error(StatusCode::UNAUTHORIZED, e.class(), e))
+            }
+        }
+    }
+
+    fn decide(&self, snapshot: &Snapshot, endpoint: &str, req: &Request<'_>) -> Decision {
+        let d = snapshot.policy.decide(req);
+        let (registry, repository) = match req.target {
+            Target::Image {
+                registry,
+                repository,
+            } => (registry.to_string(), repository),
+            Target::Credential {
+                credential,
+                repository,
+            } => (format!("credential:{credential}"), repository),
+        };
+        tracing::info!(
+            target: "audit",
+            endpoint,
+            subject = %req.subject,
+            on_behalf_of = req.on_behalf_of.unwrap_or(""),
+            purpose = %req.purpose,
+            registry = %registry,
+            repository,
+            allowed = d.allowed,
+            grant = d.grant.as_deref().unwrap_or(""),
+            credential = d.credential.as_deref().unwrap_or(""),
+            reason = %d.reason,
+            "decision"
+        );
+        let outcome = if d.allowed { "allow" } else { "deny" };
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                purpose: req.purpose.to_string(),
+                outcome,
+            })
+            .inc();
+        d
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = String::from_utf8(STANDARD.decode(v.trim()).ok()?).ok()?;
+    let (u, p) = decoded.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// The cluster policy source installs into the broker.
+impl pullbroker_credentials::runtime::PolicySink for Broker {
+    fn install(
+        &self,
+        policy: pullbroker_core::policy::Policy,
+        credentials: BTreeMap<String, CredentialRuntime>,
+    ) {
+        self.install_policy(policy, credentials)
+    }
+
+    fn exec_source_dir(&self) -> Option<PathBuf> {
+        self.snapshot().exec_source_dir.clone()
+    }
+}
+
+impl Broker {
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

@@ -1,0 +1,161 @@
+//! `POST /v1/resolve`: a trusted controller resolves digests on behalf of a
+//! namespace; credentials never leave the broker.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    namespace: String,
+    images: Vec<String>,
+}
+
+pub(super) async fn resolve(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resp = match resolve_inner(&st, &headers, &body).await {
+        Ok(r) | Err(r) => r,
+    };
+    st.count("resolve", resp)
+}
+
+async fn resolve_inner(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Response> {
+    let token = bearer(headers).ok_or_else(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "Authorization: Bearer <service-account token> is required",
+        )
+    })?;
+    let caller = st.verify(token).await?;
+    let req: ResolveRequest = serde_json::from_slice(body).map_err(body_error)?;
+    if req.images.len() > MAX_RESOLVE_IMAGES {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("at most {MAX_RESOLVE_IMAGES} images per request"),
+        ));
+    }
+    let snapshot = st.snapshot.load_full();
+    let results: Vec<serde_json::Value> = futures::stream::iter(req.images.clone())
+        .map(|input: String| {
+            let (snapshot, caller, ns) = (
+                snapshot.clone(),
+                caller.subject.clone(),
+                req.namespace.clone(),
+            );
+            async move { resolve_one(st, &snapshot, &caller, &ns, &input).await }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    Ok(Json(json!({"namespace": req.namespace, "results": results})).into_response())
+}
+
+async fn resolve_one(
+    st: &AppState,
+    snapshot: &Snapshot,
+    caller: &Subject,
+    ns: &str,
+    input: &str,
+) -> serde_json::Value {
+    let fail = |class: &str, message: String| json!({"image": input, "error": {"class": class, "message": message}});
+    let image = match Reference::parse(input) {
+        Ok(r) => r,
+        Err(e) => return fail("invalid_reference", e.to_string()),
+    };
+    let on_behalf_of = (ns != caller.namespace).then_some(ns);
+    let d = st.decide(
+        snapshot,
+        "resolve",
+        &Request {
+            subject: caller,
+            purpose: Purpose::Resolve,
+            target: Target::Image {
+                registry: image.registry(),
+                repository: image.repository(),
+            },
+            on_behalf_of,
+            narrowed_to: None,
+        },
+    );
+    if !d.allowed {
+        return fail("denied", d.reason);
+    }
+    if let Some(digest) = image.digest() {
+        return json!({"image": input, "digest": digest.to_string(), "pinned": input});
+    }
+    let name = d.credential.unwrap_or_default();
+    let credentials = match snapshot.credentials.get(&name) {
+        Some(CredentialRuntime::TokenIssuer {
+            keys,
+            service,
+            issuer,
+            ..
+        }) => {
+            // Credentials never leave the broker: it mints a one-minute pull
+            // token for exactly this repository and uses it itself.
+            let access = [Access {
+                kind: "repository".into(),
+                name: image.repository().to_string(),
+                actions: vec!["pull".into()],
+            }];
+            let who = format!("{caller} for namespace {ns}");
+            match mint::registry_token(
+                &keys.current,
+                issuer,
+                service,
+                &who,
+                &access,
+                now(),
+                60,
+                &next_jti(st),
+            ) {
+                Ok(t) => vec![Credential::RegistryToken { token: t.into() }],
+                Err(e) => return fail("internal", e),
+            }
+        }
+        Some(CredentialRuntime::Static { config }) => config.credentials_for(&image),
+        Some(CredentialRuntime::Refreshing { source }) => {
+            match source.current(now(), REFRESH_AFTER).await {
+                Ok(upstream) => upstream.config.credentials_for(&image),
+                Err(e) => {
+                    tracing::warn!(credential = %name, error = %e, "exec source failed");
+                    return fail(
+                        "source_unavailable",
+                        format!("credential {name:?} is unavailable: its source failed"),
+                    );
+                }
+            }
+        }
+        None => {
+            return fail(
+                "misconfigured",
+                format!("credential {name:?} is not loaded"),
+            )
+        }
+    };
+    match st.client.head_manifest(&image, &credentials).await {
+        Ok(info) => {
+            let base = input.split('@').next().unwrap_or(input);
+            json!({"image": input, "digest": info.digest.to_string(), "pinned": format!("{base}@{}", info.digest), "mediaType": info.media_type})
+        }
+        Err(e) => fail(e.class(), e.to_string()),
+    }
+}

@@ -1,0 +1,195 @@
+//! `GET`/`POST /token`: the distribution token server for registries that
+//! trust the broker's signing key. Only `repository:…:pull` is ever granted,
+//! intersected with the grants at that moment.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::*;
+
+/// Token endpoint errors: distribution clients read the status; the body
+/// follows the registry error format.
+fn token_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    let mut resp = (
+        status,
+        Json(json!({"errors": [{"code": code, "message": message.to_string()}]})),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"pullbroker\""),
+        );
+    }
+    resp
+}
+
+pub(super) async fn token_get(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let service = q
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let scopes: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_string))
+        .collect();
+    let resp = issue_registry_token(&st, &service, &scopes, basic(&headers)).await;
+    st.count("token", resp)
+}
+
+pub(super) async fn token_post(
+    State(st): State<Arc<AppState>>,
+    Form(f): Form<Vec<(String, String)>>,
+) -> Response {
+    let field = |name: &str| f.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let secret = match field("grant_type").as_deref() {
+        Some("password") => field("username").zip(field("password")),
+        Some("refresh_token") => field("refresh_token").map(|t| (BROKER_USERNAME.to_string(), t)),
+        other => {
+            let resp = (StatusCode::BAD_REQUEST, Json(json!({"error": "unsupported_grant_type", "error_description": format!("grant_type {:?} is not supported (password, refresh_token)", other.unwrap_or(""))}))).into_response();
+            return st.count("token", resp);
+        }
+    };
+    let scopes: Vec<String> = field("scope")
+        .map(|s| {
+            s.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let service = field("service").unwrap_or_default();
+    let resp = issue_registry_token(&st, &service, &scopes, secret).await;
+    st.count("token", resp)
+}
+
+/// `repository:NAME:ACTIONS` → (type, name, actions).
+fn parse_scope(scope: &str) -> Option<(&str, &str, Vec<&str>)> {
+    let (kind, rest) = scope.split_once(':')?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    (!name.is_empty()).then(|| (kind, name, actions.split(',').collect()))
+}
+
+async fn issue_registry_token(
+    st: &AppState,
+    service: &str,
+    scopes: &[String],
+    secret: Option<(String, String)>,
+) -> Response {
+    let Some((_user, password)) = secret else {
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "credentials are required",
+        );
+    };
+    let snapshot = st.snapshot.load();
+    let Some((
+        cred_name,
+        CredentialRuntime::TokenIssuer {
+            keys,
+            service,
+            issuer,
+            token_ttl,
+        },
+    )) = snapshot.by_service(service)
+    else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            format!("service {service:?} is not a registry this broker issues tokens for"),
+        );
+    };
+    let now = now();
+    let (subject, auth_expires): (Subject, i64) = if password.starts_with(BROKER_CREDENTIAL_PREFIX)
+    {
+        match BrokerCredential::open(&password, keys, now) {
+            Ok(c) if c.cred == cred_name => (c.subject(), c.exp),
+            Ok(_) => {
+                return token_error(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "credential was issued for another registry",
+                )
+            }
+            Err(e) => {
+                tracing::info!(target: "audit", endpoint = "token", reason = e, "broker credential refused");
+                return token_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e);
+            }
+        }
+    } else {
+        match st.verify(&password).await {
+            Ok(v) => (v.subject, v.expires_at),
+            Err(_) => {
+                return token_error(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "invalid credentials",
+                )
+            }
+        }
+    };
+    let mut access = Vec::new();
+    let mut lifetime = token_ttl.as_secs() as i64;
+    for scope in scopes {
+        let Some((kind, name, actions)) = parse_scope(scope) else {
+            continue;
+        };
+        // Only pull is ever granted; push, delete, `*` and catalog are dropped.
+        if kind != "repository" || !actions.iter().any(|a| *a == "pull" || *a == "*") {
+            tracing::info!(target: "audit", endpoint = "token", subject = %subject, scope = %scope, allowed = false, reason = "only repository pull is ever granted", "decision");
+            continue;
+        }
+        // A synced secret's credential stands for its whole namespace.
+        let purpose = if subject.is_namespace() {
+            Purpose::Sync
+        } else {
+            Purpose::Pull
+        };
+        let d = st.decide(
+            &snapshot,
+            "token",
+            &Request {
+                subject: &subject,
+                purpose,
+                target: Target::Credential {
+                    credential: cred_name,
+                    repository: name,
+                },
+                on_behalf_of: None,
+                narrowed_to: None,
+            },
+        );
+        if d.allowed {
+            lifetime = lifetime.min(d.ttl.as_secs() as i64);
+            access.push(Access {
+                kind: "repository".into(),
+                name: name.to_string(),
+                actions: vec!["pull".into()],
+            });
+        }
+    }
+    let lifetime = lifetime.min(auth_expires - now);
+    if lifetime <= 0 {
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "credentials have expired",
+        );
+    }
+    match mint::registry_token(&keys.current, issuer, service, &subject.to_string(), &access, now, lifetime, &next_jti(st)) {
+        Ok(t) => Json(json!({"token": t, "access_token": t, "expires_in": lifetime, "issued_at": rfc3339(now)})).into_response(),
+        Err(e) => token_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e),
+    }
+}

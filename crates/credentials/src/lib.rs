@@ -1,0 +1,15 @@
+//! Credential issuing for pullbroker, shared by the broker and the controller
+//! (neither depends on the other's I/O for it):
+//!
+//! - [`keys`]: token-issuer signing keys (ES256), the certificate a registry
+//!   trusts, the libtrust `kid`, and the derived MAC key for broker credentials.
+//! - [`mint`]: registry JWTs (distribution token auth) and the broker's own
+//!   short-lived credentials (`pbc1.…`).
+//! - [`source`]: refreshing upstream credentials from an `exec` source.
+//! - [`runtime`]: the usable credential set built from the policy documents
+//!   and the central Secrets.
+
+pub mod keys;
+pub mod mint;
+pub mod runtime;
+pub mod source;

@@ -1,0 +1,148 @@
+//! The credentials a deployment can use right now, built from the policy
+//! documents and the central Secrets: a token issuer's keys, a static docker
+//! config, or a refreshing exec source. Shared by the broker (exchange,
+//! `/token`, resolve, admission) and the controller (sync), so both read the
+//! same documents the same way.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use pullbroker_core::policy::model::parse_duration;
+use pullbroker_core::policy::{Named, Policy, PullGrantSpec, RegistryCredentialSpec};
+use pullbroker_core::DockerConfig;
+
+use crate::keys::{IssuerKeys, SigningKey};
+
+/// Central secrets by name: (namespace if given, key → bytes).
+pub type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
+
+/// A usable credential.
+#[derive(Clone)]
+pub enum CredentialRuntime {
+    /// The broker mints registry tokens with these keys.
+    TokenIssuer {
+        keys: Box<IssuerKeys>,
+        service: String,
+        issuer: String,
+        token_ttl: Duration,
+    },
+    /// A static upstream credential (dockerconfigjson).
+    Static { config: DockerConfig },
+    /// Short-lived upstream credentials from an exec source, refreshed.
+    Refreshing {
+        source: std::sync::Arc<crate::source::Refresher>,
+    },
+}
+
+/// The policy and usable credentials from documents, with every problem.
+/// The file loader refuses a file with any problem; a cluster source serves
+/// what is valid (invalid documents are left out, never widening access).
+pub fn assemble(
+    credentials: Vec<Named<RegistryCredentialSpec>>,
+    grants: Vec<Named<PullGrantSpec>>,
+    secrets: &Secrets,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    exec_dir: Option<&Path>,
+) -> (Policy, BTreeMap<String, CredentialRuntime>, Vec<String>) {
+    let mut problems = Vec::new();
+    // Credentials need their secrets.
+    let mut runtimes = BTreeMap::new();
+    for c in &credentials {
+        if let Err(e) = c.spec.validate() {
+            problems.push(format!("RegistryCredential {:?}: {e}", c.name));
+            continue;
+        }
+        match credential_runtime(&c.name, &c.spec, secrets, exec_dir) {
+            Ok(rt) => {
+                runtimes.insert(c.name.clone(), rt);
+            }
+            Err(e) => problems.push(format!("RegistryCredential {:?}: {e}", c.name)),
+        }
+    }
+    let mut services: Vec<(&String, &String)> = Vec::new();
+    for (name, r) in &runtimes {
+        if let CredentialRuntime::TokenIssuer { service, .. } = r {
+            if services.iter().any(|(_, s)| *s == service) {
+                problems.push(format!(
+                    "two token-issuer credentials share service {service:?}"
+                ));
+            }
+            services.push((name, service));
+        }
+    }
+    let (policy, policy_problems) = Policy::new(credentials, grants, namespaces);
+    problems.extend(policy_problems);
+    (policy, runtimes, problems)
+}
+
+fn secret_key<'a>(secrets: &'a Secrets, name: &str, key: &str) -> Result<&'a [u8], String> {
+    let (_, data) = secrets
+        .get(name)
+        .ok_or_else(|| format!("Secret {name:?} does not exist"))?;
+    data.get(key)
+        .map(Vec::as_slice)
+        .ok_or_else(|| format!("Secret {name:?} has no key {key:?}"))
+}
+
+pub fn credential_runtime(
+    name: &str,
+    spec: &RegistryCredentialSpec,
+    secrets: &Secrets,
+    exec_dir: Option<&Path>,
+) -> Result<CredentialRuntime, String> {
+    if let Some(e) = &spec.source.exec {
+        let registry = spec
+            .registries
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default();
+        return Ok(CredentialRuntime::Refreshing {
+            source: crate::source::Refresher::for_credential(name, e, registry, exec_dir),
+        });
+    }
+    if let Some(r) = &spec.source.secret_ref {
+        let bytes = secret_key(secrets, &r.name, ".dockerconfigjson")?;
+        let config = DockerConfig::parse(bytes).map_err(|e| format!("Secret {:?}: {e}", r.name))?;
+        return Ok(CredentialRuntime::Static { config });
+    }
+    let t = spec
+        .source
+        .token_issuer
+        .as_ref()
+        .expect("validated: exactly one source");
+    let load_key = |name: &str| -> Result<SigningKey, String> {
+        let key = String::from_utf8(secret_key(secrets, name, "tls.key")?.to_vec())
+            .map_err(|_| "tls.key is not text")?;
+        let cert = String::from_utf8(secret_key(secrets, name, "tls.crt")?.to_vec())
+            .map_err(|_| "tls.crt is not text")?;
+        SigningKey::from_pem(&key, &cert).map_err(|e| format!("Secret {name:?}: {e}"))
+    };
+    let keys = IssuerKeys {
+        current: load_key(&t.signing_key_secret_ref.name)?,
+        previous: t
+            .previous_signing_key_secret_ref
+            .as_ref()
+            .map(|r| load_key(&r.name))
+            .transpose()?,
+    };
+    let token_ttl = t
+        .token_ttl
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or(Duration::from_secs(300));
+    Ok(CredentialRuntime::TokenIssuer {
+        keys: Box::new(keys),
+        service: t.service.clone(),
+        issuer: t.issuer.clone(),
+        token_ttl,
+    })
+}
+
+/// Where a freshly assembled policy goes, and where exec sources live.
+pub trait PolicySink: Send + Sync + 'static {
+    fn install(&self, policy: Policy, credentials: BTreeMap<String, CredentialRuntime>);
+    /// The operator's exec source directory (exec sources are refused without one).
+    fn exec_source_dir(&self) -> Option<std::path::PathBuf>;
+}
