@@ -138,6 +138,7 @@ kind: BrokerConfig
 metadata: {{name: bench}}
 spec:
   listen: 127.0.0.1:{port}
+  insecurePlainHttp: true
   serviceAccountIssuer: {{issuer: "{KUBE_ISSUER}", jwksFile: jwks.json}}
   secretFiles:
     signer: {{tls.key: tls.key, tls.crt: tls.crt}}

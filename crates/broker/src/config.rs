@@ -53,6 +53,50 @@ pub struct BrokerConfigSpec {
     /// sources are refused without it.
     #[serde(default)]
     pub exec_source_dir: Option<PathBuf>,
+    /// Serve `listen` over TLS with this certificate and key (PEM files,
+    /// reloaded when they change).
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+    /// Serve `listen` as plain HTTP without `tls`: loopback development only.
+    #[serde(default)]
+    pub insecure_plain_http: bool,
+    /// An extra plain-HTTP listener beside the TLS one (loopback only), e.g.
+    /// for a local registry's token realm in a lab.
+    #[serde(default)]
+    pub plain_http_listen: Option<String>,
+    /// Admission pinning settings.
+    #[serde(default)]
+    pub admission: AdmissionSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSpec {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdmissionSpec {
+    /// Registries whose images are never pinned (Knative's
+    /// `registries-skipping-tag-resolving`: exact `host[:port]` match).
+    #[serde(default)]
+    pub skip_registries: Vec<String>,
+}
+
+/// How the broker listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    /// The main listener: TLS with `tls`, else plain HTTP (loopback only).
+    pub listen: SocketAddr,
+    pub tls: Option<TlsSpec>,
+    /// Extra plain-HTTP listener (loopback only).
+    pub plain_http: Option<SocketAddr>,
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -108,7 +152,9 @@ pub struct Snapshot {
     pub system_namespace: String,
     pub issuer: IssuerSettings,
     pub token_review: Option<TokenReviewSpec>,
-    pub listen: SocketAddr,
+    pub listeners: Listeners,
+    /// Registries admission never pins.
+    pub admission_skip_registries: Vec<String>,
     /// Files whose change triggers a reload.
     pub watched: Vec<PathBuf>,
 }
@@ -312,9 +358,35 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
             "listen {listen:?} is not an address like 127.0.0.1:8480"
         ));
     });
+    let tls = broker.tls.clone().map(|t| TlsSpec {
+        cert_file: resolve(base, &t.cert_file),
+        key_file: resolve(base, &t.key_file),
+    });
+    let plain_http = broker.plain_http_listen.as_deref().and_then(|a| {
+        match a.parse::<SocketAddr>() {
+            Ok(addr) if is_loopback(&addr) => Some(addr),
+            Ok(_) => {
+                problems.push(format!("plainHttpListen {a:?}: plain HTTP is only served on loopback (127.0.0.0/8, ::1); use tls for anything else"));
+                None
+            }
+            Err(_) => {
+                problems.push(format!("plainHttpListen {a:?} is not an address like 127.0.0.1:8481"));
+                None
+            }
+        }
+    });
+    if let Ok(addr) = &listen {
+        match (&tls, broker.insecure_plain_http) {
+            (Some(_), true) => problems.push("set either tls or insecurePlainHttp, not both (plainHttpListen adds a plain listener beside TLS)".into()),
+            (None, false) => problems.push(format!("listen {addr}: tokens and credentials travel over this listener, so it needs tls (certFile, keyFile); for loopback development only, set insecurePlainHttp: true")),
+            (None, true) if !is_loopback(addr) => problems.push(format!("listen {addr}: insecurePlainHttp is only allowed on loopback (127.0.0.0/8, ::1); use tls")),
+            _ => {}
+        }
+    }
     if !problems.is_empty() {
         return Err(report(path, problems));
     }
+    let listen = listen.expect("no problems");
     Ok(Snapshot {
         policy,
         credentials: runtimes,
@@ -323,7 +395,12 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
         system_namespace: system_ns,
         issuer: issuer.expect("no problems"),
         token_review: broker.service_account_issuer.token_review.clone(),
-        listen: listen.expect("no problems"),
+        listeners: Listeners {
+            listen,
+            tls,
+            plain_http,
+        },
+        admission_skip_registries: broker.admission.skip_registries.clone(),
         watched,
     })
 }
@@ -432,7 +509,7 @@ mod tests {
         (dir, path)
     }
 
-    const BROKER: &str = "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {name: b}\nspec:\n  policySource: kubernetes\n  serviceAccountIssuer: {issuer: https://kubernetes.default.svc, jwksFile: jwks.json}\n";
+    const BROKER: &str = "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {name: b}\nspec:\n  insecurePlainHttp: true\n  policySource: kubernetes\n  serviceAccountIssuer: {issuer: https://kubernetes.default.svc, jwksFile: jwks.json}\n";
 
     #[test]
     fn kubernetes_policy_source_takes_no_policy_from_the_file() {

@@ -6,12 +6,14 @@
 //!
 //! Signing keys, registry tokens, broker credentials and exec sources live in
 //! `pullbroker-credentials`, shared with the controller.
+//! - [`tls`]: serving certificates reloaded on change; test/lab certificates.
 //! - [`server`]: routes, audit events, metrics, reload, graceful shutdown.
 
 pub mod config;
 pub mod metrics;
 pub mod satoken;
 pub mod server;
+pub mod tls;
 pub mod tokenreview;
 
 pub use server::Broker;

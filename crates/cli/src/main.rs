@@ -48,6 +48,10 @@ enum Command {
     Crd(cmd::crd::Args),
     /// Generate a token-issuer signing key (EC P-256) and certificate.
     Keygen(cmd::keygen::Args),
+    /// Generate a CA and a serving certificate for the broker's TLS listener.
+    TlsCert(cmd::tls_cert::Args),
+    /// Print the MutatingWebhookConfiguration for admission digest pinning.
+    WebhookConfig(cmd::webhook_config::Args),
     /// Resolve image references to digests (IMAGE@sha256:…).
     Resolve(cmd::resolve::Args),
     /// Create, inspect and validate pull secrets (kubernetes.io/dockerconfigjson).
@@ -85,6 +89,8 @@ fn main() -> ExitCode {
         Command::CanI(args) => cmd::can_i::run(args),
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Crd(args) => cmd::crd::run(args),
+        Command::TlsCert(args) => cmd::tls_cert::run(args),
+        Command::WebhookConfig(args) => cmd::webhook_config::run(args),
         Command::Resolve(args) => cmd::resolve::run(args),
         Command::Secret(c) => cmd::secret::run(c),
     };

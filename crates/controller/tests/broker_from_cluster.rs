@@ -19,7 +19,7 @@ async fn the_broker_follows_grants_and_labels_in_the_cluster() {
     std::fs::write(
         &file,
         format!(
-            "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  policySource: kubernetes\n  serviceAccountIssuer:\n    issuer: https://kubernetes.default.svc\n    discoveryUrl: {}\n",
+            "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  insecurePlainHttp: true\n  policySource: kubernetes\n  serviceAccountIssuer:\n    issuer: https://kubernetes.default.svc\n    discoveryUrl: {}\n",
             c.fake.url
         ),
     )

@@ -131,7 +131,7 @@ async fn the_broker_hands_out_an_exec_sources_credential_capped_by_its_expiry() 
     c.tenant("team-a", &[("app", &[])]).await;
     let file = dir.path().join("broker.yaml");
     std::fs::write(&file, format!(
-        "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  execSourceDir: .\n  serviceAccountIssuer: {{issuer: https://kubernetes.default.svc, discoveryUrl: {}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: ecr}}\nspec: {{registries: [ecr.example], source: {{exec: {{command: short-token}}}}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: PullGrant\nmetadata: {{name: g}}\nspec: {{credential: ecr, subjects: {{namespaces: [team-a], serviceAccounts: [app]}}, repositories: ['**'], purposes: [pull], ttl: 10m}}\n",
+        "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  insecurePlainHttp: true\n  execSourceDir: .\n  serviceAccountIssuer: {{issuer: https://kubernetes.default.svc, discoveryUrl: {}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: ecr}}\nspec: {{registries: [ecr.example], source: {{exec: {{command: short-token}}}}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: PullGrant\nmetadata: {{name: g}}\nspec: {{credential: ecr, subjects: {{namespaces: [team-a], serviceAccounts: [app]}}, repositories: ['**'], purposes: [pull], ttl: 10m}}\n",
         c.fake.url)).unwrap();
     let (_broker, url, _server) = serve_broker(&file).await;
     let token = token(&c, "team-a", "app").await;

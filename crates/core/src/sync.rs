@@ -155,6 +155,30 @@ fn grant_selects_sa(grant: &PullGrantSpec, sa: &str) -> bool {
         .any(|p| name_matches(p, sa))
 }
 
+/// The managed secrets a service account's pods should carry: those of the
+/// sync grants that select its namespace and name it, and that the
+/// controller can serve (a static copy only with `allowStaticCopy`).
+/// Admission adds them to pods created before the account was patched.
+pub fn secrets_for_account(policy: &Policy, namespace: &str, service_account: &str) -> Vec<String> {
+    policy
+        .grants()
+        .iter()
+        .filter(|g| g.spec.purposes.contains(&Purpose::Sync))
+        .filter(|g| {
+            let static_source = policy
+                .credentials()
+                .get(&g.spec.credential)
+                .is_some_and(|c| c.source.secret_ref.is_some());
+            !static_source || g.spec.allow_static_copy
+        })
+        .filter(|g| {
+            policy.selects_namespace(&g.spec, namespace)
+                && grant_selects_sa(&g.spec, service_account)
+        })
+        .map(|g| secret_name(&g.name))
+        .collect()
+}
+
 /// The desired secrets and references.
 pub fn desired(
     policy: &Policy,

@@ -50,6 +50,9 @@ pub struct Resolved {
 }
 
 type Key = (String, String, Option<Platform>);
+/// In-flight work is shared per key and credential scope: callers under
+/// different credentials must not receive each other's authorization errors.
+type FlightKey = (Key, String);
 type Outcome = Result<Resolved, RegistryError>;
 
 #[derive(Clone)]
@@ -62,7 +65,7 @@ struct Inner {
     keychain: Arc<dyn Keychain>,
     options: ResolverOptions,
     cache: Mutex<HashMap<Key, (Resolved, Instant)>>,
-    flights: SingleFlight<Key, Outcome>,
+    flights: SingleFlight<FlightKey, Outcome>,
 }
 
 impl Resolver {
@@ -86,36 +89,64 @@ impl Resolver {
         &self.inner.options
     }
 
-    /// Resolves one reference to a digest.
+    /// Resolves one reference to a digest with the keychain's credentials.
     pub async fn resolve(&self, image: &Reference) -> Outcome {
+        if let Some(hit) = self.known(image) {
+            return Ok(hit);
+        }
+        let credentials = self.inner.keychain.credentials_for(image);
+        self.resolve_with(image, "", credentials).await
+    }
+
+    /// What is known without the network: a digest reference's own digest,
+    /// or a cached tag. Callers that must mint a credential check this first.
+    pub fn known(&self, image: &Reference) -> Option<Resolved> {
         if let Some(d) = image.digest() {
-            return Ok(Resolved {
+            return Some(Resolved {
                 digest: d.clone(),
                 media_type: None,
                 from_registry: false,
             });
         }
-        let key: Key = (
-            image.name(),
-            image.tag().unwrap_or("latest").to_string(),
-            self.inner.options.platform.clone(),
-        );
-        if let Some(hit) = self.cached(&key) {
+        self.cached(&self.key(image))
+    }
+
+    /// Resolves `image` with `credentials` (tried in order) instead of the
+    /// keychain's. The digest cache is shared by every caller (a tag's digest
+    /// does not depend on who asks; callers check their policy before
+    /// asking); in-flight work is shared only within `scope`, e.g. the
+    /// credential's name.
+    pub async fn resolve_with(
+        &self,
+        image: &Reference,
+        scope: &str,
+        credentials: Vec<pullbroker_core::Credential>,
+    ) -> Outcome {
+        if let Some(hit) = self.known(image) {
             return Ok(hit);
         }
+        let key = self.key(image);
         let this = self.clone();
         let image = image.clone();
         let k = key.clone();
         self.inner
             .flights
-            .run(key, move || async move {
-                let result = this.resolve_uncached(&image).await;
+            .run((key, scope.to_string()), move || async move {
+                let result = this.resolve_uncached(&image, &credentials).await;
                 if let Ok(r) = &result {
                     this.remember(k, r);
                 }
                 result
             })
             .await
+    }
+
+    fn key(&self, image: &Reference) -> Key {
+        (
+            image.name(),
+            image.tag().unwrap_or("latest").to_string(),
+            self.inner.options.platform.clone(),
+        )
     }
 
     /// Resolves every reference, at most `concurrency` at a time, calling
@@ -139,10 +170,13 @@ impl Resolver {
             .collect()
     }
 
-    async fn resolve_uncached(&self, image: &Reference) -> Outcome {
+    async fn resolve_uncached(
+        &self,
+        image: &Reference,
+        credentials: &[pullbroker_core::Credential],
+    ) -> Outcome {
         let client = &self.inner.client;
-        let credentials = self.inner.keychain.credentials_for(image);
-        let info = client.head_manifest(image, &credentials).await?;
+        let info = client.head_manifest(image, credentials).await?;
         let Some(platform) = &self.inner.options.platform else {
             return Ok(Resolved {
                 digest: info.digest,
@@ -159,7 +193,7 @@ impl Resolver {
             });
         }
         let (_, body) = client
-            .get_manifest(image, &info.digest.to_string(), &credentials)
+            .get_manifest(image, &info.digest.to_string(), credentials)
             .await?;
         let digest = manifest::select_platform(&body, platform).map_err(|available| {
             RegistryError::NoPlatform {

@@ -5,6 +5,7 @@
 //! | `POST /v1/exchange` | SA token + image → credentials for that image's registry |
 //! | `GET/POST /token` | distribution token server for registries that trust the broker |
 //! | `POST /v1/resolve` | a controller resolves digests on behalf of a namespace |
+//! | `POST /v1/admission/pin` | the mutating webhook: pins tags to digests (AdmissionReview v1) |
 //! | `GET /v1/credentials/{name}/rootcertbundle` | certificates a registry must trust |
 //! | `GET /healthz`, `/readyz`, `/metrics` | operations |
 //!
@@ -32,6 +33,7 @@ use pullbroker_core::{Credential, Keychain, Reference};
 use pullbroker_registry::{ClientSettings, RegistryClient};
 use serde_json::json;
 
+mod admission;
 mod exchange;
 mod ops;
 mod resolve;
@@ -54,7 +56,9 @@ pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
     verifier: ArcSwap<Verifier>,
     issuer_fingerprint: Mutex<String>,
-    client: RegistryClient,
+    /// Digest resolution for `/v1/resolve` and admission: one cache and
+    /// single-flight for every caller (credentials are given per call).
+    resolver: pullbroker_registry::Resolver,
     pub metrics: Metrics,
     reload: Mutex<ReloadStatus>,
     config_path: Option<PathBuf>,
@@ -130,12 +134,17 @@ impl Broker {
         let verifier = build_verifier(&snapshot, reviewer_override.clone()).await?;
         let metrics = Metrics::default();
         metrics.config_generation.set(1);
+        let client = RegistryClient::new(client_settings)?;
         Ok(Broker {
             state: Arc::new(AppState {
                 issuer_fingerprint: Mutex::new(issuer_fingerprint(&snapshot)),
                 snapshot: ArcSwap::from_pointee(snapshot),
                 verifier: ArcSwap::from_pointee(verifier),
-                client: RegistryClient::new(client_settings)?,
+                resolver: pullbroker_registry::Resolver::new(
+                    client,
+                    Arc::new(pullbroker_core::keychain::Anonymous),
+                    pullbroker_registry::ResolverOptions::default(),
+                ),
                 metrics,
                 reload: Mutex::new(ReloadStatus {
                     generation: 1,
@@ -154,6 +163,11 @@ impl Broker {
             .route("/v1/exchange", post(exchange::exchange))
             .route("/token", get(token::token_get).post(token::token_post))
             .route("/v1/resolve", post(resolve::resolve))
+            .route(
+                "/v1/admission/pin",
+                // The API server sends objects up to its own 3 MiB request limit.
+                post(admission::pin).layer(DefaultBodyLimit::max(3 * 1024 * 1024)),
+            )
             .route(
                 "/v1/credentials/{name}/rootcertbundle",
                 get(ops::root_cert_bundle),
@@ -185,7 +199,8 @@ impl Broker {
             system_namespace: current.system_namespace.clone(),
             issuer: current.issuer.clone(),
             token_review: current.token_review.clone(),
-            listen: current.listen,
+            listeners: current.listeners.clone(),
+            admission_skip_registries: current.admission_skip_registries.clone(),
             watched: current.watched.clone(),
         }));
         self.state.cluster_policy.store(true, Ordering::Relaxed);
@@ -418,7 +433,29 @@ impl pullbroker_credentials::runtime::PolicySink for Broker {
 }
 
 impl Broker {
-    /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
+    /// Serves HTTPS on `listener` with `cert` (each new handshake gets the
+    /// current certificate) until `shutdown` resolves, then drains in-flight
+    /// requests for up to 30 s.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        cert: Arc<crate::tls::ReloadingCert>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopper.graceful_shutdown(Some(Duration::from_secs(30)));
+        });
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(cert.server_config());
+        axum_server::from_tcp_rustls(listener.into_std()?, config)?
+            .handle(handle)
+            .serve(self.router().into_make_service())
+            .await
+    }
+
+    /// Serves plain HTTP on `listener` until `shutdown` resolves, then drains in-flight requests.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,

@@ -98,64 +98,91 @@ async fn resolve_one(
     if !d.allowed {
         return fail("denied", d.reason);
     }
-    if let Some(digest) = image.digest() {
-        return json!({"image": input, "digest": digest.to_string(), "pinned": input});
-    }
+    let who = format!("{caller} for namespace {ns}");
     let name = d.credential.unwrap_or_default();
-    let credentials = match snapshot.credentials.get(&name) {
+    match resolve_central(st, snapshot, &name, &image, &who).await {
+        Ok(r) => {
+            let mut out = json!({"image": input, "digest": r.digest.to_string(), "pinned": pullbroker_core::admission::pinned(input, &r.digest)});
+            if let Some(m) = r.media_type {
+                out["mediaType"] = json!(m);
+            }
+            out
+        }
+        Err(f) => fail(f.class, f.message),
+    }
+}
+
+/// Why a central resolution failed: a class (`unauthorized`, `not_found`,
+/// `timeout`, …) and a message naming the image, never a credential.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub class: &'static str,
+    pub message: String,
+}
+
+/// Resolves `image` with the central credential `name` through the shared
+/// resolver (digest cache, single-flight). The caller has already decided
+/// that policy allows it; credentials never leave the broker.
+pub(super) async fn resolve_central(
+    st: &AppState,
+    snapshot: &Snapshot,
+    name: &str,
+    image: &Reference,
+    who: &str,
+) -> Result<pullbroker_registry::Resolved, Failure> {
+    if let Some(hit) = st.resolver.known(image) {
+        return Ok(hit);
+    }
+    let fail = |class: &'static str, message: String| Failure { class, message };
+    let credentials = match snapshot.credentials.get(name) {
         Some(CredentialRuntime::TokenIssuer {
             keys,
             service,
             issuer,
             ..
         }) => {
-            // Credentials never leave the broker: it mints a one-minute pull
-            // token for exactly this repository and uses it itself.
+            // The broker mints a one-minute pull token for exactly this
+            // repository and uses it itself.
             let access = [Access {
                 kind: "repository".into(),
                 name: image.repository().to_string(),
                 actions: vec!["pull".into()],
             }];
-            let who = format!("{caller} for namespace {ns}");
-            match mint::registry_token(
+            let token = mint::registry_token(
                 &keys.current,
                 issuer,
                 service,
-                &who,
+                who,
                 &access,
                 now(),
                 60,
                 &next_jti(st),
-            ) {
-                Ok(t) => vec![Credential::RegistryToken { token: t.into() }],
-                Err(e) => return fail("internal", e),
-            }
+            )
+            .map_err(|e| fail("internal", e))?;
+            vec![Credential::RegistryToken {
+                token: token.into(),
+            }]
         }
-        Some(CredentialRuntime::Static { config }) => config.credentials_for(&image),
+        Some(CredentialRuntime::Static { config }) => config.credentials_for(image),
         Some(CredentialRuntime::Refreshing { source }) => {
-            match source.current(now(), REFRESH_AFTER).await {
-                Ok(upstream) => upstream.config.credentials_for(&image),
-                Err(e) => {
-                    tracing::warn!(credential = %name, error = %e, "exec source failed");
-                    return fail(
-                        "source_unavailable",
-                        format!("credential {name:?} is unavailable: its source failed"),
-                    );
-                }
-            }
+            let upstream = source.current(now(), REFRESH_AFTER).await.map_err(|e| {
+                tracing::warn!(credential = %name, error = %e, "exec source failed");
+                fail(
+                    "source_unavailable",
+                    format!("credential {name:?} is unavailable: its source failed"),
+                )
+            })?;
+            upstream.config.credentials_for(image)
         }
         None => {
-            return fail(
+            return Err(fail(
                 "misconfigured",
                 format!("credential {name:?} is not loaded"),
-            )
+            ))
         }
     };
-    match st.client.head_manifest(&image, &credentials).await {
-        Ok(info) => {
-            let base = input.split('@').next().unwrap_or(input);
-            json!({"image": input, "digest": info.digest.to_string(), "pinned": format!("{base}@{}", info.digest), "mediaType": info.media_type})
-        }
-        Err(e) => fail(e.class(), e.to_string()),
-    }
+    st.resolver
+        .resolve_with(image, name, credentials)
+        .await
+        .map_err(|e| fail(e.class(), e.to_string()))
 }

@@ -82,6 +82,7 @@ fn config_yaml(registry: &str, grants: &str) -> String {
 kind: BrokerConfig
 metadata: {{name: broker}}
 spec:
+  insecurePlainHttp: true
   audience: {AUDIENCE}
   serviceAccountIssuer:
     issuer: {KUBE_ISSUER}

@@ -29,25 +29,47 @@ pub fn run(args: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let (key_path, cert_path) = (args.out_dir.join("tls.key"), args.out_dir.join("tls.crt"));
-    if !args.force && (key_path.exists() || cert_path.exists()) {
-        bail!(
-            "{} already holds tls.key or tls.crt (use --force to replace)",
-            args.out_dir.display()
-        );
-    }
+    refuse_overwrite(&args.out_dir, &[&key_path, &cert_path], args.force)?;
     let (key, cert) = SigningKey::generate(&args.common_name).map_err(anyhow::Error::msg)?;
     let kid = SigningKey::from_pem(&key, &cert)
         .map_err(anyhow::Error::msg)?
         .kid;
+    write_private(&key_path, &key)?;
+    std::fs::write(&cert_path, cert)?;
+    println!("wrote {} and {}", key_path.display(), cert_path.display());
+    println!("kid (libtrust): {kid}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a private key readable by its owner only (0600).
+pub fn write_private(path: &std::path::Path, pem: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&key_path)?;
-    f.write_all(key.as_bytes())?;
-    std::fs::write(&cert_path, cert)?;
-    println!("wrote {} and {}", key_path.display(), cert_path.display());
-    println!("kid (libtrust): {kid}");
-    Ok(ExitCode::SUCCESS)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(pem.as_bytes())?;
+    Ok(())
+}
+
+/// Refuses to overwrite any of `paths` unless `force`.
+pub fn refuse_overwrite(
+    dir: &std::path::Path,
+    paths: &[&std::path::Path],
+    force: bool,
+) -> Result<()> {
+    if !force && paths.iter().any(|p| p.exists()) {
+        let names: Vec<String> = paths
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        bail!(
+            "{} already holds {} (use --force to replace)",
+            dir.display(),
+            names.join(" or ")
+        );
+    }
+    Ok(())
 }

@@ -5,3 +5,5 @@ pub mod keygen;
 pub mod resolve;
 pub mod secret;
 pub mod serve;
+pub mod tls_cert;
+pub mod webhook_config;

@@ -36,8 +36,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 async fn serve(args: Args) -> Result<ExitCode> {
+    use futures::FutureExt as _;
     let snapshot = config::load(&args.config).map_err(anyhow::Error::msg)?;
-    let listen = args.listen.unwrap_or(snapshot.listen);
+    let listeners = snapshot.listeners.clone();
+    let listen = args.listen.unwrap_or(listeners.listen);
+    if listeners.tls.is_none() && !listen.ip().is_loopback() {
+        anyhow::bail!("--listen {listen}: plain HTTP is only served on loopback; configure BrokerConfig.spec.tls");
+    }
+    // Loaded before anything listens: a broken certificate is a start-up error.
+    let cert = listeners
+        .tls
+        .as_ref()
+        .map(pullbroker_broker::tls::ReloadingCert::load)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let cluster = (snapshot.policy_source == config::PolicySource::Kubernetes)
         .then(|| snapshot.system_namespace.clone());
     let broker = Broker::new(
@@ -51,7 +63,16 @@ async fn serve(args: Args) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let plain = match listeners.plain_http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (plainHttpListen)"))?,
+        ),
+        None => None,
+    };
     let watcher = broker.spawn_watcher(args.reload_interval);
+    let cert_watcher = cert.as_ref().map(|c| c.spawn_watcher(args.reload_interval));
     // policySource: kubernetes — credentials and grants from the API.
     let _cluster = match cluster {
         Some(system_namespace) => {
@@ -66,12 +87,35 @@ async fn serve(args: Args) -> Result<ExitCode> {
         }
         None => None,
     };
-    tracing::info!(address = %listener.local_addr()?, config = %args.config.display(), "pullbroker serving");
-    broker
-        .serve(listener, shutdown_signal())
-        .await
-        .context("server failed")?;
+    let shutdown = shutdown_signal().shared();
+    let scheme = if cert.is_some() { "https" } else { "http" };
+    tracing::info!(address = %listener.local_addr()?, scheme, config = %args.config.display(), "pullbroker serving");
+    if cert.is_none() {
+        tracing::warn!("serving plain HTTP on loopback (insecurePlainHttp): for development only");
+    }
+    let main = {
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        async move {
+            match cert {
+                Some(cert) => broker.serve_tls(listener, cert, shutdown).await,
+                None => broker.serve(listener, shutdown).await,
+            }
+        }
+    };
+    let extra = async move {
+        match plain {
+            Some(l) => {
+                tracing::info!(address = %l.local_addr()?, scheme = "http", "plain HTTP listener (plainHttpListen)");
+                broker.serve(l, shutdown).await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(main, extra).context("server failed")?;
     watcher.abort();
+    if let Some(w) = cert_watcher {
+        w.abort();
+    }
     tracing::info!("pullbroker stopped");
     Ok(ExitCode::SUCCESS)
 }

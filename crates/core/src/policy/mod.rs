@@ -7,6 +7,6 @@ pub mod glob;
 pub mod model;
 
 pub use decide::{Decision, Named, Policy, Request, Subject, Target};
+pub use model::{AdmissionSettings, FailurePolicy, PullGrantSpec, Purpose, RegistryCredentialSpec};
 #[cfg(feature = "crd")]
 pub use model::{PullGrant, RegistryCredential};
-pub use model::{PullGrantSpec, Purpose, RegistryCredentialSpec};
