@@ -7,6 +7,7 @@
 //! processes are killed when the process exits. The test command
 //! (`scripts/test.sh`) installs the Debian packages this needs.
 
+pub mod admission;
 pub mod containerd;
 pub mod fakeapi;
 pub mod fixtures;
