@@ -154,7 +154,35 @@ spec: {{credential: hung, subjects: {{namespaces: [team-a], serviceAccounts: ['*
     )
 }
 
+/// Every log line of this test binary, at debug (trace for our crates).
+fn logs() -> &'static pullbroker_testenv::logs::Capture {
+    static CAPTURE: std::sync::OnceLock<pullbroker_testenv::logs::Capture> =
+        std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = pullbroker_testenv::logs::Capture::default();
+        let writer = capture.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("debug,pullbroker_broker=trace,pullbroker_registry=trace")
+            .with_writer(move || writer.clone())
+            .init();
+        capture
+    })
+}
+
+fn assert_no_credential_logged() {
+    let text = logs().text();
+    assert!(
+        text.contains("\"endpoint\":\"admission\""),
+        "admission audit events were captured"
+    );
+    for canary in [PASSWORD, DEAD_PASSWORD] {
+        assert!(!text.contains(canary), "a credential reached the log");
+    }
+}
+
 async fn start() -> Pinning {
+    logs();
     let env = Env::shared();
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::rsa(KUBE_ISSUER);
@@ -388,6 +416,51 @@ async fn pins_granted_images_over_tls_and_leaves_everything_else() {
     let by_digest = format!("{basic_img}@{want}");
     let review = admission::review("pod-create-by-user", "team-a", &[(WEB, &by_digest)]);
     assert!(pin(&p, &review).await.get("patch").is_none());
+    assert_no_credential_logged();
+}
+
+/// Every kind the webhook lists, built from the captured Deployment request:
+/// the kind is set and the pod template moved to where that kind keeps it.
+#[tokio::test]
+async fn every_listed_kind_is_pinned_where_it_keeps_its_pod_spec() {
+    use pullbroker_core::admission::Kind;
+    let p = start().await;
+    let img = p.env.image(&p.env.basic, "v1");
+    let want = format!("{img}@{}", skopeo_digest(&img, Some((USER, PASSWORD))));
+    let base = admission::review("deployment-create", "team-a", &[(WEB, &img)]);
+    let pod_spec = base["request"]["object"]["spec"]["template"]["spec"].clone();
+    for kind in Kind::ALL {
+        let (group, version, name, resource) = kind.gvkr();
+        let mut review = base.clone();
+        let req = &mut review["request"];
+        req["kind"] = json!({"group": group, "version": version, "kind": name});
+        req["resource"] = json!({"group": group, "version": version, "resource": resource});
+        let api = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        let mut object =
+            json!({"apiVersion": api, "kind": name, "metadata": req["object"]["metadata"].clone()});
+        let pointer = kind.pod_spec_pointer();
+        let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+        let mut at = &mut object;
+        for part in &parts[..parts.len() - 1] {
+            at = at
+                .as_object_mut()
+                .unwrap()
+                .entry(*part)
+                .or_insert(json!({}));
+        }
+        at[parts[parts.len() - 1]] = pod_spec.clone();
+        req["object"] = object;
+        let resp = pin(&p, &review).await;
+        assert_eq!(
+            replaced(&patch_of(&resp)),
+            vec![(format!("{pointer}/containers/0/image"), want.clone())],
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -476,6 +549,7 @@ async fn failure_policy_fail_denies_and_ignore_warns_inside_the_deadline() {
     let msg = body["response"]["status"]["message"].as_str().unwrap();
     assert!(msg.contains("timeout"), "{msg}");
     assert!(elapsed < Duration::from_secs(3), "answered in {elapsed:?}");
+    assert_no_credential_logged();
 }
 
 #[tokio::test]

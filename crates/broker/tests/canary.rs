@@ -1,6 +1,6 @@
 //! The canary: run every broker flow — successes and failures — with
 //! recognisable secret values, and assert none of them appears in any log
-//! line (at debug level, every crate), error body, or metric.
+//! line (at debug level, every crate), error body, admission response, or metric.
 
 mod support;
 
@@ -98,6 +98,28 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
         .await
         .unwrap();
     observed.push(resp.text().await.unwrap());
+    // Admission: a pin through the token-issuer credential, and a Deployment
+    // whose image no grant covers.
+    for (image, sa, pinned) in [
+        (s.image("demo/app:v1"), "app", true),
+        (s.image("other/app:v1"), "app", false),
+    ] {
+        let mut review = pullbroker_testenv::admission::review(
+            "pod-create-by-user",
+            "team-a",
+            &[(pullbroker_testenv::admission::WEB, &image)],
+        );
+        pullbroker_testenv::admission::set_service_account(&mut review, "/spec", sa);
+        let resp = http()
+            .post(format!("{}/v1/admission/pin?timeout=10s", s.url))
+            .json(&review)
+            .send()
+            .await
+            .unwrap();
+        let text = resp.text().await.unwrap();
+        assert_eq!(text.contains("\"patch\""), pinned, "{text}");
+        observed.push(text);
+    }
     observed.push(
         http()
             .get(format!("{}/metrics", s.url))

@@ -35,10 +35,18 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     )
 }
 
-#[test]
-fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
+/// Starts `pullbroker serve --config CONFIG --listen 127.0.0.1:0`; returns the
+/// child, its JSON log lines so far and the rest, and the address it reports.
+fn serve(
+    config: &str,
+) -> (
+    std::process::Child,
+    Vec<String>,
+    mpsc::Receiver<String>,
+    String,
+) {
     let mut child = pullbroker()
-        .args(["serve", "--config", EXAMPLE, "--listen", "127.0.0.1:0"])
+        .args(["serve", "--config", config, "--listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -58,7 +66,7 @@ fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
     let addr = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
-            .expect("serve did not report its address");
+            .unwrap_or_else(|_| panic!("serve did not report its address: {lines:?}"));
         let json: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
         lines.push(line);
@@ -66,6 +74,12 @@ fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
             break json["address"].as_str().unwrap().to_string();
         }
     };
+    (child, lines, rx, addr)
+}
+
+#[test]
+fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
+    let (mut child, mut lines, rx, addr) = serve(EXAMPLE);
     let (status, body) = http_get(&addr, "/healthz");
     assert_eq!(status, 200);
     assert!(body.contains("\"configGeneration\":1"), "{body}");
@@ -207,4 +221,230 @@ fn keygen_writes_a_private_key_only_the_owner_can_read() {
         .output()
         .unwrap();
     assert_eq!(again.status.code(), Some(1), "no silent overwrite");
+}
+
+/// The example served over TLS with a certificate from `pullbroker tls-cert`;
+/// plain HTTP is refused unless asked for, and only on loopback.
+#[test]
+fn serve_over_tls_with_a_certificate_from_tls_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let out = pullbroker()
+        .args(["tls-cert", "--host", "127.0.0.1", "--out-dir"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(tls.join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the key is private");
+    let again = pullbroker()
+        .args(["tls-cert", "--host", "127.0.0.1", "--out-dir"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "never overwrites without --force"
+    );
+
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    std::fs::copy(
+        std::path::Path::new(EXAMPLE).with_file_name("issuer-jwks.json"),
+        dir.path().join("issuer-jwks.json"),
+    )
+    .unwrap();
+    let with_tls = example.replace(
+        "  insecurePlainHttp: true\n",
+        "  tls: {certFile: tls/tls.crt, keyFile: tls/tls.key}\n",
+    );
+    assert_ne!(with_tls, example);
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(&config, &with_tls).unwrap();
+    let (mut child, _, rx, addr) = serve(config.to_str().unwrap());
+    let ca = std::fs::read(tls.join("ca.crt")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let trusted = pullbroker_broker::http_client(Some(&ca)).unwrap();
+        let resp = trusted
+            .get(format!("https://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let untrusted = pullbroker_broker::http_client(None).unwrap();
+        assert!(
+            untrusted
+                .get(format!("https://{addr}/healthz"))
+                .send()
+                .await
+                .is_err(),
+            "a client that does not trust the CA is refused"
+        );
+    });
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert!(!String::from_utf8_lossy(&reply).contains("\"status\":\"ok\""));
+    // The clients' pooled connections live on `rt`: gone with it, so the
+    // graceful stop has nothing left to wait for.
+    drop(rt);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = rx.iter().collect();
+    assert!(status.success(), "{status}: {rest:?}");
+
+    // Neither tls nor insecurePlainHttp: refused, saying why.
+    let neither = example.replace("  insecurePlainHttp: true\n", "");
+    std::fs::write(&config, &neither).unwrap();
+    let out = pullbroker()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs tls") && err.contains("insecurePlainHttp"),
+        "{err}"
+    );
+    // insecurePlainHttp off loopback: refused.
+    std::fs::write(&config, example.replace("127.0.0.1:8480", "0.0.0.0:8480")).unwrap();
+    let out = pullbroker()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only allowed on loopback"));
+    // --listen cannot move a plain listener off loopback either.
+    std::fs::write(&config, &example).unwrap();
+    let out = pullbroker()
+        .args(["serve", "--listen", "0.0.0.0:0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only served on loopback"));
+}
+
+#[test]
+fn webhook_config_prints_what_the_api_server_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pullbroker()
+        .args([
+            "tls-cert",
+            "--host",
+            "pullbroker.pullbroker-system.svc",
+            "--out-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ca = dir.path().join("ca.crt");
+    let out = pullbroker()
+        .args([
+            "webhook-config",
+            "--service",
+            "pullbroker-system/pullbroker",
+            "--ca-file",
+        ])
+        .arg(&ca)
+        .args(["--timeout-seconds", "5", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "MutatingWebhookConfiguration");
+    let w = &v["webhooks"][0];
+    assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["matchPolicy"], "Equivalent");
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(w["failurePolicy"], "Fail");
+    assert_eq!(w["timeoutSeconds"], 5);
+    assert_eq!(w["clientConfig"]["service"]["path"], "/v1/admission/pin");
+    let bundle = w["clientConfig"]["caBundle"].as_str().unwrap();
+    use base64::Engine as _;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(bundle)
+        .unwrap();
+    assert_eq!(pem, std::fs::read(&ca).unwrap(), "caBundle is the CA file");
+    let sel = w["namespaceSelector"]["matchExpressions"].to_string();
+    assert!(
+        sel.contains("pullbroker.dev/pin")
+            && sel.contains("kube-system")
+            && sel.contains("pullbroker-system"),
+        "{sel}"
+    );
+    let resources: Vec<String> = w["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+        })
+        .collect();
+    for r in [
+        "pods",
+        "deployments",
+        "cronjobs",
+        "services",
+        "configurations",
+        "revisions",
+        "pods/ephemeralcontainers",
+    ] {
+        assert!(resources.iter().any(|x| x == r), "{r} in {resources:?}");
+    }
+    let plain = pullbroker()
+        .args([
+            "webhook-config",
+            "--url",
+            "http://127.0.0.1:1/x",
+            "--ca-file",
+        ])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("https://"));
+    let neither = pullbroker()
+        .args(["webhook-config", "--ca-file"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert_eq!(
+        neither.status.code(),
+        Some(2),
+        "--service or --url is required"
+    );
 }
