@@ -188,8 +188,59 @@ pub fn scrub(message: &str, secret: Option<&str>) -> String {
     }
 }
 
+/// The broker URL must be `https://`: the pod's service-account token travels
+/// in the request. Plain `http://` only to a loopback broker (development).
+pub fn check_broker_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("the broker URL must start with https://".into());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "the broker URL must be https:// (the service-account token travels in the request); plain http:// is only allowed to a loopback broker, not {host:?}"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn broker_url_is_https_or_loopback_http() {
+        for ok in [
+            "https://pullbroker.svc:8443",
+            "http://127.0.0.1:8480",
+            "http://[::1]:1/x",
+            "http://localhost:8480",
+        ] {
+            assert!(super::check_broker_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://pullbroker.svc:8480",
+            "http://10.0.0.1",
+            "ftp://x",
+            "pullbroker:8480",
+            "http://127.0.0.1.evil.example/",
+        ] {
+            assert!(super::check_broker_url(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     fn request(api: &str, image: &str) -> CredentialProviderRequest {

@@ -23,7 +23,8 @@ struct Args {
     /// Base URL of the broker, e.g. https://pullbroker.pullbroker-system.svc:8480
     #[arg(long, env = "PULLBROKER_URL")]
     broker_url: String,
-    /// PEM bundle of CAs to trust for the broker (in addition to the built-in roots).
+    /// PEM bundle of the CAs that signed the broker's certificate; when given,
+    /// only these are trusted (not the system roots).
     #[arg(long, env = "PULLBROKER_CA_FILE")]
     ca_file: Option<PathBuf>,
     /// Give up on the broker after this many seconds (kubelet waits for us).
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, input: &[u8]) -> Result<String, PluginError> {
+    pullbroker_credential_provider::check_broker_url(&args.broker_url).map_err(PluginError)?;
     let req = parse_request(input)?;
     let Some(token) = req
         .service_account_token

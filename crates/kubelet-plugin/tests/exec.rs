@@ -219,3 +219,74 @@ async fn every_failure_exits_non_zero_with_one_token_free_line() {
         "credentialprovider.kubelet.k8s.io/v1beta1"
     );
 }
+
+/// The plugin against the broker's TLS listener: trusting the broker's CA
+/// (`--ca-file`) it gets credentials; without it, or told to use plain HTTP
+/// to a non-loopback broker, it fails with one token-free line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talks_https_with_the_broker_ca_and_refuses_plain_http_off_loopback() {
+    let s = start().await;
+    let made = pullbroker_broker::tls::make_serving_cert(&["127.0.0.1".into()], 1).unwrap();
+    let tls = pullbroker_broker::config::TlsSpec {
+        cert_file: s.dir.path().join("serving.crt"),
+        key_file: s.dir.path().join("serving.key"),
+    };
+    std::fs::write(&tls.cert_file, &made.cert_pem).unwrap();
+    std::fs::write(&tls.key_file, &made.key_pem).unwrap();
+    let ca = s.dir.path().join("ca.crt");
+    std::fs::write(&ca, &made.ca_pem).unwrap();
+    let cert = pullbroker_broker::tls::ReloadingCert::load(&tls).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = format!("https://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        s.broker
+            .clone()
+            .serve_tls(listener, cert, std::future::pending()),
+    );
+    let token = s.issuer.token("team-a", "app", AUDIENCE);
+    let req = request("v1", &s.image("demo/app:v1"), Some(&token));
+    let run = |args: Vec<String>| {
+        let req = req.clone();
+        blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            exec(&req, &args, &[])
+        })
+    };
+    let (ok, _) = run(vec![
+        "--broker-url".into(),
+        https.clone(),
+        "--ca-file".into(),
+        ca.display().to_string(),
+    ])
+    .await;
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let resp: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert!(resp["auth"][format!("{}/demo/app", s.host())]["password"]
+        .as_str()
+        .unwrap()
+        .starts_with("pbc1."));
+
+    let (untrusted, _) = run(vec!["--broker-url".into(), https.clone()]).await;
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert!(untrusted.stdout.is_empty());
+    assert_eq!(
+        stderr(&untrusted).lines().count(),
+        1,
+        "{}",
+        stderr(&untrusted)
+    );
+    assert!(!stderr(&untrusted).contains(&token));
+
+    let (plain, _) = run(vec![
+        "--broker-url".into(),
+        "http://pullbroker.example:8480".into(),
+    ])
+    .await;
+    assert_eq!(plain.status.code(), Some(1));
+    assert!(
+        stderr(&plain).contains("must be https://"),
+        "{}",
+        stderr(&plain)
+    );
+    server.abort();
+}
