@@ -677,6 +677,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any bytes, and any JSON in the places we read: an answer, never a panic.
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+                        kind in "(Pod|Deployment|CronJob|Service|Revision|Job)",
+                        group in "(|apps|batch|serving.knative.dev)",
+                        image in "\\PC{0,40}", sa in proptest::option::of("\\PC{0,10}")) {
+            let _ = parse_review(&bytes);
+            let spec = json!({"serviceAccountName": sa, "containers": [{"name": "c", "image": image}]});
+            let bad = json!({"containers": [{"image": 7}], "initContainers": {"x": 1}});
+            let object = json!({"metadata": {"ownerReferences": [{"apiVersion": 1, "kind": kind}]},
+                "spec": {"template": {"spec": spec.clone()}, "jobTemplate": {"spec": {"template": {"spec": bad}}}, "containers": spec["containers"].clone()}});
+            let body = review((group.as_str(), kind.as_str()), "UPDATE", object.clone(), object);
+            if let Ok((_, Some(req))) = parse_review(&body) {
+                let _ = pinned_owner(&req.object);
+                if let Ok(ps) = pod_spec(req.kind, &req.object) {
+                    for s in &ps.slots {
+                        let _ = action(s, Some(&ps));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn response_shape() {
         let mut r = Response::allow();

@@ -449,7 +449,12 @@ impl Broker {
             stopper.graceful_shutdown(Some(Duration::from_secs(30)));
         });
         let config = axum_server::tls_rustls::RustlsConfig::from_config(cert.server_config());
-        axum_server::from_tcp_rustls(listener.into_std()?, config)?
+        // TCP_NODELAY, as axum::serve sets for plain HTTP: without it Nagle's
+        // algorithm and the peer's delayed ACK stall small TLS records ~40 ms.
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        axum_server::from_tcp(listener.into_std()?)?
+            .acceptor(acceptor)
             .handle(handle)
             .serve(self.router().into_make_service())
             .await
