@@ -24,6 +24,7 @@ const DEAD_PASSWORD: &str = "dead-CANARY-71aa";
 
 struct Pinning {
     dir: tempfile::TempDir,
+    issuer: TestIssuer,
     url: String,
     ca_pem: String,
     env: &'static Env,
@@ -124,7 +125,7 @@ spec: {{credential: basic, subjects: {{namespaces: [team-a], serviceAccounts: [a
 apiVersion: pullbroker.dev/v1alpha1
 kind: PullGrant
 metadata: {{name: pin-corp}}
-spec: {{credential: corp, subjects: {{namespaces: [team-a], serviceAccounts: [app]}}, repositories: [demo/app], purposes: [resolve]}}
+spec: {{credential: corp, subjects: {{namespaces: [team-a], serviceAccounts: [app]}}, repositories: [demo/app], purposes: [resolve, pull]}}
 ---
 apiVersion: pullbroker.dev/v1alpha1
 kind: PullGrant
@@ -247,6 +248,7 @@ async fn start() -> Pinning {
     });
     Pinning {
         dir,
+        issuer,
         url,
         ca_pem: serving.ca_pem,
         env,
@@ -655,4 +657,32 @@ async fn a_certificate_swapped_on_disk_serves_the_next_handshake() {
         health(p.ca_pem.clone()).await.is_err(),
         "a client that trusts only the old CA is refused"
     );
+}
+
+/// The registry's token realm is the broker's TLS listener: a real client
+/// (skopeo) follows the registry to `https://…/token` with an exchanged
+/// broker credential and pulls.
+#[tokio::test]
+async fn the_token_realm_is_served_over_tls() {
+    let p = start().await;
+    let sa = p.issuer.token("team-a", "app", support::AUDIENCE);
+    let image = format!("{}/demo/app:v1", p.token.host());
+    let resp = client(&p.ca_pem)
+        .post(format!("{}/v1/exchange", p.url))
+        .json(&json!({"token": sa, "image": image}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    let (user, password) = (
+        answer["username"].as_str().unwrap().to_string(),
+        answer["password"].as_str().unwrap().to_string(),
+    );
+    let want = skopeo_digest(&format!("{}/demo/app:v1", p.twin.host()), None);
+    let got = tokio::task::spawn_blocking(move || skopeo::digest(&image, Some((&user, &password))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, want);
 }
