@@ -16,7 +16,7 @@ use pullbroker_credentials::keys::SigningKey;
 use pullbroker_registry::ClientSettings;
 use pullbroker_testenv::admission::{self, HELLO, SIDECAR, WEB};
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
-use pullbroker_testenv::registry::{free_port, TokenAuth};
+use pullbroker_testenv::registry::TokenAuth;
 use pullbroker_testenv::{skopeo, Auth, Env, Registry, RegistryOptions, PASSWORD, USER};
 use serde_json::{json, Value};
 

@@ -11,7 +11,9 @@
 //!   its own.
 //!
 //! The broker is the real release binary (`pullbroker serve`, TLS), the
-//! registry a real `docker-registry`. Run with `scripts/bench-admission.sh`.
+//! registry a real `docker-registry`. Run with `scripts/bench-admission.sh`;
+//! `SLOW=1` also prints every warm request over 8 ms with its scheduled
+//! time (how the TLS listener's missing `TCP_NODELAY` was found).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
