@@ -43,7 +43,8 @@ pub enum JwksSource {
     Static(String),
     /// Fetched from this URL (refreshed on an unknown `kid`).
     Url(String),
-    /// `<issuer>/.well-known/openid-configuration` → `jwks_uri`.
+    /// `<issuer>/.well-known/openid-configuration` → `jwks_uri`; the issuer's
+    /// base URL or the document's full URL.
     Discovery(String),
 }
 
@@ -265,10 +266,7 @@ impl Verifier {
         let jwks_url = match &self.settings.jwks {
             JwksSource::Url(u) => u.clone(),
             JwksSource::Discovery(base) => {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    base.trim_end_matches('/')
-                );
+                let url = discovery_document_url(base);
                 let doc: serde_json::Value = get(url)
                     .send()
                     .await
@@ -470,4 +468,16 @@ fn subject_from(c: Claims) -> Result<VerifiedToken, TokenError> {
         node,
         expires_at: c.exp,
     })
+}
+/// The discovery document's URL from `discoveryUrl`, which may be the
+/// issuer's base URL (`https://api:6443`) or already the document's full URL
+/// (`…/.well-known/openid-configuration`): both are what operators write.
+pub fn discovery_document_url(configured: &str) -> String {
+    const SUFFIX: &str = "/.well-known/openid-configuration";
+    let trimmed = configured.trim_end_matches('/');
+    if trimmed.ends_with(SUFFIX) {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}{SUFFIX}")
+    }
 }

@@ -157,18 +157,9 @@ spec: {{credential: hung, subjects: {{namespaces: [team-a], serviceAccounts: ['*
 
 /// Every log line of this test binary, at debug (trace for our crates).
 fn logs() -> &'static pullbroker_testenv::logs::Capture {
-    static CAPTURE: std::sync::OnceLock<pullbroker_testenv::logs::Capture> =
-        std::sync::OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture = pullbroker_testenv::logs::Capture::default();
-        let writer = capture.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("debug,pullbroker_broker=trace,pullbroker_registry=trace")
-            .with_writer(move || writer.clone())
-            .init();
-        capture
-    })
+    pullbroker_testenv::logs::capture_all(
+        "debug,pullbroker_broker=trace,pullbroker_credentials=trace,pullbroker_registry=trace",
+    )
 }
 
 fn assert_no_credential_logged() {

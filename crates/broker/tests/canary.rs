@@ -5,20 +5,16 @@
 mod support;
 
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
-use pullbroker_testenv::logs::Capture;
+use pullbroker_testenv::logs::capture_all;
 use pullbroker_testenv::skopeo;
 use serde_json::{json, Value};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_errors_or_metrics() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter("debug,pullbroker_broker=trace,pullbroker_registry=trace")
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = capture_all(
+        "debug,pullbroker_broker=trace,pullbroker_credentials=trace,pullbroker_registry=trace",
+    );
 
     let s = start().await;
     let sa = s.issuer.token("team-a", "app", AUDIENCE);

@@ -71,3 +71,30 @@ async fn tokens_from_token_request_verify_by_discovery_and_review() {
         .unwrap_err();
     assert_eq!(err.class(), "audience");
 }
+
+/// `discoveryUrl` as the issuer's base URL or as the discovery document's
+/// full URL: both load the keys (the full URL used to get the suffix twice).
+#[tokio::test]
+async fn discovery_by_base_url_or_full_document_url() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    for url in [
+        fake.url.clone(),
+        format!("{}/", fake.url),
+        format!("{}/.well-known/openid-configuration", fake.url),
+    ] {
+        let settings = IssuerSettings {
+            issuer: KUBE_ISSUER.into(),
+            audience: "pullbroker".into(),
+            jwks: JwksSource::Discovery(url.clone()),
+            leeway: Duration::from_secs(30),
+            fetch_token: None,
+            ca_pem: None,
+            min_refresh_interval: Duration::from_secs(10),
+        };
+        let verifier = Verifier::new(settings, None)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(verifier.key_count() > 0, "{url}");
+    }
+}

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
 use pullbroker_core::policy::{PullGrant, RegistryCredential};
-use pullbroker_testenv::logs::Capture;
+use pullbroker_testenv::logs::capture_all;
 use serde_json::json;
 use support::*;
 
@@ -23,13 +23,10 @@ const FAILING_PW: &str = "failing-CANARY-beef";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_events_or_status() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter("debug,pullbroker_controller=trace,pullbroker_broker=trace")
-        .with_writer(move || writer.clone())
-        .init();
+    // Exec sources and minting run in pullbroker_credentials since it moved out of the broker.
+    let capture = capture_all(
+        "debug,pullbroker_controller=trace,pullbroker_credentials=trace,pullbroker_broker=trace",
+    );
 
     let dir = tempfile::tempdir().unwrap();
     for (name, body, code) in [

@@ -13,6 +13,10 @@ use serde::Deserialize;
 /// Lifetime assumed when the server sends none, and the minimum honoured
 /// (the distribution token spec and Docker both use 60 s).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest we keep a token, whatever `expires_in` says: a registry (or
+/// anything answering as one) cannot make us keep a token for ever, nor
+/// overflow the clock arithmetic with a huge value.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// The token endpoint's JSON answer (distribution token spec + OAuth2).
 #[derive(Deserialize)]
@@ -46,7 +50,12 @@ impl TokenResponse {
         let expires_in = self
             .expires_in
             .filter(|&s| s > 0)
-            .map(|s| s.max(DEFAULT_LIFETIME.as_secs() as i64))
+            .map(|s| {
+                s.clamp(
+                    DEFAULT_LIFETIME.as_secs() as i64,
+                    MAX_LIFETIME.as_secs() as i64,
+                )
+            })
             .unwrap_or(DEFAULT_LIFETIME.as_secs() as i64);
         let issued = self
             .issued_at
@@ -55,7 +64,9 @@ impl TokenResponse {
             .map(|t| t.timestamp());
         let remaining = match issued {
             // Trust issued_at only when it is in the past and not absurdly so.
-            Some(t) if t <= now_unix && now_unix - t < expires_in => expires_in - (now_unix - t),
+            Some(t) if t <= now_unix && now_unix.saturating_sub(t) < expires_in => {
+                expires_in - (now_unix - t)
+            }
             _ => expires_in,
         };
         Some(Token {
@@ -89,7 +100,11 @@ impl TokenCache {
     pub fn insert(&self, key: TokenKey, token: &Token) {
         // Refresh early: 10% of the lifetime, at most 10 s.
         let margin = (token.lifetime / 10).min(Duration::from_secs(10));
-        let until = Instant::now() + token.lifetime - margin;
+        let lifetime = token.lifetime.min(MAX_LIFETIME);
+        let margin = margin.min(lifetime);
+        let Some(until) = Instant::now().checked_add(lifetime - margin) else {
+            return;
+        };
         let mut map = self.tokens.lock().expect("token cache poisoned");
         if map.len() > 10_000 {
             let now = Instant::now();
@@ -111,6 +126,34 @@ impl TokenCache {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    proptest::proptest! {
+        /// Whatever a token endpoint says about lifetimes, parsing and caching
+        /// never panic, and nothing is kept longer than MAX_LIFETIME.
+        #[test]
+        fn extreme_lifetimes_never_panic(expires in proptest::prelude::any::<i64>(),
+                                         issued in proptest::prelude::any::<i32>(),
+                                         now in proptest::prelude::any::<i64>()) {
+            let issued_at = chrono::DateTime::from_timestamp(i64::from(issued) * 64, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            let json = format!(r#"{{"token":"t","expires_in":{expires},"issued_at":"{issued_at}"}}"#);
+            let token = parse(&json, now).expect("a token");
+            proptest::prop_assert!(token.lifetime <= MAX_LIFETIME);
+            TokenCache::default().insert(
+                TokenKey { registry: "r".into(), scope: "s".into(), credential: pullbroker_core::Credential::Anonymous.id() },
+                &Token { value: "v".to_string().into(), lifetime: Duration::MAX },
+            );
+        }
+    }
+
+    #[test]
+    fn huge_expires_in_is_capped() {
+        for huge in [i64::MAX, u32::MAX as i64 * 1000, 10_000_000_000] {
+            let t = parse(&format!(r#"{{"token":"a","expires_in":{huge}}}"#), 0).unwrap();
+            assert_eq!(t.lifetime, MAX_LIFETIME);
+        }
+    }
 
     fn parse(json: &str, now: i64) -> Option<Token> {
         serde_json::from_str::<TokenResponse>(json)

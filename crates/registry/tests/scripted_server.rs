@@ -298,3 +298,63 @@ async fn a_rejected_token_is_renewed_once() {
     assert!(err.to_string().contains("invalid_token"), "{err}");
     assert_eq!(tokens.load(Ordering::SeqCst), 4);
 }
+
+/// A token endpoint answering absurd lifetimes (`expires_in` near `i64::MAX`)
+/// used to overflow the cache's clock arithmetic inside the shared token
+/// fetch, and the poisoned single-flight then failed every later request for
+/// that registry: now the same image resolves ten times in a row (digest
+/// cache off, so each goes to the registry).
+#[tokio::test]
+async fn absurd_token_lifetimes_never_poison_later_requests() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let realm = format!("http://{addr}/token");
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let realm = realm.clone();
+        async move {
+            let bearer = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
+            match req.uri().path() {
+                "/token" => Response::new(Body::from(format!(
+                    r#"{{"token":"tok","expires_in":{}}}"#,
+                    i64::MAX
+                ))),
+                _ if bearer && req.uri().path() != "/v2/" => {
+                    manifest_response(req.method(), Some(&good_digest()))
+                }
+                _ => Response::builder()
+                    .status(401)
+                    .header(
+                        "www-authenticate",
+                        format!(r#"Bearer realm="{realm}",service="svc""#),
+                    )
+                    .body(Body::empty())
+                    .unwrap(),
+            }
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = RegistryClient::new(ClientSettings {
+        plain_http: vec![addr.to_string()],
+        ..Default::default()
+    })
+    .unwrap();
+    let r = Resolver::new(
+        client,
+        Arc::new(pullbroker_core::keychain::Anonymous),
+        ResolverOptions {
+            cache_ttl: Duration::ZERO,
+            ..Default::default()
+        },
+    );
+    let img = Reference::parse(&format!("{addr}/demo/app:v1")).unwrap();
+    for i in 0..10 {
+        assert_eq!(
+            r.resolve(&img).await.unwrap().digest.to_string(),
+            good_digest(),
+            "request {i}"
+        );
+    }
+}

@@ -23,3 +23,20 @@ impl Write for Capture {
         Ok(())
     }
 }
+
+/// Installs a JSON subscriber with `filter` that writes into one process-wide
+/// capture, and returns it; later calls return the same capture (a test
+/// binary has one global subscriber).
+pub fn capture_all(filter: &str) -> &'static Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(move || writer.clone())
+            .init();
+        capture
+    })
+}
