@@ -125,7 +125,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_caller_forgets_its_run() {
         let sf = SingleFlight::<&'static str, usize>::default();
-        let hung = sf.run("k", || futures::future::pending::<usize>());
+        let hung = sf.run("k", futures::future::pending::<usize>);
         let mut hung = Box::pin(hung);
         assert!(futures::poll!(&mut hung).is_pending());
         assert_eq!(sf.in_flight(), 1);
