@@ -100,6 +100,27 @@ impl Default for Settings {
     }
 }
 
+/// The range `rotate_after` must lie in: rotating sooner than a tenth of
+/// the lifetime churns, later than nine tenths risks expiry in flight.
+pub const ROTATE_AFTER: std::ops::RangeInclusive<f64> = 0.1..=0.9;
+
+impl Settings {
+    /// Refuses settings the controller cannot run with (a NaN `rotate_after`
+    /// made every credential due at every pass).
+    pub fn validate(&self) -> Result<(), String> {
+        if !ROTATE_AFTER.contains(&self.rotate_after) {
+            return Err(format!(
+                "rotate_after {} is not a fraction between 0.1 and 0.9",
+                self.rotate_after
+            ));
+        }
+        if self.lease_duration.is_zero() {
+            return Err("lease_duration must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 /// Counters for logs and benchmarks.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -465,6 +486,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    settings.validate().map_err(anyhow::Error::msg)?;
     let lock = Arc::new(lease::LeaseLock::new(
         client.clone(),
         &settings.system_namespace,
@@ -535,4 +557,21 @@ pub async fn run(
         tracing::warn!(error = %e, "cannot release the leader lease");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_and_out_of_range_fractions_are_refused() {
+        for bad in [f64::NAN, f64::INFINITY, -0.5, 0.0, 0.95, 1.0] {
+            let s = Settings {
+                rotate_after: bad,
+                ..Default::default()
+            };
+            assert!(s.validate().is_err(), "{bad}");
+        }
+        assert!(Settings::default().validate().is_ok());
+    }
 }

@@ -59,15 +59,15 @@ pub async fn run(ctx: Arc<Context>) {
     ctx.wait_ready().await;
     tracing::debug!("status writer started");
     loop {
-        if let Err(e) = write_all(&ctx).await {
-            tracing::warn!(error = %e, "cannot write statuses");
-        }
+        write_all(&ctx).await;
         let _ = tokio::time::timeout(REFRESH, ctx.status_dirty.notified()).await;
         tokio::time::sleep(QUIET).await;
     }
 }
 
-async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
+/// Writes every changed status; each write stands alone, so one that fails
+/// (a grant deleted a moment ago: 404) does not hold back the others.
+async fn write_all(ctx: &Context) {
     let namespaces: Vec<_> = ctx
         .namespaces
         .state()
@@ -157,7 +157,9 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
             static_copy: report.is_some_and(|r| r.static_copy),
         };
         if status != old {
-            write(ctx, &grants, g, &old.conditions, &status, verdict).await?;
+            if let Err(e) = write(ctx, &grants, g, &old.conditions, &status, verdict).await {
+                report_failed_write("PullGrant", &g.name_any(), &e);
+            }
         }
     }
 
@@ -217,10 +219,21 @@ async fn write_all(ctx: &Context) -> Result<(), kube::Error> {
             next_rotation: (next != i64::MAX).then(|| rfc3339(next)),
         };
         if status != old {
-            write(ctx, &creds, c, &old.conditions, &status, verdict).await?;
+            if let Err(e) = write(ctx, &creds, c, &old.conditions, &status, verdict).await {
+                report_failed_write("RegistryCredential", &c.name_any(), &e);
+            }
         }
     }
-    Ok(())
+}
+
+fn report_failed_write(kind: &str, name: &str, e: &kube::Error) {
+    match e {
+        // Deleted since the cache saw it: nothing to report on.
+        kube::Error::Api(s) if s.code == 404 => {
+            tracing::debug!(kind, name, "status not written: the object is gone")
+        }
+        _ => tracing::warn!(kind, name, error = %e, "cannot write status; will retry"),
+    }
 }
 
 /// The Ready verdict being written.

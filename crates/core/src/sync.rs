@@ -34,13 +34,33 @@ pub const GRANT_LABEL: &str = "pullbroker.dev/grant";
 
 /// The managed secret's name for `grant`: `pullbroker-<grant>`, shortened with
 /// a hash when the grant name is long (Secret names are DNS subdomains ≤ 253).
+/// Total: a name that is not a DNS subdomain as given (a file's grant names
+/// are not validated by an API server) is cut on a character boundary, and
+/// the kept part never ends in `-` or `.` before the hash.
 pub fn secret_name(grant: &str) -> String {
     let name = format!("pullbroker-{grant}");
-    if name.len() <= 253 {
+    if name.len() <= 253 && is_dns_subdomain(&name) {
         return name;
     }
     let hash = hex::encode(&Sha256::digest(grant.as_bytes())[..6]);
-    format!("{}-{hash}", &name[..240])
+    let kept: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' | '.' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .take(240)
+        .collect();
+    format!("{}-{hash}", kept.trim_end_matches(['-', '.']))
+}
+
+/// Lowercase alphanumerics, `-` and `.`, starting and ending alphanumeric.
+fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
 }
 
 /// A namespace as observed.
@@ -686,6 +706,34 @@ mod tests {
             plan(&p, &o, 0, 0.5).actions.is_empty(),
             "no managed secret of that name here: hands off"
         );
+    }
+
+    #[test]
+    fn multi_byte_and_odd_grant_names_give_valid_secret_names() {
+        // 239 ASCII bytes then multi-byte characters: byte 240 falls inside one.
+        for grant in [
+            format!("{}é", "a".repeat(228)).repeat(2),
+            "Team_A".into(),
+            "x".repeat(229) + "-.-.-" + &"y".repeat(30),
+            "ü".into(),
+        ] {
+            let name = secret_name(&grant);
+            assert!(name.len() <= 253, "{name}");
+            assert!(is_dns_subdomain(&name), "{name}");
+            assert_ne!(
+                secret_name(&format!("{grant}2")),
+                name,
+                "distinct grants, distinct names"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn secret_names_are_always_dns_subdomains(grant in "\\PC{0,300}") {
+            let name = secret_name(&grant);
+            proptest::prop_assert!(name.len() <= 253 && is_dns_subdomain(&name), "{}", name);
+        }
     }
 
     #[test]

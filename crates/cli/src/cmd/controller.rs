@@ -51,7 +51,7 @@ pub struct Args {
 
 fn fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(f) if (0.1..=0.9).contains(&f) => Ok(f),
+        Ok(f) if pullbroker_controller::ROTATE_AFTER.contains(&f) => Ok(f),
         _ => Err(format!("{s:?} is not a fraction between 0.1 and 0.9")),
     }
 }
