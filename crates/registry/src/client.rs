@@ -54,7 +54,7 @@ struct Inner {
 }
 
 /// How one registry is reached, learned from its `/v2/` answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Endpoint {
     registry: String,
     base: String,
@@ -96,6 +96,28 @@ pub fn build_http(settings: &ClientSettings, verify: bool) -> Result<reqwest::Cl
     }
     b.build()
         .map_err(|e| format!("cannot build HTTP client: {e}"))
+}
+
+/// May `credential` be sent to the token realm `realm`? Secrets (a password,
+/// an identity token) never travel to a plain-HTTP realm unless plain HTTP to
+/// this registry was accepted already (loopback, or the operator marked it
+/// plain-HTTP/insecure): an HTTPS registry naming an `http://` realm would
+/// otherwise get its credentials sent in clear text.
+pub fn realm_may_carry(
+    realm: &reqwest::Url,
+    credential: &Credential,
+    plain_accepted: bool,
+) -> Result<(), String> {
+    let secret = matches!(
+        credential,
+        Credential::Basic { .. } | Credential::IdentityToken { .. }
+    );
+    if realm.scheme() == "https" || !secret || plain_accepted {
+        return Ok(());
+    }
+    Err(format!(
+        "token realm {realm} is plain HTTP while the registry is served over HTTPS: refusing to send {credential} in clear text (mark the registry plain-HTTP or insecure to allow it)"
+    ))
 }
 
 impl RegistryClient {
@@ -303,13 +325,13 @@ impl RegistryClient {
             key.clone(),
             credential.clone(),
         );
-        let (registry, verify) = (ep.registry.clone(), ep.verify_tls);
+        let ep = ep.clone();
         let token = self
             .inner
             .token_fetches
             .run(key.clone(), move || async move {
                 let t = this
-                    .fetch_token(&registry, verify, &realm, service.as_deref(), &key2, &cred)
+                    .fetch_token(&ep, &realm, service.as_deref(), &key2, &cred)
                     .await?;
                 this.inner.tokens.insert(key2, &t);
                 Ok(t)
@@ -322,13 +344,13 @@ impl RegistryClient {
     /// tokens, otherwise GET with Basic auth (or anonymously), as Docker does.
     async fn fetch_token(
         &self,
-        registry: &str,
-        verify: bool,
+        ep: &Endpoint,
         realm: &str,
         service: Option<&str>,
         key: &TokenKey,
         credential: &Credential,
     ) -> Result<Token, RegistryError> {
+        let (registry, verify) = (ep.registry.as_str(), ep.verify_tls);
         let realm_url = reqwest::Url::parse(realm)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
@@ -336,6 +358,15 @@ impl RegistryClient {
                 registry: registry.to_string(),
                 detail: format!("token realm {realm:?} is not an http(s) URL"),
             })?;
+        // Plain HTTP to the registry itself was already accepted (loopback, or
+        // marked plain-HTTP/insecure by the operator): then a plain realm is too.
+        let plain_accepted = ep.base.starts_with("http://") || !ep.verify_tls;
+        realm_may_carry(&realm_url, credential, plain_accepted).map_err(|detail| {
+            RegistryError::Protocol {
+                registry: registry.to_string(),
+                detail,
+            }
+        })?;
         let http = self.http(verify);
         let resp = self
             .send(registry, || {
@@ -735,6 +766,36 @@ mod tests {
             "MANIFEST_UNKNOWN: manifest unknown"
         );
         assert_eq!(registry_error_detail(Some(b"<html>")), None);
+    }
+
+    #[test]
+    fn secrets_never_go_to_a_plain_realm_of_an_https_registry() {
+        let plain = reqwest::Url::parse("http://auth.example/token").unwrap();
+        let tls = reqwest::Url::parse("https://auth.example/token").unwrap();
+        let basic = Credential::Basic {
+            username: "u".into(),
+            password: "pw-CANARY".to_string().into(),
+        };
+        let identity = Credential::IdentityToken {
+            username: "u".into(),
+            token: "id-CANARY".to_string().into(),
+        };
+        for secret in [&basic, &identity] {
+            let err = realm_may_carry(&plain, secret, false).unwrap_err();
+            assert!(
+                err.contains("clear text") && !err.contains("CANARY"),
+                "{err}"
+            );
+            assert!(realm_may_carry(&tls, secret, false).is_ok());
+            assert!(
+                realm_may_carry(&plain, secret, true).is_ok(),
+                "plain HTTP accepted for this registry"
+            );
+        }
+        assert!(
+            realm_may_carry(&plain, &Credential::Anonymous, false).is_ok(),
+            "nothing secret to send"
+        );
     }
 
     #[test]
