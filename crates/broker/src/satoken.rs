@@ -100,6 +100,9 @@ pub enum TokenError {
     Revoked(String),
     #[error("issuer keys are unavailable: {0}")]
     KeysUnavailable(String),
+    /// The TokenReview call itself failed (API server down): no verdict.
+    #[error("TokenReview is unavailable: {0}")]
+    ReviewUnavailable(String),
 }
 
 impl TokenError {
@@ -118,7 +121,17 @@ impl TokenError {
             TokenError::Claims(_) => "claims",
             TokenError::Revoked(_) => "revoked",
             TokenError::KeysUnavailable(_) => "keys_unavailable",
+            TokenError::ReviewUnavailable(_) => "review_unavailable",
         }
+    }
+
+    /// A dependency failed (issuer keys, TokenReview): not a verdict on the
+    /// token. Callers answer 503 (retry) rather than 401.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            TokenError::KeysUnavailable(_) | TokenError::ReviewUnavailable(_)
+        )
     }
 }
 
@@ -335,7 +348,7 @@ impl Verifier {
             let outcome = reviewer
                 .review(token, std::slice::from_ref(&self.settings.audience))
                 .await
-                .map_err(TokenError::Revoked)?;
+                .map_err(TokenError::ReviewUnavailable)?;
             if !outcome.authenticated {
                 return Err(TokenError::Revoked(
                     outcome.error.unwrap_or_else(|| "not authenticated".into()),

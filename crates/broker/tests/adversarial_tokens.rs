@@ -572,3 +572,25 @@ async fn token_review_catches_revoked_tokens() {
     assert_eq!(err.class(), "revoked");
     assert!(err.to_string().contains("invalidated"), "{err}");
 }
+
+/// A TokenReview call that fails (the API server is down) is no verdict on
+/// the token: the class is `review_unavailable`, never `revoked`, and the
+/// broker answers 503 (retry) without the API server's URL.
+#[tokio::test]
+async fn a_failed_token_review_is_unavailable_not_revoked() {
+    let a = TestIssuer::rsa(KUBE_ISSUER);
+    let live = a.token("team-a", "app", AUD);
+    // Bound, then closed: nothing listens there.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let reviewer: Arc<dyn TokenReviewer> =
+        Arc::new(HttpTokenReview::new(&dead, "reviewer-token".to_string().into(), None).unwrap());
+    let v = Verifier::new(settings(JwksSource::Static(a.jwks())), Some(reviewer))
+        .await
+        .unwrap();
+    let err = v.verify(&live, now()).await.unwrap_err();
+    assert_eq!(err.class(), "review_unavailable", "{err}");
+    assert!(err.is_unavailable());
+}

@@ -609,3 +609,32 @@ async fn signing_key_rotation_publishes_both_and_signs_with_the_new() {
         SigningKey::from_pem(&new_key, &new_cert).unwrap().kid
     );
 }
+
+/// With TokenReview on and the API server down, a valid token gets 503
+/// (retry), not 401 `revoked`, on `/v1/exchange` and `/token`; the bodies
+/// carry no URL of the API server.
+#[tokio::test]
+async fn token_review_outage_is_503_not_revoked() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let reviewer: std::sync::Arc<dyn pullbroker_broker::tokenreview::TokenReviewer> =
+        std::sync::Arc::new(
+            pullbroker_broker::tokenreview::HttpTokenReview::new(
+                &format!("http://{dead}"),
+                "reviewer-token".to_string().into(),
+                None,
+            )
+            .unwrap(),
+        );
+    let s = start_with(Some(reviewer)).await;
+    let sa = s.issuer.token("team-a", "app", AUDIENCE);
+    let (status, body) = exchange(&s.url, &sa, &s.image("demo/app:v1")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["class"], "unavailable");
+    assert!(!body.to_string().contains(&dead), "{body}");
+    let resp = get_token(&s.url, "u", &sa, "repository:demo/app:pull").await;
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(!resp.text().await.unwrap().contains(&dead));
+}

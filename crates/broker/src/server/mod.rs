@@ -353,6 +353,16 @@ impl AppState {
                     .token_verifications
                     .get_or_create(&TokenLabels { result: e.class() })
                     .inc();
+                if e.is_unavailable() {
+                    // A dependency's failure is not a verdict: retryable, and the
+                    // detail (URLs, client errors) stays in our log.
+                    tracing::warn!(class = e.class(), error = %e, "cannot verify service-account tokens");
+                    return Err(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "service-account token verification is temporarily unavailable; retry",
+                    ));
+                }
                 tracing::info!(target: "audit", class = e.class(), "service-account token refused");
                 Err(error(StatusCode::UNAUTHORIZED, e.class(), e))
             }

@@ -131,6 +131,13 @@ async fn issue_registry_token(
     } else {
         match st.verify(&password).await {
             Ok(v) => (v.subject, v.expires_at),
+            Err(refused) if refused.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                return token_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "credential verification is temporarily unavailable; retry",
+                )
+            }
             Err(_) => {
                 return token_error(
                     StatusCode::UNAUTHORIZED,

@@ -122,6 +122,13 @@ spec:
 
 /// Starts the broker (in this test's runtime), the token registry, and its twin.
 pub async fn start() -> Setup {
+    start_with(None).await
+}
+
+/// [`start`], with `reviewer` as the broker's TokenReview.
+pub async fn start_with(
+    reviewer: Option<std::sync::Arc<dyn pullbroker_broker::tokenreview::TokenReviewer>>,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::rsa(KUBE_ISSUER);
     std::fs::write(dir.path().join("jwks.json"), issuer.jwks()).unwrap();
@@ -169,7 +176,7 @@ pub async fn start() -> Setup {
         snapshot,
         Some(config_path.clone()),
         ClientSettings::default(),
-        None,
+        reviewer,
     )
     .await
     .unwrap();
