@@ -503,6 +503,26 @@ async fn pods_of_synced_accounts_get_the_managed_secret() {
     assert_eq!(add[0]["value"], json!([{"name": "pullbroker-sync-a"}]));
     assert_eq!(replaced(&patch).len(), 1, "and the image is pinned");
 
+    // A Pod the replicaset controller creates: its image is never pinned
+    // (the child of a pinned kind), but it gets the secret all the same.
+    let mut child = admission::review(
+        "pod-create-by-replicaset-controller",
+        "team-a",
+        &[(WEB, &img)],
+    );
+    admission::set_service_account(&mut child, "/spec", "app");
+    let patch = patch_of(&pin(&p, &child).await);
+    assert_eq!(replaced(&patch), vec![], "children are not pinned");
+    assert_eq!(
+        patch
+            .iter()
+            .filter(|op| op["op"] == "add")
+            .map(|op| op["value"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!([{"name": "pullbroker-sync-a"}])],
+        "{patch:?}"
+    );
+
     // Already there (the ServiceAccount plugin copied it): nothing added.
     review["request"]["object"]["spec"]["imagePullSecrets"] =
         json!([{"name": "pullbroker-sync-a"}]);

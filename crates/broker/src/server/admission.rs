@@ -104,14 +104,6 @@ async fn review(
     budget: Duration,
 ) -> admission::Response {
     let mut answer = admission::Response::allow();
-    if let Some(owner) = admission::pinned_owner(&req.object) {
-        // A child of something we pin (or chose not to): never pin it, or
-        // its controller sees a template it did not write and churns.
-        answer
-            .audit_annotations
-            .push(("skipped".into(), format!("owned by {owner}")));
-        return answer;
-    }
     let spec = match admission::pod_spec(req.kind, &req.object) {
         Ok(s) => s,
         Err(e) => {
@@ -121,6 +113,23 @@ async fn review(
             return answer;
         }
     };
+    if let Some(owner) = admission::pinned_owner(&req.object) {
+        // A child of something we pin (or chose not to): never pin it, or
+        // its controller sees a template it did not write and churns. A
+        // controller's Pod still gets the managed pull secret: those are the
+        // pods sync mode's admission race leaves stuck.
+        answer
+            .audit_annotations
+            .push(("skipped".into(), format!("owned by {owner}")));
+        let mut ops = Vec::new();
+        if req.kind == admission::Kind::Pod && req.operation == Operation::Create {
+            add_managed_secrets(snapshot, req, &spec, &mut ops, &mut answer);
+        }
+        if !ops.is_empty() {
+            answer.patch = Some(admission::json_patch(&ops, &spec));
+        }
+        return answer;
+    }
     let old = req
         .old_object
         .as_ref()
