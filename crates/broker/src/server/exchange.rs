@@ -1,6 +1,7 @@
 //! `POST /v1/exchange`: a service-account token and an image in, credentials
 //! for that image's registry out (the kubelet plugin's call).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -8,10 +9,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use pullbroker_core::policy::{Purpose, Request, Target};
+use pullbroker_core::{Credential, Keychain, Reference};
+use pullbroker_credentials::mint::{BrokerCredential, BROKER_USERNAME};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::*;
+use super::{bearer, body_error, error, now, rfc3339, AppState, NARROW_ANNOTATION, REFRESH_AFTER};
+use crate::config::CredentialRuntime;
 
 /// The first username/password pair a docker config holds for `image`.
 fn basic_for(

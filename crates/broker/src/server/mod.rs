@@ -20,16 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use axum::extract::{DefaultBodyLimit, Path, Query};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use futures::StreamExt;
-use pullbroker_core::policy::{Decision, Purpose, Request, Subject, Target};
-use pullbroker_core::{Credential, Keychain, Reference};
+use pullbroker_core::policy::{Decision, Request, Target};
 use pullbroker_registry::{ClientSettings, RegistryClient};
 use serde_json::json;
 
@@ -43,9 +41,6 @@ use crate::config::{self, CredentialRuntime, Snapshot};
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels, TokenLabels};
 use crate::satoken::{VerifiedToken, Verifier};
 use crate::tokenreview::{HttpTokenReview, TokenReviewer};
-use pullbroker_credentials::mint::{
-    self, Access, BrokerCredential, BROKER_CREDENTIAL_PREFIX, BROKER_USERNAME,
-};
 
 /// Annotation on a service account that narrows (never widens) its access.
 pub const NARROW_ANNOTATION: &str = "pullbroker.dev/repositories";

@@ -1,15 +1,19 @@
 //! Operations: `/healthz`, `/readyz`, `/metrics`, and the certificates a
 //! registry must trust (`/v1/credentials/{name}/rootcertbundle`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use axum::extract::Path;
 use axum::extract::State;
+use axum::http::header;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::*;
+use super::{error, AppState};
+use crate::config::{self, CredentialRuntime};
 
 pub(super) async fn root_cert_bundle(
     State(st): State<Arc<AppState>>,

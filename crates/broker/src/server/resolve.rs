@@ -8,10 +8,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
+use pullbroker_core::policy::{Purpose, Request, Subject, Target};
+use pullbroker_core::{Credential, Keychain, Reference};
+use pullbroker_credentials::mint::{self, Access};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::*;
+use super::{
+    bearer, body_error, error, next_jti, now, AppState, MAX_RESOLVE_IMAGES, REFRESH_AFTER,
+};
+use crate::config::{CredentialRuntime, Snapshot};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

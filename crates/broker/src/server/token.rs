@@ -4,13 +4,21 @@
 
 use std::sync::Arc;
 
+use axum::extract::Query;
 use axum::extract::State;
+use axum::http::header;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Form;
 use axum::Json;
+use pullbroker_core::policy::{Purpose, Request, Subject, Target};
+use pullbroker_credentials::mint::{
+    self, Access, BrokerCredential, BROKER_CREDENTIAL_PREFIX, BROKER_USERNAME,
+};
 use serde_json::json;
 
-use super::*;
+use super::{basic, next_jti, now, rfc3339, AppState};
+use crate::config::CredentialRuntime;
 
 /// Token endpoint errors: distribution clients read the status; the body
 /// follows the registry error format.
