@@ -350,7 +350,8 @@ pub fn pod_spec(kind: Kind, object: &Value) -> Result<PodSpec, ReviewError> {
 pub enum Action {
     /// Leave it as it is, and why.
     Leave(&'static str),
-    /// Ask the registry for this reference's digest (by tag), then pin.
+    /// Ask the registry for this reference's digest (by tag: never with a
+    /// digest attached), then pin.
     Resolve(Reference),
     /// Write this pinned value back without asking (UPDATE kept the old digest).
     Restore(String),
@@ -377,10 +378,12 @@ pub fn action(slot: &Slot, old: Option<&PodSpec>) -> Action {
                 .as_ref()
                 .map(|r| (r.name(), r.tag().map(str::to_string)))
                 != Some((image.name(), image.tag().map(str::to_string)));
-            if same_digest && tag_changed && image.tag().is_some() {
-                Action::Resolve(image)
-            } else {
-                Action::Leave("already pinned to a digest")
+            match Reference::parse(strip_digest(&slot.image)) {
+                // The tag alone: its old digest must not answer for it.
+                Ok(by_tag) if same_digest && tag_changed && image.tag().is_some() => {
+                    Action::Resolve(by_tag)
+                }
+                _ => Action::Leave("already pinned to a digest"),
             }
         }
         (Some(_), None) => Action::Leave("already pinned to a digest"),
@@ -623,7 +626,13 @@ mod tests {
             Action::Resolve(_)
         ));
         match action(&slot(&format!("r.example/a:2@{D1}")), Some(&old)) {
-            Action::Resolve(r) => assert_eq!(r.tag(), Some("2")),
+            Action::Resolve(r) => {
+                assert_eq!(r.tag(), Some("2"));
+                assert!(
+                    r.digest().is_none(),
+                    "the tag is resolved, not the old digest"
+                );
+            }
             other => panic!("{other:?}"),
         }
     }

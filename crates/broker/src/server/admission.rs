@@ -292,16 +292,8 @@ async fn decide_and_resolve(
         policy,
         grant: grant.clone(),
     };
-    // The image without its (old) digest: a re-pin resolves the tag.
-    let by_tag = match pullbroker_core::Reference::parse(admission::strip_digest(&slot.image)) {
-        Ok(r) => r,
-        Err(_) => image.clone(),
-    };
-    match tokio::time::timeout_at(
-        deadline,
-        resolve_central(st, snapshot, &name, &by_tag, &who),
-    )
-    .await
+    match tokio::time::timeout_at(deadline, resolve_central(st, snapshot, &name, &image, &who))
+        .await
     {
         Ok(Ok(r)) => Outcome::Pin(admission::pinned(&slot.image, &r.digest)),
         Ok(Err(f)) => failed(f),
