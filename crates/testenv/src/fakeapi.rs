@@ -4,8 +4,10 @@
 //!
 //! What it does: get, list (label selectors `=`, `==`, `!=`, `in`, `notin`,
 //! `key`, `!key`; field selectors `metadata.name`, `metadata.namespace`), watch
-//! (from a resourceVersion, ADDED/MODIFIED/DELETED lines, 410 Gone `Status`
-//! for versions older than its history), create (409 AlreadyExists,
+//! (from a resourceVersion, ADDED/MODIFIED/DELETED lines — an object that a
+//! change moves out of a watch's selector is DELETED for it, into it ADDED,
+//! as the watch cache does — 410 Gone `Status` for versions older than its
+//! history), create (409 AlreadyExists,
 //! `generateName`), replace (409 Conflict on a stale `resourceVersion`), merge
 //! patch, JSON patch, server-side apply (field managers in `managedFields`,
 //! 409 conflicts on fields another manager owns unless `force`, atomic lists,
@@ -76,6 +78,9 @@ struct Event {
     namespace: String,
     kind: &'static str,
     object: Value,
+    /// The object before this event, to tell a watch with a selector that
+    /// an object left (DELETED) or entered (ADDED) its selection.
+    previous: Option<Value>,
 }
 
 struct Store {
@@ -459,17 +464,18 @@ impl Inner {
             .unwrap_or_default()
             .to_string();
         let k = (key(r), r.namespace.clone(), name);
-        if kind_of_event == "DELETED" {
-            s.objects.remove(&k);
+        let previous = if kind_of_event == "DELETED" {
+            s.objects.remove(&k)
         } else {
-            s.objects.insert(k, obj.clone());
-        }
+            s.objects.insert(k, obj.clone())
+        };
         let ev = Event {
             rv: s.rv,
             resource: key(r),
             namespace: r.namespace.clone(),
             kind: kind_of_event,
             object: obj.clone(),
+            previous,
         };
         s.history.push_back(ev.clone());
         while s.history.len() > HISTORY {
@@ -700,8 +706,21 @@ fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>, meta_only: bool
         )
     };
     let (res, ns, q) = (key(r), r.namespace.clone(), q.clone());
-    let matches = move |e: &Event| {
-        e.resource == res && (ns.is_empty() || e.namespace == ns) && selected(&q, &e.object)
+    // As the watch cache does: a modification that moves an object out of
+    // the selection is DELETED for this watch, one that moves it in ADDED.
+    let matches = move |e: &Event| -> Option<&'static str> {
+        if e.resource != res || !(ns.is_empty() || e.namespace == ns) {
+            return None;
+        }
+        let now = selected(&q, &e.object);
+        let before = e.previous.as_ref().is_some_and(|p| selected(&q, p));
+        match (e.kind, before, now) {
+            ("MODIFIED", true, false) => Some("DELETED"),
+            ("MODIFIED", false, true) => Some("ADDED"),
+            ("DELETED", true, _) => Some("DELETED"),
+            (kind, _, true) if kind != "DELETED" => Some(kind),
+            _ => None,
+        }
     };
     let gone = from != 0 && from + 1 < oldest;
     let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(256);
@@ -715,10 +734,13 @@ fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>, meta_only: bool
             return;
         }
         let mut last = from;
-        for e in backlog.into_iter().filter(|e| matches(e)) {
+        for (e, kind) in backlog
+            .into_iter()
+            .filter_map(|e| matches(&e).map(|k| (e, k)))
+        {
             last = e.rv;
             if tx
-                .send(line(json!({"type": e.kind, "object": shown(&e.object)})))
+                .send(line(json!({"type": kind, "object": shown(&e.object)})))
                 .await
                 .is_err()
             {
@@ -731,10 +753,10 @@ fn watch(inner: &Inner, r: &Route, q: &BTreeMap<String, String>, meta_only: bool
             tokio::select! {
                 _ = &mut deadline => return,
                 ev = rx.recv() => match ev {
-                    Ok(e) if e.rv > last && matches(&e) => {
+                    Ok(e) if e.rv > last => if let Some(kind) = matches(&e) {
                         last = e.rv;
-                        if tx.send(line(json!({"type": e.kind, "object": shown(&e.object)}))).await.is_err() { return; }
-                    }
+                        if tx.send(line(json!({"type": kind, "object": shown(&e.object)}))).await.is_err() { return; }
+                    },
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
                 },

@@ -287,6 +287,31 @@ async fn watch_streams_changes_and_expires_old_versions() {
         .unwrap();
     assert!(matches!(ev, watcher::Event::Delete(_)), "{ev:?}");
 
+    // Relabelling moves an object out of the selection (DELETED for this
+    // watch) and back in (ADDED), as the real watch cache reports it.
+    let relabel = |v: Option<&str>| {
+        let secrets = secrets.clone();
+        let patch = json!({"metadata": {"labels": {"app": v}}});
+        async move {
+            secrets
+                .patch("unrelated", &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .unwrap()
+        }
+    };
+    let next = |ev: Option<Result<_, _>>| ev.unwrap().unwrap();
+    let within = Duration::from_secs(10);
+    relabel(Some("pullbroker")).await;
+    let ev = next(tokio::time::timeout(within, events.next()).await.unwrap());
+    assert!(
+        matches!(ev, watcher::Event::Apply(s) if s.metadata.name.as_deref() == Some("unrelated"))
+    );
+    relabel(None).await;
+    let ev = next(tokio::time::timeout(within, events.next()).await.unwrap());
+    assert!(
+        matches!(ev, watcher::Event::Delete(s) if s.metadata.name.as_deref() == Some("unrelated"))
+    );
+
     // After compaction a watch from an old resourceVersion gets 410 Expired.
     let old_rv = "101";
     secrets
