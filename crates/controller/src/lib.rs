@@ -20,6 +20,8 @@
 //!   times and Events on grants and credentials;
 //! - [`stuck`]: pods that were admitted before their service account had our
 //!   secret (the admission race) get an Event, and optionally are recreated;
+//! - [`seal`]: what the controller wrote is sealed, and a managed secret
+//!   someone else changed is found and replaced whole;
 //! - [`lease`]: leader election; only the leader watches and writes.
 
 pub mod index;
@@ -27,6 +29,7 @@ pub mod issue;
 pub mod lease;
 pub mod policy_source;
 pub mod reconcile;
+pub mod seal;
 pub mod status;
 pub mod stuck;
 
@@ -60,6 +63,8 @@ pub enum Error {
     Issue(String, String, String),
     #[error("service account {0}/{1} kept changing under us; will retry")]
     Contended(String, String),
+    #[error("the seal key: {0}")]
+    SealKey(String),
 }
 
 /// How the controller runs.
@@ -131,6 +136,8 @@ pub struct Metrics {
     pub issued: AtomicU64,
     pub rotated: AtomicU64,
     pub failures: AtomicU64,
+    /// Managed secrets found changed by someone else (and reissued).
+    pub repaired: AtomicU64,
 }
 
 impl Metrics {
@@ -161,6 +168,10 @@ pub struct Context {
     /// secret data (nor its own, once written).
     managed: Arc<Index<PartialObjectMeta<Secret>>>,
     marks: Mutex<reconcile::Marks>,
+    /// Seals what we write; see [`seal`].
+    seal: pullbroker_core::sync::SealKey,
+    /// The resourceVersion of each managed secret as we wrote or verified it.
+    intact: Mutex<HashMap<(String, String), String>>,
     failures: Mutex<HashMap<String, u32>>,
     status_dirty: Notify,
     recorder: Recorder,
@@ -354,6 +365,20 @@ pub async fn run_leader(
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Nothing is written before the seal key is at hand; the API may be
+    // down, so keep trying (capped backoff) until it answers or we stop.
+    let mut delay = Duration::from_millis(200);
+    let seal = loop {
+        match seal::load_or_create(&client, &settings.system_namespace).await {
+            Ok(k) => break k,
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "cannot read the seal key"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    };
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
@@ -382,6 +407,8 @@ pub async fn run_leader(
         service_accounts: service_accounts.clone(),
         managed: managed.clone(),
         marks: Mutex::default(),
+        seal,
+        intact: Mutex::default(),
         failures: Mutex::default(),
         status_dirty: Notify::new(),
         recorder,

@@ -11,17 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
 use pullbroker_core::policy::Policy;
 use pullbroker_core::sync::{
-    self, Action, Observed, ObservedNamespace, ObservedSecret, ObservedServiceAccount, GRANT_LABEL,
-    MANAGED_BY,
+    self, Action, Observed, ObservedNamespace, ObservedSecret, ObservedServiceAccount,
+    SealedContent, GRANT_LABEL, MANAGED_BY, SEAL,
 };
 use serde_json::json;
 
@@ -69,9 +67,10 @@ fn parse_time(s: Option<&String>) -> i64 {
         .unwrap_or(0)
 }
 
-/// A managed secret as the plan sees it. Missing or unreadable times read as
-/// 0, which makes the plan reissue it: a damaged secret heals.
-pub fn observe_secret(meta: &ObjectMeta) -> ObservedSecret {
+/// A managed secret as the plan sees it. Its times are trusted only because
+/// its seal was checked ([`crate::seal`]): `damaged` says it was not intact.
+/// Missing or unreadable times read as 0, which makes the plan reissue it.
+pub fn observe_secret(meta: &ObjectMeta, damaged: bool) -> ObservedSecret {
     let ann = meta.annotations.clone().unwrap_or_default();
     ObservedSecret {
         namespace: meta.namespace.clone().unwrap_or_default(),
@@ -86,6 +85,7 @@ pub fn observe_secret(meta: &ObjectMeta) -> ObservedSecret {
         expires_at: parse_time(ann.get(EXPIRES_AT)),
         source_version: ann.get(SOURCE_VERSION).cloned().unwrap_or_default(),
         static_copy: ann.get(STATIC_COPY).is_some_and(|v| v == "true"),
+        damaged,
     }
 }
 
@@ -106,6 +106,7 @@ impl Context {
         &self,
         ns: &Namespace,
         policy: &Policy,
+        damaged: &BTreeSet<String>,
     ) -> (Observed, BTreeMap<String, Option<String>>) {
         let name = ns.name_any();
         let terminating = ns.metadata.deletion_timestamp.is_some()
@@ -116,6 +117,8 @@ impl Context {
                 .is_some_and(|p| p == "Terminating");
         let mut marks = self.marks.lock().expect("poisoned");
         marks.retain(|_, m| m.at.elapsed() < WRITE_MEMORY);
+        // A secret read just now and found damaged is newer than our write.
+        marks.retain(|(kind, ns, n), _| !(*kind == "secret" && *ns == name && damaged.contains(n)));
         let mut fresh = |kind: &'static str, obj_name: &str, rv: Option<&String>| {
             let key = (kind, name.clone(), obj_name.to_string());
             match marks.get(&key) {
@@ -150,6 +153,11 @@ impl Context {
         let mut seen = BTreeSet::new();
         for s in self.managed.in_namespace(&name) {
             seen.insert(s.name_any());
+            // Read just now and not intact: newer than any write of ours.
+            if damaged.contains(&s.name_any()) {
+                managed_secrets.push(observe_secret(&s.metadata, true));
+                continue;
+            }
             match fresh(
                 "secret",
                 &s.name_any(),
@@ -163,7 +171,7 @@ impl Context {
                     what: Written::Secret(o),
                     ..
                 }) => managed_secrets.push(o),
-                _ => managed_secrets.push(observe_secret(&s.metadata)),
+                _ => managed_secrets.push(observe_secret(&s.metadata, false)),
             }
         }
         // Secrets we wrote that the cache has not seen at all yet.
@@ -203,7 +211,8 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
     ctx.wait_ready().await;
     let name = ns.name_any();
     let policy = ctx.policy(std::slice::from_ref(&*ns));
-    let (observed, rvs) = ctx.observe(&ns, &policy);
+    let damaged = ctx.damaged(&name).await?;
+    let (observed, rvs) = ctx.observe(&ns, &policy, &damaged);
     let now = now();
     let plan = sync::plan(&policy, &observed, now, ctx.settings.rotate_after);
     tracing::debug!(namespace = %name, service_accounts = observed.service_accounts.len(), managed = observed.managed_secrets.len(), actions = ?plan.actions, "plan");
@@ -231,18 +240,22 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
                 credential,
                 static_copy,
                 rotation,
+                repair,
             } => {
                 let issued = issue_secret(
                     &ctx,
                     &policy,
                     now,
-                    namespace,
-                    name,
-                    grant,
-                    credential,
-                    *static_copy,
-                    *rotation,
-                    observed.source_versions.get(credential),
+                    Issue {
+                        namespace,
+                        name,
+                        grant,
+                        credential,
+                        static_copy: *static_copy,
+                        rotation: *rotation,
+                        repair: *repair,
+                        source_version: observed.source_versions.get(credential),
+                    },
                 )
                 .await;
                 match issued {
@@ -321,20 +334,33 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
     })
 }
 
+/// One managed secret to write, as the plan asked for it.
+struct Issue<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    grant: &'a str,
+    credential: &'a str,
+    static_copy: bool,
+    rotation: bool,
+    /// Replace the object whole (someone else wrote to it).
+    repair: bool,
+    source_version: Option<&'a String>,
+}
+
 /// Mints and writes one managed secret; returns it as the plan sees it.
-#[allow(clippy::too_many_arguments)]
 async fn issue_secret(
     ctx: &Context,
     policy: &Policy,
     now: i64,
-    namespace: &str,
-    name: &str,
-    grant: &str,
-    credential: &str,
-    static_copy: bool,
-    rotation: bool,
-    source_version: Option<&String>,
+    w: Issue<'_>,
 ) -> Result<ObservedSecret, Error> {
+    let Issue {
+        namespace,
+        name,
+        grant,
+        credential,
+        ..
+    } = w;
     let central = ctx.central_secrets(policy);
     let fail = |e: String| Error::Issue(grant.to_string(), namespace.to_string(), e);
     // An exec source's credential is refreshed (once, for every
@@ -376,37 +402,86 @@ async fn issue_secret(
         (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),
         (CREDENTIAL.to_string(), credential.to_string()),
     ]);
-    if let Some(v) = source_version {
+    if let Some(v) = w.source_version {
         annotations.insert(SOURCE_VERSION.into(), v.clone());
     }
-    if static_copy {
+    if w.static_copy {
         annotations.insert(STATIC_COPY.into(), "true".into());
         tracing::warn!(grant = %grant, namespace = %namespace, "copying a static upstream password (allowStaticCopy)");
     }
+    let labels = BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (GRANT_LABEL.to_string(), grant.to_string()),
+    ]);
+    let data = BTreeMap::from([(".dockerconfigjson".to_string(), issued.dockerconfigjson)]);
+    let type_ = "kubernetes.io/dockerconfigjson";
+    let sealed = sync::seal(
+        &ctx.seal,
+        &SealedContent {
+            namespace,
+            name,
+            type_,
+            labels: &labels,
+            annotations: &annotations,
+            data: &data,
+        },
+    );
+    annotations.insert(SEAL.to_string(), sealed);
     // No ownerReference to the grant, on purpose: garbage
     // collection would delete the secret before we removed the
     // service-account entries naming it, and without the secret
     // those entries can no longer be told from users' own.
-    let meta = json!({
-        "name": name, "namespace": namespace,
-        "labels": {MANAGED_BY.0: MANAGED_BY.1, GRANT_LABEL: grant},
-        "annotations": annotations,
-    });
-    let body = json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": meta,
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": STANDARD.encode(&issued.dockerconfigjson)},
-    });
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        type_: Some(type_.to_string()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let written = api
-        .patch(
-            name,
-            &PatchParams::apply(&ctx.settings.field_manager).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(|e| Error::Kube("apply secret", e))?;
-    let o = observe_secret(&written.metadata);
+    let replace = |secret: Secret| {
+        let api = api.clone();
+        let pp = PostParams {
+            field_manager: Some(ctx.settings.field_manager.clone()),
+            ..Default::default()
+        };
+        async move {
+            api.replace(name, &pp, &secret)
+                .await
+                .map_err(|e| Error::Kube("replace secret", e))
+        }
+    };
+    let written = if w.repair {
+        replace(secret).await?
+    } else {
+        let applied = api
+            .patch(
+                name,
+                &PatchParams::apply(&ctx.settings.field_manager).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(|e| Error::Kube("apply secret", e))?;
+        // Apply keeps fields other managers own (a key a tenant added to a
+        // secret it had also unlabelled): what we wrote must be all there is.
+        if crate::seal::intact(&ctx.seal, &applied) {
+            applied
+        } else {
+            tracing::warn!(namespace, secret = %name, "managed secret kept someone else's fields; replacing it");
+            replace(secret).await?
+        }
+    };
+    let o = observe_secret(&written.metadata, false);
+    ctx.trust(namespace, name, written.metadata.resource_version.clone());
     ctx.mark(
         "secret",
         namespace,
@@ -414,8 +489,8 @@ async fn issue_secret(
         written.metadata.resource_version.clone(),
         Written::Secret(o.clone()),
     );
-    ctx.metrics.issued(rotation);
-    tracing::info!(grant = %grant, namespace = %namespace, secret = %name, rotation, expires_at = %rfc3339(issued.expires_at), "issued pull secret");
+    ctx.metrics.issued(w.rotation);
+    tracing::info!(grant = %grant, namespace = %namespace, secret = %name, rotation = w.rotation, repair = w.repair, expires_at = %rfc3339(issued.expires_at), "issued pull secret");
     Ok(o)
 }
 

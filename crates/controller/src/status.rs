@@ -170,7 +170,11 @@ async fn write_all(ctx: &Context) {
         let Some(cred) = s.annotations().get(CREDENTIAL).cloned() else {
             continue;
         };
-        let o = observe_secret(&s.metadata);
+        // Only times we wrote or verified: a tenant's edit must not show.
+        if !ctx.trusted(&s.metadata) {
+            continue;
+        }
+        let o = observe_secret(&s.metadata, false);
         // A static copy has no next rotation: it follows its source.
         let due = o.due(rotate_after).unwrap_or(i64::MAX);
         let t = times.entry(cred).or_insert((i64::MIN, i64::MAX));
