@@ -138,6 +138,10 @@ pub struct Metrics {
     pub failures: AtomicU64,
     /// Managed secrets found changed by someone else (and reissued).
     pub repaired: AtomicU64,
+    /// Whether this replica leads now.
+    pub leading: std::sync::atomic::AtomicBool,
+    /// Terms led since start (more than one: the lease was lost and retaken).
+    pub terms: AtomicU64,
 }
 
 impl Metrics {
@@ -505,8 +509,10 @@ pub async fn run_leader(
 }
 
 /// Runs with leader election until `shutdown` resolves: waits for the lease,
-/// leads while it renews it, and steps down (returning an error) if it loses
-/// it, so the process restarts clean rather than writing as a non-leader.
+/// leads while it renews it, and when it cannot renew (the API server is
+/// down or slow) stops writing at once and stands by again, to lead anew
+/// with fresh watches when the lease can be taken. Returns only on
+/// `shutdown` (or bad settings).
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -524,22 +530,50 @@ pub async fn run(
     let retry = settings.lease_duration / 3;
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     loop {
-        let attempt = lock.try_acquire_or_renew().await;
-        metrics.lease_attempts.fetch_add(1, Ordering::Relaxed);
-        match attempt {
-            Ok(true) => break,
-            Ok(false) => tracing::debug!(
-                identity = lock.identity(),
-                "standing by: another replica leads"
-            ),
-            Err(e) => tracing::warn!(error = %e, "cannot read the leader lease"),
+        loop {
+            let attempt = lock.try_acquire_or_renew().await;
+            metrics.lease_attempts.fetch_add(1, Ordering::Relaxed);
+            match attempt {
+                Ok(true) => break,
+                Ok(false) => tracing::debug!(
+                    identity = lock.identity(),
+                    "standing by: another replica leads"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot read the leader lease"),
+            }
+            tokio::select! {
+                _ = shutdown.clone() => return Ok(()),
+                _ = tokio::time::sleep(retry) => {}
+            }
         }
-        tokio::select! {
-            _ = shutdown.clone() => return Ok(()),
-            _ = tokio::time::sleep(retry) => {}
+        tracing::info!(identity = lock.identity(), "leading");
+        metrics.leading.store(true, Ordering::SeqCst);
+        metrics.terms.fetch_add(1, Ordering::Relaxed);
+        let lost = lead(&client, &settings, &metrics, &lock, retry, shutdown.clone()).await;
+        metrics.leading.store(false, Ordering::SeqCst);
+        if !lost {
+            if let Err(e) = lock.release().await {
+                tracing::warn!(error = %e, "cannot release the leader lease");
+            }
+            return Ok(());
         }
+        tracing::warn!(
+            identity = lock.identity(),
+            "lost the leader lease: stopped writing; standing by to lead again"
+        );
     }
-    tracing::info!(identity = lock.identity(), "leading");
+}
+
+/// One term as leader: the leader's work runs while a renewer keeps the
+/// lease. Returns whether the lease was lost (rather than `shutdown`).
+async fn lead(
+    client: &Client,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    lock: &Arc<lease::LeaseLock>,
+    retry: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> bool {
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let renewer = {
         let lock = lock.clone();
@@ -566,7 +600,7 @@ pub async fn run(
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let _forward = {
-        let (shutdown, lost) = (shutdown.clone(), lost.clone());
+        let lost = lost.clone();
         Owned(tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown => {}
@@ -575,15 +609,9 @@ pub async fn run(
             let _ = stop_tx.send(true);
         }))
     };
-    run_leader(client, settings, metrics, stop).await;
+    run_leader(client.clone(), settings.clone(), metrics.clone(), stop).await;
     drop(renewer);
-    if lost.load(Ordering::SeqCst) {
-        anyhow::bail!("lost the leader lease; stopping so a restart starts clean");
-    }
-    if let Err(e) = lock.release().await {
-        tracing::warn!(error = %e, "cannot release the leader lease");
-    }
-    Ok(())
+    lost.load(Ordering::SeqCst)
 }
 
 #[cfg(test)]

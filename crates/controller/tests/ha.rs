@@ -136,3 +136,56 @@ async fn a_crash_mid_reconcile_loses_and_duplicates_nothing() {
     );
     second.stop().await;
 }
+
+/// The API server goes away for longer than the lease: the leader stops
+/// writing, stays up as a candidate, leads again when the API returns, and
+/// serves a namespace created after the outage — the same process.
+#[tokio::test]
+async fn an_api_outage_longer_than_the_lease_is_survived_by_the_same_process() {
+    let c = Cluster::start(REGISTRY, None).await;
+    grant_all(&c).await;
+    c.tenant("team-before", &[("app", &[])]).await;
+    let replica = Replica::start(c.client.clone(), settings("r1"));
+    eventually("served before the outage", WAIT, || async {
+        c.pull_secrets("team-before", "app")
+            .await
+            .iter()
+            .any(|s| s == GRANT)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(replica.metrics.terms.load(Ordering::Relaxed), 1);
+
+    c.fake.set_down(true);
+    eventually("stepped down", WAIT, || async {
+        (!replica.metrics.leading.load(Ordering::SeqCst)).then_some(())
+    })
+    .await;
+    // The outage itself lasts longer than the lease (3 s): the scenario,
+    // not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!replica.task.is_finished(), "still running as a candidate");
+    c.fake.set_down(false);
+
+    c.tenant("team-after", &[("app", &[])]).await;
+    eventually(
+        "a namespace created after the outage is served",
+        WAIT,
+        || async {
+            c.pull_secrets("team-after", "app")
+                .await
+                .iter()
+                .any(|s| s == GRANT)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(replica.metrics.leading.load(Ordering::SeqCst));
+    assert_eq!(
+        replica.metrics.terms.load(Ordering::Relaxed),
+        2,
+        "led again"
+    );
+    assert_eq!(holder(&c).await.as_deref(), Some("r1"));
+    replica.stop().await;
+}

@@ -104,7 +104,49 @@ struct Inner {
 pub struct FakeApi {
     pub url: String,
     inner: Arc<Inner>,
+    /// `true` while the server is "down" (see [`FakeApi::set_down`]).
+    down: tokio::sync::watch::Sender<bool>,
     _thread: std::thread::JoinHandle<()>,
+}
+
+/// The listener the fake serves on: while down, every connection is cut
+/// (open ones, watches included, and each new one as it is accepted), as
+/// when a real API server restarts. Each connection is relayed through an
+/// in-memory pipe so it can be cut from outside.
+struct Switched {
+    listener: tokio::net::TcpListener,
+    down: tokio::sync::watch::Receiver<bool>,
+}
+
+impl axum::serve::Listener for Switched {
+    type Io = tokio::io::DuplexStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((mut socket, addr)) = self.listener.accept().await else {
+                continue;
+            };
+            if *self.down.borrow() {
+                drop(socket);
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let (ours, mut theirs) = tokio::io::duplex(256 * 1024);
+            let mut down = self.down.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut socket, &mut theirs) => {}
+                    _ = down.wait_for(|d| *d) => {}
+                }
+            });
+            return (ours, addr);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
 }
 
 fn status(code: u16, reason: &str, message: String, details: Value) -> Response {
@@ -235,6 +277,7 @@ impl FakeApi {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(inner.clone());
+        let (down, down_rx) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("fake-apiserver".into())
             .spawn(move || {
@@ -245,13 +288,18 @@ impl FakeApi {
                     .expect("runtime");
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                    axum::serve(listener, app).await.expect("serve");
+                    let switched = Switched {
+                        listener,
+                        down: down_rx,
+                    };
+                    axum::serve(switched, app).await.expect("serve");
                 });
             })
             .expect("thread");
         FakeApi {
             url,
             inner,
+            down,
             _thread: thread,
         }
     }
@@ -267,6 +315,13 @@ impl FakeApi {
     /// Writes (create/replace/patch/delete) handled so far, by verb and resource.
     pub fn writes(&self) -> BTreeMap<String, usize> {
         self.inner.store.lock().expect("poisoned").requests.clone()
+    }
+
+    /// Takes the server down (every connection cut, new ones closed at
+    /// once: clients see the transport fail, as during an API-server
+    /// restart) or brings it back with its state intact.
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
     }
 
     /// Drops watch history older than the newest event, as etcd compaction

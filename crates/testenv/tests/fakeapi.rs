@@ -706,3 +706,41 @@ async fn raw_get(base: &str, path: &str, accept: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test]
+async fn down_cuts_every_connection_and_up_restores_the_same_state() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let c = client(&fake).await;
+    let ns: Api<Namespace> = Api::all(c.clone());
+    ns.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "kept"}})),
+    )
+    .await
+    .unwrap();
+    let mut events = watcher(ns.clone(), watcher::Config::default()).boxed();
+    loop {
+        if let Some(watcher::Event::InitDone) =
+            tokio::time::timeout(Duration::from_secs(10), events.try_next())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            break;
+        }
+    }
+    fake.set_down(true);
+    // The open watch is cut: the watcher reports the failure.
+    let cut = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cut.is_err(), "{cut:?}");
+    let e = ns.get("kept").await.unwrap_err();
+    assert!(!matches!(e, kube::Error::Api(_)), "a transport error: {e}");
+    fake.set_down(false);
+    assert_eq!(
+        ns.get("kept").await.unwrap().metadata.name.as_deref(),
+        Some("kept")
+    );
+}
