@@ -124,6 +124,10 @@ pub struct IssuerSpec {
     /// Clock leeway for exp/nbf/iat (default 30s, at most 60s).
     #[serde(default)]
     pub leeway: Option<String>,
+    /// How often remote keys are fetched again once loaded (default 5m): a
+    /// key the issuer removed stops verifying, cached verifications included.
+    #[serde(default)]
+    pub keys_refresh_interval: Option<String>,
     /// Bearer token file for fetching discovery/JWKS.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
@@ -475,6 +479,15 @@ fn issuer_settings(
     if leeway > crate::satoken::MAX_LEEWAY {
         return Err("serviceAccountIssuer.leeway must be at most 60s".into());
     }
+    let keys_refresh_interval = s
+        .keys_refresh_interval
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or(crate::satoken::KEYS_REFRESH_EVERY);
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&keys_refresh_interval) {
+        return Err("serviceAccountIssuer.keysRefreshInterval must be between 1s and 24h".into());
+    }
     let read =
         |p: &PathBuf| std::fs::read(resolve(base, p)).map_err(|e| format!("{}: {e}", p.display()));
     Ok(IssuerSettings {
@@ -494,6 +507,7 @@ fn issuer_settings(
             .transpose()?,
         ca_pem: s.ca_file.as_ref().map(read).transpose()?,
         min_refresh_interval: Duration::from_secs(10),
+        keys_refresh_interval,
     })
 }
 

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub token_verifications: Family<TokenLabels, Counter>,
     pub config_generation: Gauge,
     pub config_reload_errors: Counter,
+    /// Seconds the cluster policy has been served without a working watch (0: current).
+    pub policy_stale_seconds: Gauge,
+    /// Issuer keys loaded (0: no token can verify).
+    pub issuer_keys: Gauge,
+    /// Seconds since the issuer's keys were last fetched (-1: never; static keys: 0).
+    pub issuer_keys_age_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,6 +48,9 @@ impl Default for Metrics {
             token_verifications: Family::default(),
             config_generation: Gauge::default(),
             config_reload_errors: Counter::default(),
+            policy_stale_seconds: Gauge::default(),
+            issuer_keys: Gauge::default(),
+            issuer_keys_age_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -68,6 +77,21 @@ impl Default for Metrics {
             "config_reload_errors",
             "Configuration reloads rejected",
             m.config_reload_errors.clone(),
+        );
+        registry.register(
+            "policy_stale_seconds",
+            "Seconds the cluster policy has been served from cache while its watches fail (0: current)",
+            m.policy_stale_seconds.clone(),
+        );
+        registry.register(
+            "issuer_keys",
+            "Service-account issuer keys loaded",
+            m.issuer_keys.clone(),
+        );
+        registry.register(
+            "issuer_keys_age_seconds",
+            "Seconds since the issuer keys were last fetched (-1: never)",
+            m.issuer_keys_age_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

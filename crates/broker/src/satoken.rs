@@ -60,6 +60,8 @@ pub struct IssuerSettings {
     pub ca_pem: Option<Vec<u8>>,
     /// Shortest interval between JWKS refreshes triggered by unknown `kid`s.
     pub min_refresh_interval: Duration,
+    /// How often loaded remote keys are fetched again ([`Verifier::spawn_refresher`]).
+    pub keys_refresh_interval: Duration,
 }
 
 /// A verified service-account identity.
@@ -139,15 +141,34 @@ struct KeySet {
     by_kid: HashMap<String, (Option<Algorithm>, Arc<DecodingKey>)>,
 }
 
+/// How remote issuer keys are kept: fetched again this often once loaded (a
+/// key the issuer removed stops verifying then), and retried with capped
+/// exponential backoff while they cannot be fetched.
+pub const KEYS_REFRESH_EVERY: Duration = Duration::from_secs(300);
+const KEYS_RETRY_FIRST: Duration = Duration::from_millis(250);
+const KEYS_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Verifies tokens; cheap to share. Verified tokens are remembered (by hash)
-/// until they expire, so a token presented again skips the signature check.
+/// until they expire, so a token presented again skips the signature check —
+/// as long as the key that signed it is still in the issuer's key set.
 pub struct Verifier {
     settings: IssuerSettings,
     keys: ArcSwap<KeySet>,
     http: Option<reqwest::Client>,
     refresh: tokio::sync::Mutex<Option<Instant>>,
-    verified: Mutex<HashMap<[u8; 32], VerifiedToken>>,
+    /// Token hash → (identity, the `kid` that verified it).
+    verified: Mutex<HashMap<[u8; 32], (VerifiedToken, String)>>,
     reviewer: Option<Arc<dyn TokenReviewer>>,
+    /// When the keys were last fetched, and why the last fetch failed.
+    fetched: Mutex<KeysHealth>,
+}
+
+/// What `/healthz` and `/readyz` say about the issuer's keys.
+#[derive(Debug, Clone, Default)]
+pub struct KeysHealth {
+    pub loaded_at: Option<Instant>,
+    /// The last fetch's failure, without URLs; cleared by a success.
+    pub last_error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -210,7 +231,11 @@ fn parse_jwks(text: &str) -> Result<KeySet, String> {
 }
 
 impl Verifier {
-    /// Builds a verifier; remote key sources are fetched once now.
+    /// Builds a verifier; remote key sources are fetched once now. A fetch
+    /// that fails is not an error: the verifier starts without keys (every
+    /// token answers `keys_unavailable`, `/readyz` says why) and
+    /// [`Verifier::spawn_refresher`] keeps trying. Only settings that can
+    /// never work are refused.
     pub async fn new(
         settings: IssuerSettings,
         reviewer: Option<Arc<dyn TokenReviewer>>,
@@ -238,11 +263,51 @@ impl Verifier {
             refresh: tokio::sync::Mutex::new(None),
             verified: Mutex::default(),
             reviewer,
+            fetched: Mutex::default(),
         };
         if v.http.is_some() {
-            v.refresh_keys(false).await.map_err(|e| e.to_string())?;
+            if let Err(e) = v.refresh_keys(false).await {
+                tracing::warn!(error = %e, "service-account issuer keys unavailable; retrying");
+            }
         }
         Ok(v)
+    }
+
+    /// Keeps remote keys current until the verifier is dropped: retries a
+    /// failing fetch with capped exponential backoff, then refreshes every
+    /// `keys_refresh_interval`. A failed refresh keeps the keys it has (serve what is
+    /// cached) and says so in [`Verifier::keys_health`].
+    pub fn spawn_refresher(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.http.as_ref()?;
+        let every = self.settings.keys_refresh_interval;
+        let weak = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut retry = KEYS_RETRY_FIRST;
+            loop {
+                let wait = match weak.upgrade() {
+                    None => return,
+                    Some(v) if v.keys_health().last_error.is_none() && v.key_count() > 0 => {
+                        retry = KEYS_RETRY_FIRST;
+                        every
+                    }
+                    Some(_) => {
+                        let r = retry;
+                        retry = (retry * 2).min(KEYS_RETRY_MAX);
+                        r
+                    }
+                };
+                tokio::time::sleep(wait).await;
+                let Some(v) = weak.upgrade() else { return };
+                if let Err(e) = v.refresh_keys(false).await {
+                    tracing::warn!(error = %e, "cannot refresh the service-account issuer keys; keeping what is loaded");
+                }
+            }
+        }))
+    }
+
+    /// When the keys were last fetched and the last fetch's failure.
+    pub fn keys_health(&self) -> KeysHealth {
+        self.fetched.lock().expect("poisoned").clone()
     }
 
     pub fn settings(&self) -> &IssuerSettings {
@@ -258,17 +323,34 @@ impl Verifier {
     /// most once per `min_refresh_interval` (start-up fetches do not count, so
     /// a key rotated just after start is still picked up at once).
     async fn refresh_keys(&self, on_demand: bool) -> Result<(), TokenError> {
+        let result = self.fetch_keys(on_demand).await;
+        let mut health = self.fetched.lock().expect("poisoned");
+        match &result {
+            Ok(true) => {
+                health.loaded_at = Some(Instant::now());
+                health.last_error = None;
+            }
+            Ok(false) => {}
+            Err(e) => health.last_error = Some(e.to_string()),
+        }
+        result.map(|_| ())
+    }
+
+    /// Fetches the key set; `Ok(false)` when nothing was fetched.
+    async fn fetch_keys(&self, on_demand: bool) -> Result<bool, TokenError> {
         let Some(http) = &self.http else {
-            return Ok(());
+            return Ok(false);
         };
         let mut last = self.refresh.lock().await;
         if on_demand {
             if last.is_some_and(|t| t.elapsed() < self.settings.min_refresh_interval) {
-                return Ok(());
+                return Ok(false);
             }
             *last = Some(Instant::now());
         }
         let unavailable = |e: String| TokenError::KeysUnavailable(e);
+        // reqwest's errors name the URL; what is reported names the step.
+        let plain = |e: reqwest::Error| e.without_url().to_string();
         let get = |url: String| {
             let mut req = http.get(url);
             if let Some(t) = &self.settings.fetch_token {
@@ -284,10 +366,10 @@ impl Verifier {
                     .send()
                     .await
                     .and_then(|r| r.error_for_status())
-                    .map_err(|e| unavailable(format!("discovery: {e}")))?
+                    .map_err(|e| unavailable(format!("discovery: {}", plain(e))))?
                     .json()
                     .await
-                    .map_err(|e| unavailable(format!("discovery document: {e}")))?;
+                    .map_err(|e| unavailable(format!("discovery document: {}", plain(e))))?;
                 if doc["issuer"].as_str() != Some(self.settings.issuer.as_str()) {
                     return Err(unavailable(format!(
                         "discovery names issuer {}, expected {}",
@@ -299,23 +381,23 @@ impl Verifier {
                     .ok_or_else(|| unavailable("discovery document has no jwks_uri".into()))?
                     .to_string()
             }
-            JwksSource::Static(_) => return Ok(()),
+            JwksSource::Static(_) => return Ok(false),
         };
         let text = get(jwks_url)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| unavailable(format!("jwks: {e}")))?
+            .map_err(|e| unavailable(format!("jwks: {}", plain(e))))?
             .text()
             .await
-            .map_err(|e| unavailable(format!("jwks: {e}")))?;
+            .map_err(|e| unavailable(format!("jwks: {}", plain(e))))?;
         let set = parse_jwks(&text).map_err(unavailable)?;
         tracing::info!(
             keys = set.by_kid.len(),
             "service-account issuer keys loaded"
         );
         self.keys.store(Arc::new(set));
-        Ok(())
+        Ok(true)
     }
 
     fn key_for(&self, kid: &str) -> Option<(Option<Algorithm>, Arc<DecodingKey>)> {
@@ -329,18 +411,25 @@ impl Verifier {
         }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = self.verified.lock().expect("poisoned").get(&hash).cloned();
+        let leeway = self.settings.leeway.as_secs() as i64;
         let verified = match cached {
-            Some(v) if v.expires_at + self.settings.leeway.as_secs() as i64 >= now => v,
+            // Still valid, and its key is still the issuer's.
+            Some((v, kid))
+                if v.expires_at.saturating_add(leeway) >= now
+                    && self.keys.load().by_kid.contains_key(&kid) =>
+            {
+                v
+            }
             _ => {
-                let v = self.verify_uncached(token, now).await?;
+                let (v, kid) = self.verify_uncached(token, now).await?;
                 let mut cache = self.verified.lock().expect("poisoned");
                 if cache.len() >= 100_000 {
-                    cache.retain(|_, t| t.expires_at >= now);
+                    cache.retain(|_, (t, _)| t.expires_at >= now);
                     if cache.len() >= 100_000 {
                         cache.clear();
                     }
                 }
-                cache.insert(hash, v.clone());
+                cache.insert(hash, (v.clone(), kid));
                 v
             }
         };
@@ -361,7 +450,12 @@ impl Verifier {
         Ok(verified)
     }
 
-    async fn verify_uncached(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+    /// The identity and the `kid` of the key that verified it.
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(VerifiedToken, String), TokenError> {
         // The header is read by hand first so the allow-list applies before
         // anything else — jsonwebtoken would reject `none` with a generic error.
         let header_b64 = token.split('.').next().unwrap_or_default();
@@ -418,13 +512,16 @@ impl Verifier {
             jsonwebtoken::decode::<Claims>(token, &key.1, &validation).map_err(map_jwt_error)?;
         let claims = data.claims;
         let leeway = self.settings.leeway.as_secs() as i64;
-        if claims.iat.is_some_and(|iat| iat > now + leeway) {
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now.saturating_add(leeway))
+        {
             return Err(TokenError::NotYetValid);
         }
-        if claims.exp + leeway < now {
+        if claims.exp.saturating_add(leeway) < now {
             return Err(TokenError::Expired);
         }
-        subject_from(claims)
+        Ok((subject_from(claims)?, kid.to_string()))
     }
 }
 

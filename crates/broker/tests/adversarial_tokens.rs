@@ -24,6 +24,7 @@ fn settings(jwks: JwksSource) -> IssuerSettings {
         fetch_token: None,
         ca_pem: None,
         min_refresh_interval: Duration::from_secs(10),
+        keys_refresh_interval: Duration::from_secs(300),
     }
 }
 
@@ -520,11 +521,70 @@ async fn discovery_naming_another_issuer_is_refused() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let err = Verifier::new(settings(JwksSource::Discovery(base)), None)
+    // Not a start-up error (the issuer may be fixed later), but no keys,
+    // the reason kept for /readyz, and every token unavailable.
+    let v = Verifier::new(settings(JwksSource::Discovery(base)), None)
         .await
-        .err()
         .unwrap();
+    assert_eq!(v.key_count(), 0);
+    let err = v.keys_health().last_error.unwrap();
     assert!(err.contains("discovery names issuer"), "{err}");
+    let a = TestIssuer::rsa(KUBE_ISSUER);
+    let refused = v
+        .verify(&a.token("team-a", "app", AUD), now())
+        .await
+        .unwrap_err();
+    assert!(refused.is_unavailable(), "{refused:?}");
+}
+
+/// A key the issuer removes from its JWKS stops verifying at the next
+/// refresh, also for tokens verified (and cached) before.
+#[tokio::test]
+async fn a_key_removed_from_the_jwks_stops_verifying_cached_tokens_too() {
+    let old = TestIssuer::rsa(KUBE_ISSUER);
+    let new = TestIssuer::rsa(KUBE_ISSUER);
+    let served = Arc::new(std::sync::Mutex::new(TestIssuer::jwks_of(&[&old, &new])));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (body, f) = (served.clone(), fetches.clone());
+    let app = axum::Router::new().route(
+        "/openid/v1/jwks",
+        axum::routing::get(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+            let b = body.lock().unwrap().clone();
+            async move { b }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/openid/v1/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let v = Arc::new(
+        Verifier::new(
+            IssuerSettings {
+                keys_refresh_interval: Duration::from_secs(1),
+                ..settings(JwksSource::Url(url))
+            },
+            None,
+        )
+        .await
+        .unwrap(),
+    );
+    let _refresher = v.spawn_refresher().unwrap();
+    let token = old.token("team-a", "app", AUD);
+    v.verify(&token, now()).await.unwrap();
+    v.verify(&token, now()).await.unwrap(); // now from the cache
+
+    *served.lock().unwrap() = new.jwks();
+    let seen = fetches.load(Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fetches.load(Ordering::SeqCst) < seen + 1 || v.key_count() != 1 {
+        assert!(std::time::Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = v.verify(&token, now()).await.unwrap_err();
+    assert_eq!(err.class(), "unknown_key", "{err:?}");
+    v.verify(&new.token("team-a", "app", AUD), now())
+        .await
+        .unwrap();
 }
 
 /// TokenReview answers as a real kube-apiserver v1.36 does (HTTP 201, verdict

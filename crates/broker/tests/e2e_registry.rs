@@ -487,7 +487,7 @@ async fn config_reload_keeps_the_last_good_config_on_a_bad_edit() {
         panic!("healthz never reached the expected state");
     };
     assert_eq!(health().await["configGeneration"], 1);
-    std::fs::write(&s.config_path, "kind: [broken\n").unwrap();
+    write_atomically(&s.config_path, "kind: [broken\n");
     let h = wait_for(|h| !h["lastReloadError"].is_null()).await;
     assert!(
         h["lastReloadError"]

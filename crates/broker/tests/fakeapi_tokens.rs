@@ -54,6 +54,7 @@ async fn tokens_from_token_request_verify_by_discovery_and_review() {
         fetch_token: None,
         ca_pem: None,
         min_refresh_interval: Duration::from_secs(10),
+        keys_refresh_interval: Duration::from_secs(300),
     };
     let verifier = Verifier::new(settings, Some(reviewer)).await.unwrap();
     let verified = verifier
@@ -91,6 +92,7 @@ async fn discovery_by_base_url_or_full_document_url() {
             fetch_token: None,
             ca_pem: None,
             min_refresh_interval: Duration::from_secs(10),
+            keys_refresh_interval: Duration::from_secs(300),
         };
         let verifier = Verifier::new(settings, None)
             .await

@@ -7,6 +7,12 @@
 //! does not depend on the broker's HTTP service).
 //! Invalid documents are left out and logged; until every cache has listed
 //! once the broker keeps its empty policy, which denies everything.
+//!
+//! When the API server is unreachable the last policy keeps serving, and the
+//! sink is told it is not current ([`PolicySink::current`]). Watches retry
+//! with a short capped backoff ([`Prompt`]) so that once the API answers again
+//! they re-list within seconds, not at the end of a 30 s client-go-style
+//! backoff: a grant deleted as the API returns must stop allowing promptly.
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -59,8 +65,76 @@ impl Caches {
     }
 }
 
+/// Watch retry delays: 250 ms doubling to 2 s, reset by a working watch.
+/// The cap is low because staleness here is an authorization decision; four
+/// watches retrying every 2 s is light even for a struggling API server.
+pub struct Prompt {
+    next: std::time::Duration,
+}
+
+impl Prompt {
+    pub const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(2);
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Prompt { next: Self::FIRST }
+    }
+}
+
+impl Iterator for Prompt {
+    type Item = std::time::Duration;
+    fn next(&mut self) -> Option<Self::Item> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Prompt {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// What one watch stream reports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Listed,
+    Changed,
+    Failed,
+}
+
 /// Watches the cluster and keeps `sink`'s policy current, until dropped.
+///
+/// Any watch failing ends the round: the sink is told the policy is not
+/// current (it keeps serving the last one), and after a short backoff every
+/// watch starts again with a full list, so the policy is known current again
+/// exactly when all four lists have completed — a watch that merely resumes
+/// would give no such signal.
 pub async fn run(client: Client, sink: std::sync::Arc<dyn PolicySink>, system_namespace: String) {
+    let mut backoff = Prompt::default();
+    let mut problems = Vec::new();
+    loop {
+        if round(&client, sink.as_ref(), &system_namespace, &mut problems).await {
+            kube::runtime::utils::Backoff::reset(&mut backoff);
+        }
+        sink.current(false);
+        let delay = backoff.next().unwrap_or(Prompt::MAX);
+        tracing::debug!(retry_in = ?delay, "policy watches restart");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One round of watches, until one fails. Returns whether the round got as
+/// far as a complete list.
+async fn round(
+    client: &Client,
+    sink: &dyn PolicySink,
+    system_namespace: &str,
+    problems: &mut Vec<String>,
+) -> bool {
     let wc = watcher::Config::default;
     let (credentials, cw) = reflector::store();
     let (grants, gw) = reflector::store();
@@ -76,11 +150,14 @@ pub async fn run(client: Client, sink: std::sync::Arc<dyn PolicySink>, system_na
     fn tag<K: Send + 'static>(
         i: u8,
         s: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    ) -> stream::BoxStream<'static, (u8, bool)> {
+    ) -> stream::BoxStream<'static, (u8, Signal)> {
         s.filter_map(move |ev| {
             futures::future::ready(match ev {
-                Ok(watcher::Event::InitDone) => Some((i, true)),
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some((i, false)),
+                Ok(watcher::Event::InitDone) => Some((i, Signal::Listed)),
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                    Some((i, Signal::Changed))
+                }
+                Err(_) => Some((i, Signal::Failed)),
                 _ => None,
             })
         })
@@ -89,23 +166,18 @@ pub async fn run(client: Client, sink: std::sync::Arc<dyn PolicySink>, system_na
     let changes = stream::select_all([
         tag(
             0,
-            watcher(Api::<RegistryCredential>::all(client.clone()), wc())
-                .default_backoff()
-                .reflect(cw),
+            watcher(Api::<RegistryCredential>::all(client.clone()), wc()).reflect(cw),
         ),
         tag(
             1,
-            watcher(Api::<PullGrant>::all(client.clone()), wc())
-                .default_backoff()
-                .reflect(gw),
+            watcher(Api::<PullGrant>::all(client.clone()), wc()).reflect(gw),
         ),
         tag(
             2,
             watcher(
-                Api::<Secret>::namespaced(client.clone(), &system_namespace),
+                Api::<Secret>::namespaced(client.clone(), system_namespace),
                 wc(),
             )
-            .default_backoff()
             .reflect(sw),
         ),
         tag(
@@ -114,22 +186,35 @@ pub async fn run(client: Client, sink: std::sync::Arc<dyn PolicySink>, system_na
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 wc(),
             )
-            .default_backoff()
             .reflect(nw),
         ),
     ]);
     // Whatever piled up while the last rebuild ran is handled by one rebuild.
     let mut batches = changes.ready_chunks(4096);
     let mut listed = 0u8;
-    let mut problems = Vec::new();
     while let Some(batch) = batches.next().await {
-        for (i, done) in batch {
-            if done {
-                listed |= 1 << i;
+        let mut changed = false;
+        for (i, signal) in batch {
+            match signal {
+                Signal::Listed => {
+                    listed |= 1 << i;
+                    changed = true;
+                }
+                Signal::Changed => changed = true,
+                Signal::Failed => {
+                    tracing::warn!(
+                        "a policy watch failed; serving the last policy while it restarts"
+                    );
+                    return listed == 0b1111;
+                }
             }
         }
         if listed == 0b1111 {
-            caches.install(sink.as_ref(), &mut problems);
+            if changed {
+                caches.install(sink, problems);
+            }
+            sink.current(true);
         }
     }
+    listed == 0b1111
 }

@@ -145,4 +145,7 @@ pub trait PolicySink: Send + Sync + 'static {
     fn install(&self, policy: Policy, credentials: BTreeMap<String, CredentialRuntime>);
     /// The operator's exec source directory (exec sources are refused without one).
     fn exec_source_dir(&self) -> Option<std::path::PathBuf>;
+    /// Whether what was installed is current (`false`: the source cannot
+    /// watch the cluster right now and the last policy is being served).
+    fn current(&self, _current: bool) {}
 }

@@ -250,6 +250,7 @@ end
             fetch_token: None,
             ca_pem: None,
             min_refresh_interval: Duration::from_secs(10),
+            keys_refresh_interval: Duration::from_secs(300),
         };
         let v = Verifier::new(settings, None)
             .await

@@ -61,6 +61,8 @@ pub struct AppState {
     jti: AtomicU64,
     /// With `policySource: kubernetes`: the cluster's policy has arrived.
     cluster_policy: std::sync::atomic::AtomicBool,
+    /// Since when the cluster policy may be stale (a watch is failing).
+    policy_stale_since: Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Default, Clone)]
@@ -95,7 +97,7 @@ fn issuer_fingerprint(s: &Snapshot) -> String {
 async fn build_verifier(
     s: &Snapshot,
     reviewer_override: Option<Arc<dyn TokenReviewer>>,
-) -> Result<Verifier, String> {
+) -> Result<Arc<Verifier>, String> {
     let reviewer: Option<Arc<dyn TokenReviewer>> = match (reviewer_override, &s.token_review) {
         (Some(r), _) => Some(r),
         (None, Some(spec)) => {
@@ -115,7 +117,10 @@ async fn build_verifier(
         }
         (None, None) => None,
     };
-    Verifier::new(s.issuer.clone(), reviewer).await
+    let verifier = Arc::new(Verifier::new(s.issuer.clone(), reviewer).await?);
+    // Detached: it ends by itself once this verifier is replaced and dropped.
+    drop(verifier.spawn_refresher());
+    Ok(verifier)
 }
 
 impl Broker {
@@ -134,7 +139,7 @@ impl Broker {
             state: Arc::new(AppState {
                 issuer_fingerprint: Mutex::new(issuer_fingerprint(&snapshot)),
                 snapshot: ArcSwap::from_pointee(snapshot),
-                verifier: ArcSwap::from_pointee(verifier),
+                verifier: ArcSwap::new(verifier),
                 resolver: pullbroker_registry::Resolver::new(
                     client,
                     Arc::new(pullbroker_core::keychain::Anonymous),
@@ -149,6 +154,7 @@ impl Broker {
                 reviewer_override,
                 jti: AtomicU64::new(0),
                 cluster_policy: std::sync::atomic::AtomicBool::new(false),
+                policy_stale_since: Mutex::new(None),
             }),
         })
     }
@@ -224,7 +230,7 @@ impl Broker {
             let fp = issuer_fingerprint(&snapshot);
             if *st.issuer_fingerprint.lock().expect("poisoned") != fp {
                 let verifier = build_verifier(&snapshot, st.reviewer_override.clone()).await?;
-                st.verifier.store(Arc::new(verifier));
+                st.verifier.store(verifier);
                 *st.issuer_fingerprint.lock().expect("poisoned") = fp;
             }
             st.snapshot.store(Arc::new(snapshot));
@@ -434,6 +440,21 @@ impl pullbroker_credentials::runtime::PolicySink for Broker {
 
     fn exec_source_dir(&self) -> Option<PathBuf> {
         self.snapshot().exec_source_dir.clone()
+    }
+
+    fn current(&self, current: bool) {
+        let mut since = self.state.policy_stale_since.lock().expect("poisoned");
+        match (current, since.is_some()) {
+            (true, true) => {
+                tracing::info!("policy from the cluster is current again");
+                *since = None;
+            }
+            (false, false) => {
+                tracing::warn!("cannot watch the cluster policy; serving the last one seen");
+                *since = Some(std::time::Instant::now());
+            }
+            _ => {}
+        }
     }
 }
 

@@ -35,33 +35,95 @@ pub(super) async fn root_cert_bundle(
     st.count("rootcertbundle", resp)
 }
 
-pub(super) async fn healthz(State(st): State<Arc<AppState>>) -> Response {
-    let status = st.reload.lock().expect("poisoned").clone();
-    Json(json!({"status": "ok", "configGeneration": status.generation, "lastReloadError": status.last_error})).into_response()
+/// What the broker depends on, as of now: the issuer's keys and, with
+/// `policySource: kubernetes`, the cluster policy's freshness.
+struct Dependencies {
+    keys: usize,
+    /// Seconds since the keys were fetched; `None` if never (static keys: 0).
+    keys_age: Option<u64>,
+    keys_error: Option<String>,
+    kubernetes: bool,
+    policy_arrived: bool,
+    policy_stale: Option<u64>,
 }
 
-/// Ready when tokens can be verified: the issuer's keys are loaded.
+fn dependencies(st: &AppState) -> Dependencies {
+    let verifier = st.verifier.load();
+    let health = verifier.keys_health();
+    let remote = !matches!(
+        verifier.settings().jwks,
+        crate::satoken::JwksSource::Static(_)
+    );
+    Dependencies {
+        keys: verifier.key_count(),
+        keys_age: if remote {
+            health.loaded_at.map(|t| t.elapsed().as_secs())
+        } else {
+            Some(0)
+        },
+        keys_error: health.last_error,
+        kubernetes: st.snapshot.load().policy_source == config::PolicySource::Kubernetes,
+        policy_arrived: st.cluster_policy.load(Ordering::Relaxed),
+        policy_stale: st
+            .policy_stale_since
+            .lock()
+            .expect("poisoned")
+            .map(|t| t.elapsed().as_secs()),
+    }
+}
+
+/// Alive (the process serves), with what it serves from: staleness shows
+/// here and in `/metrics`, not as unreadiness — cached keys and policy keep
+/// serving through an outage.
+pub(super) async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    let status = st.reload.lock().expect("poisoned").clone();
+    let d = dependencies(&st);
+    let policy = d.kubernetes.then(|| {
+        json!({"source": "kubernetes", "arrived": d.policy_arrived,
+               "current": d.policy_arrived && d.policy_stale.is_none(),
+               "staleSeconds": d.policy_stale.unwrap_or(0)})
+    });
+    Json(json!({
+        "status": "ok",
+        "configGeneration": status.generation,
+        "lastReloadError": status.last_error,
+        "issuerKeys": {"loaded": d.keys, "ageSeconds": d.keys_age, "lastError": d.keys_error},
+        "policy": policy,
+    }))
+    .into_response()
+}
+
+/// Ready when tokens can be verified (the issuer's keys are loaded) and,
+/// with `policySource: kubernetes`, the cluster's policy has arrived; 503
+/// with the reason otherwise.
 pub(super) async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.snapshot.load().policy_source == config::PolicySource::Kubernetes
-        && !st.cluster_policy.load(Ordering::Relaxed)
-    {
+    let d = dependencies(&st);
+    if d.kubernetes && !d.policy_arrived {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the policy from the cluster",
         )
             .into_response();
     }
-    match st.verifier.load().key_count() {
-        0 => (
+    if d.keys == 0 {
+        let why = d.keys_error.unwrap_or_else(|| "not fetched yet".into());
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "no service-account issuer keys loaded",
+            format!("no service-account issuer keys loaded: {why}"),
         )
-            .into_response(),
-        _ => (StatusCode::OK, "ok").into_response(),
+            .into_response();
     }
+    (StatusCode::OK, "ok").into_response()
 }
 
 pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let d = dependencies(&st);
+    let m = &st.metrics;
+    m.policy_stale_seconds
+        .set(d.policy_stale.unwrap_or(0) as i64);
+    m.issuer_keys.set(d.keys as i64);
+    m.issuer_keys_age_seconds
+        .set(d.keys_age.map_or(-1, |a| a as i64));
     (
         [(
             header::CONTENT_TYPE,

@@ -46,12 +46,20 @@ impl Setup {
 
     /// The standalone config, with `grants` as extra YAML documents.
     pub fn write_config(&self, grants: &str) {
-        std::fs::write(
+        write_atomically(
             &self.config_path,
-            config_yaml(&self.registry.host(), grants),
-        )
-        .unwrap();
+            &config_yaml(&self.registry.host(), grants),
+        );
     }
+}
+
+/// Replaces a file by rename, as editors and ConfigMap updates do: the
+/// broker's poller must never see it half written (that would be a second,
+/// spurious reload error).
+pub fn write_atomically(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 pub const DEFAULT_GRANTS: &str = r#"

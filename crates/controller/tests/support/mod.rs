@@ -304,6 +304,12 @@ pub async fn serve_broker(
 
 pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
+impl From<tokio::task::JoinHandle<()>> for AbortOnDrop {
+    fn from(h: tokio::task::JoinHandle<()>) -> Self {
+        AbortOnDrop(h)
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
