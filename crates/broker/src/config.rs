@@ -136,6 +136,12 @@ pub struct IssuerSpec {
     /// Online revocation check through an API server's TokenReview.
     #[serde(default)]
     pub token_review: Option<TokenReviewSpec>,
+    /// With `policySource: kubernetes`, tokens are also checked by
+    /// TokenReview over the cluster connection unless this is `true`.
+    /// Offline verification alone accepts the token of a deleted service
+    /// account or pod until the token expires.
+    #[serde(default)]
+    pub offline_verification: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +151,13 @@ pub struct TokenReviewSpec {
     pub token_file: PathBuf,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// How long a positive verdict is reused (default 5s, at most 60s): a
+    /// revoked token is refused within the API server's own ~10 s plus this.
+    #[serde(default)]
+    pub cache_ttl: Option<String>,
+    /// How long a negative verdict is reused (default 2s, at most 60s).
+    #[serde(default)]
+    pub negative_cache_ttl: Option<String>,
 }
 
 /// Everything the broker serves from, swapped whole on reload.
@@ -156,6 +169,8 @@ pub struct Snapshot {
     pub system_namespace: String,
     pub issuer: IssuerSettings,
     pub token_review: Option<TokenReviewSpec>,
+    /// Whether TokenReview was explicitly turned off (`offlineVerification`).
+    pub offline_verification: bool,
     pub listeners: Listeners,
     /// Registries admission never pins.
     pub admission_skip_registries: Vec<String>,
@@ -399,6 +414,7 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
         system_namespace: system_ns,
         issuer: issuer.expect("no problems"),
         token_review: broker.service_account_issuer.token_review.clone(),
+        offline_verification: broker.service_account_issuer.offline_verification,
         listeners: Listeners {
             listen,
             tls,
@@ -488,6 +504,29 @@ fn issuer_settings(
     if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&keys_refresh_interval) {
         return Err("serviceAccountIssuer.keysRefreshInterval must be between 1s and 24h".into());
     }
+    let mut review_cache = crate::tokenreview::ReviewCacheSettings::default();
+    if let Some(r) = &s.token_review {
+        let ttl = |v: &Option<String>,
+                   field: &str,
+                   default: Duration|
+         -> Result<Duration, String> {
+            let d = v
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?
+                .unwrap_or(default);
+            if d > Duration::from_secs(60) {
+                return Err(format!("serviceAccountIssuer.tokenReview.{field} must be at most 60s: revocation waits for it"));
+            }
+            Ok(d)
+        };
+        review_cache.positive = ttl(&r.cache_ttl, "cacheTtl", review_cache.positive)?;
+        review_cache.negative = ttl(
+            &r.negative_cache_ttl,
+            "negativeCacheTtl",
+            review_cache.negative,
+        )?;
+    }
     let read =
         |p: &PathBuf| std::fs::read(resolve(base, p)).map_err(|e| format!("{}: {e}", p.display()));
     Ok(IssuerSettings {
@@ -508,6 +547,7 @@ fn issuer_settings(
         ca_pem: s.ca_file.as_ref().map(read).transpose()?,
         min_refresh_interval: Duration::from_secs(10),
         keys_refresh_interval,
+        review_cache,
     })
 }
 

@@ -22,7 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::tokenreview::TokenReviewer;
+use crate::tokenreview::{CachedReview, ReviewCacheSettings, TokenReviewer};
 
 /// Tokens longer than this are refused before parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -62,6 +62,8 @@ pub struct IssuerSettings {
     pub min_refresh_interval: Duration,
     /// How often loaded remote keys are fetched again ([`Verifier::spawn_refresher`]).
     pub keys_refresh_interval: Duration,
+    /// How long TokenReview verdicts are reused.
+    pub review_cache: ReviewCacheSettings,
 }
 
 /// A verified service-account identity.
@@ -158,7 +160,7 @@ pub struct Verifier {
     refresh: tokio::sync::Mutex<Option<Instant>>,
     /// Token hash → (identity, the `kid` that verified it).
     verified: Mutex<HashMap<[u8; 32], (VerifiedToken, String)>>,
-    reviewer: Option<Arc<dyn TokenReviewer>>,
+    reviewer: Option<CachedReview>,
     /// When the keys were last fetched, and why the last fetch failed.
     fetched: Mutex<KeysHealth>,
 }
@@ -256,13 +258,14 @@ impl Verifier {
                 by_kid: HashMap::new(),
             },
         };
+        let settings_review = settings.review_cache;
         let v = Verifier {
             settings,
             keys: ArcSwap::from_pointee(initial),
             http,
             refresh: tokio::sync::Mutex::new(None),
             verified: Mutex::default(),
-            reviewer,
+            reviewer: reviewer.map(|r| CachedReview::new(r, settings_review)),
             fetched: Mutex::default(),
         };
         if v.http.is_some() {
@@ -303,6 +306,13 @@ impl Verifier {
                 }
             }
         }))
+    }
+
+    /// TokenReview calls actually sent (cache misses), if reviewing.
+    pub fn token_reviews(&self) -> Option<u64> {
+        self.reviewer
+            .as_ref()
+            .map(|r| r.calls.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// When the keys were last fetched and the last fetch's failure.
@@ -435,7 +445,7 @@ impl Verifier {
         };
         if let Some(reviewer) = &self.reviewer {
             let outcome = reviewer
-                .review(token, std::slice::from_ref(&self.settings.audience))
+                .review(hash, token, std::slice::from_ref(&self.settings.audience))
                 .await
                 .map_err(TokenError::ReviewUnavailable)?;
             if !outcome.authenticated {

@@ -1,6 +1,11 @@
 //! The online check: Kubernetes TokenReview, which sees what offline
 //! verification cannot — a pod-bound token whose pod was deleted.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -81,5 +86,137 @@ impl TokenReviewer for HttpTokenReview {
                 error: s["error"].as_str().map(str::to_string),
             })
         })
+    }
+}
+
+/// How long TokenReview verdicts are reused (per token and audience).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewCacheSettings {
+    /// A positive verdict. With the API server's own ~10 s cache, a revoked
+    /// token is refused within about `10 s + positive`.
+    pub positive: Duration,
+    /// A negative verdict (a burst of a bad token costs one review).
+    pub negative: Duration,
+    /// While TokenReview cannot be reached, a positive verdict this recent
+    /// still counts; older, the answer is 503 (no verdict), never 401.
+    pub stale_if_unavailable: Duration,
+    /// Tokens remembered at most.
+    pub max_entries: usize,
+}
+
+impl Default for ReviewCacheSettings {
+    fn default() -> Self {
+        ReviewCacheSettings {
+            positive: Duration::from_secs(5),
+            negative: Duration::from_secs(2),
+            stale_if_unavailable: Duration::from_secs(60),
+            max_entries: 100_000,
+        }
+    }
+}
+
+struct Entry {
+    started: Instant,
+    /// Filled once by the first caller; concurrent callers wait for it, so a
+    /// burst of one token costs one review.
+    verdict: tokio::sync::OnceCell<(ReviewOutcome, Instant)>,
+    /// The positive verdict this entry replaced, for `stale_if_unavailable`.
+    fallback: Option<(ReviewOutcome, Instant)>,
+}
+
+/// A bounded cache in front of a [`TokenReviewer`], keyed by token hash (the
+/// token itself is never kept).
+pub struct CachedReview {
+    inner: Arc<dyn TokenReviewer>,
+    settings: ReviewCacheSettings,
+    entries: Mutex<HashMap<[u8; 32], Arc<Entry>>>,
+    /// Reviews actually sent (for metrics and the benchmark).
+    pub calls: AtomicU64,
+}
+
+impl CachedReview {
+    pub fn new(inner: Arc<dyn TokenReviewer>, settings: ReviewCacheSettings) -> Self {
+        CachedReview {
+            inner,
+            settings,
+            entries: Mutex::default(),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    fn ttl(&self, o: &ReviewOutcome) -> Duration {
+        if o.authenticated {
+            self.settings.positive
+        } else {
+            self.settings.negative
+        }
+    }
+
+    /// The verdict for `token` (identified by `hash`), from the cache or one
+    /// review shared by every concurrent caller.
+    pub async fn review(
+        &self,
+        hash: [u8; 32],
+        token: &str,
+        audiences: &[String],
+    ) -> Result<ReviewOutcome, String> {
+        let entry = {
+            let mut entries = self.entries.lock().expect("poisoned");
+            let current = entries.get(&hash).cloned();
+            match current {
+                Some(e)
+                    if match e.verdict.get() {
+                        Some((o, at)) => at.elapsed() < self.ttl(o),
+                        // In flight, or the last try failed: join or retry it.
+                        None => e.started.elapsed() < self.settings.positive,
+                    } =>
+                {
+                    e
+                }
+                previous => {
+                    if entries.len() >= self.settings.max_entries {
+                        let keep = self
+                            .settings
+                            .positive
+                            .max(self.settings.stale_if_unavailable);
+                        entries.retain(|_, e| e.started.elapsed() < keep);
+                        if entries.len() >= self.settings.max_entries {
+                            entries.clear();
+                        }
+                    }
+                    let fallback = previous.and_then(|p| {
+                        p.verdict
+                            .get()
+                            .filter(|(o, _)| o.authenticated)
+                            .cloned()
+                            .or_else(|| p.fallback.clone())
+                    });
+                    let e = Arc::new(Entry {
+                        started: Instant::now(),
+                        verdict: tokio::sync::OnceCell::new(),
+                        fallback,
+                    });
+                    entries.insert(hash, e.clone());
+                    e
+                }
+            }
+        };
+        let result = entry
+            .verdict
+            .get_or_try_init(|| async {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .review(token, audiences)
+                    .await
+                    .map(|o| (o, Instant::now()))
+            })
+            .await;
+        match result {
+            Ok((o, _)) => Ok(o.clone()),
+            Err(e) => match &entry.fallback {
+                Some((o, at)) if at.elapsed() < self.settings.stale_if_unavailable => Ok(o.clone()),
+                _ => Err(e),
+            },
+        }
     }
 }

@@ -25,6 +25,7 @@ fn settings(jwks: JwksSource) -> IssuerSettings {
         ca_pem: None,
         min_refresh_interval: Duration::from_secs(10),
         keys_refresh_interval: Duration::from_secs(300),
+        review_cache: Default::default(),
     }
 }
 
@@ -561,6 +562,7 @@ async fn a_key_removed_from_the_jwks_stops_verifying_cached_tokens_too() {
         Verifier::new(
             IssuerSettings {
                 keys_refresh_interval: Duration::from_secs(1),
+                review_cache: Default::default(),
                 ..settings(JwksSource::Url(url))
             },
             None,

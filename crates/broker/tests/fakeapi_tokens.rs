@@ -55,6 +55,7 @@ async fn tokens_from_token_request_verify_by_discovery_and_review() {
         ca_pem: None,
         min_refresh_interval: Duration::from_secs(10),
         keys_refresh_interval: Duration::from_secs(300),
+        review_cache: Default::default(),
     };
     let verifier = Verifier::new(settings, Some(reviewer)).await.unwrap();
     let verified = verifier
@@ -65,7 +66,11 @@ async fn tokens_from_token_request_verify_by_discovery_and_review() {
         verified.subject.to_string(),
         "system:serviceaccount:team-a:app"
     );
-    assert_eq!(verified.node.as_deref(), Some("node-1"));
+    // Not bound to a pod: no pod or node claims, as from a real server.
+    assert_eq!(
+        (verified.pod.as_ref(), verified.node.as_deref()),
+        (None, None)
+    );
     let err = verifier
         .verify(&token_for("https://kubernetes.default.svc").await, now())
         .await
@@ -93,6 +98,7 @@ async fn discovery_by_base_url_or_full_document_url() {
             ca_pem: None,
             min_refresh_interval: Duration::from_secs(10),
             keys_refresh_interval: Duration::from_secs(300),
+            review_cache: Default::default(),
         };
         let verifier = Verifier::new(settings, None)
             .await

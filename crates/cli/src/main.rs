@@ -1,6 +1,7 @@
 //! `pullbroker` — the command line. It only wires: arguments are parsed here,
 //! work is done by the core and the adapters.
 
+mod cluster_review;
 mod cmd;
 mod keychain;
 

@@ -153,3 +153,160 @@ fn controller_help_teaches_and_bad_flags_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 0.1 and 0.9"));
 }
+
+/// `pullbroker serve` with `policySource: kubernetes` reviews tokens over its
+/// cluster connection by default: a deleted pod's or service account's token
+/// is refused within ~15 s (the API server caches successes ~10 s, the broker
+/// 5 s), TokenReview calls stay bounded by the cache, and with the API down a
+/// never-reviewed token gets 503, not 401.
+#[test]
+fn serve_reviews_tokens_over_the_cluster_connection_by_default() {
+    use std::io::BufRead;
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let u = &fake.url;
+    let (key, cert) = pullbroker_credentials::keys::SigningKey::generate("cli").unwrap();
+    for (path, body) in [
+        ("/api/v1/namespaces", r#"{"metadata":{"name":"pullbroker-system"}}"#.to_string()),
+        ("/api/v1/namespaces/pullbroker-system/secrets", serde_json::json!({"metadata": {"name": "signer"},
+            "type": "kubernetes.io/tls", "stringData": {"tls.key": key, "tls.crt": cert}}).to_string()),
+        ("/apis/pullbroker.dev/v1alpha1/registrycredentials", r#"{"apiVersion":"pullbroker.dev/v1alpha1","kind":"RegistryCredential","metadata":{"name":"corp"},"spec":{"registries":["registry.corp.example"],"source":{"tokenIssuer":{"signingKeySecretRef":{"name":"signer"},"service":"s","issuer":"i"}}}}"#.to_string()),
+        ("/api/v1/namespaces", r#"{"metadata":{"name":"team-a"}}"#.to_string()),
+        ("/api/v1/namespaces/team-a/serviceaccounts", r#"{"metadata":{"name":"app"}}"#.to_string()),
+        ("/api/v1/namespaces/team-a/serviceaccounts", r#"{"metadata":{"name":"other"}}"#.to_string()),
+        ("/api/v1/namespaces/team-a/pods", r#"{"metadata":{"name":"web-0"},"spec":{"nodeName":"node-1","serviceAccountName":"app","containers":[{"name":"c","image":"x"}]}}"#.to_string()),
+        ("/apis/pullbroker.dev/v1alpha1/pullgrants", r#"{"apiVersion":"pullbroker.dev/v1alpha1","kind":"PullGrant","metadata":{"name":"team-a"},"spec":{"credential":"corp","subjects":{"namespaces":["team-a"],"serviceAccounts":["app","other"]},"repositories":["**"],"purposes":["pull"]}}"#.to_string()),
+    ] {
+        post(u, path, &body);
+    }
+    let (_, pod) = request(u, "GET", "/api/v1/namespaces/team-a/pods/web-0", "");
+    let pod: serde_json::Value = serde_json::from_str(&pod).unwrap();
+    let token = |sa: &str, bound: serde_json::Value| {
+        let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": ["pullbroker"], "expirationSeconds": 600, "boundObjectRef": bound}});
+        let (status, out) = request(
+            u,
+            "POST",
+            &format!("/api/v1/namespaces/team-a/serviceaccounts/{sa}/token"),
+            &body.to_string(),
+        );
+        assert_eq!(status, 201, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["status"]["token"].as_str().unwrap().to_string()
+    };
+    let pod_token = token(
+        "app",
+        serde_json::json!({"kind": "Pod", "apiVersion": "v1", "name": "web-0", "uid": pod["metadata"]["uid"]}),
+    );
+    let other_token = token("other", serde_json::Value::Null);
+    let unseen_token = token("app", serde_json::Value::Null);
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(&config, format!("apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  insecurePlainHttp: true\n  policySource: kubernetes\n  serviceAccountIssuer:\n    issuer: {KUBE_ISSUER}\n    discoveryUrl: {u}\n")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Log lines are read on a thread to the end, so the pipe never fills.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let broker = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serve logs its address");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if json["message"] == "pullbroker serving" {
+            break format!("http://{}", json["address"].as_str().unwrap());
+        }
+    };
+    let wait = |what: &str, limit: Duration, mut ok: Box<dyn FnMut() -> bool + '_>| {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < limit, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        start.elapsed()
+    };
+    wait(
+        "ready",
+        Duration::from_secs(30),
+        Box::new(|| request(&broker, "GET", "/readyz", "").0 == 200),
+    );
+    let exchange = |t: &str| {
+        request(
+            &broker,
+            "POST",
+            "/v1/exchange",
+            &serde_json::json!({"token": t, "image": "registry.corp.example/apps/web:1"})
+                .to_string(),
+        )
+    };
+    assert_eq!(exchange(&pod_token).0, 200);
+    assert_eq!(exchange(&other_token).0, 200);
+    let reviews = || {
+        fake.writes()
+            .get("create tokenreviews")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = reviews();
+
+    // Revoke both: the pod and the other service account are deleted.
+    for path in [
+        "/api/v1/namespaces/team-a/pods/web-0",
+        "/api/v1/namespaces/team-a/serviceaccounts/other",
+    ] {
+        let (status, out) = request(u, "DELETE", path, "");
+        assert!(status < 300, "{out}");
+    }
+    let revoked = |t: &str| {
+        let (status, body) = exchange(t);
+        status == 401 && body.contains("revoked")
+    };
+    let took = wait(
+        "the pod's token refused",
+        Duration::from_secs(20),
+        Box::new(|| revoked(&pod_token)),
+    );
+    let took2 = wait(
+        "the account's token refused",
+        Duration::from_secs(20),
+        Box::new(|| revoked(&other_token)),
+    );
+    assert!(
+        took + took2 < Duration::from_secs(20),
+        "{took:?} + {took2:?}"
+    );
+    // ~10 exchanges a second for up to 15 s per token: the cache keeps the
+    // reviews to about one per 5 s per token.
+    let sent = reviews() - before;
+    let bound = 2 * ((took + took2).as_secs() as usize / 5 + 3);
+    assert!(sent <= bound, "{sent} TokenReviews > {bound}");
+
+    fake.set_down(true);
+    let (status, body) = exchange(&unseen_token);
+    assert_eq!(status, 503, "no verdict while TokenReview is down: {body}");
+    assert!(body.contains("unavailable"), "{body}");
+    fake.set_down(false);
+    assert_eq!(exchange(&unseen_token).0, 200);
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    eprintln!("revoked after {took:?} (pod) and {took2:?} (service account); {sent} TokenReviews");
+}

@@ -15,8 +15,12 @@
 //! `deletionTimestamp`; dependents with an `ownerReference` to it are deleted),
 //! the `/status` subresource (spec and status change independently;
 //! `metadata.generation` follows spec changes), TokenRequest (tokens signed by
-//! a [`TestIssuer`], 422 below 10 minutes), TokenReview (201 with the verdict
-//! in `status`), OIDC discovery and JWKS. Errors are `Status` objects.
+//! a [`TestIssuer`] with the account's uid, pod and node claims only when
+//! bound to an existing pod, 422 below 10 minutes), TokenReview (201 with the
+//! verdict in `status`; a token whose service account or bound pod is gone is
+//! refused — after [`TOKEN_AUTH_CACHE`], since successes are cached ~10 s as
+//! on a real server), OIDC discovery and JWKS, and outages
+//! ([`FakeApi::set_down`]). Errors are `Status` objects.
 //!
 //! Where it differs from Kubernetes, on purpose or not yet:
 //! - no authentication or authorization: every request is admitted;
@@ -34,7 +38,7 @@
 // built once per request, so its size does not matter here.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,6 +87,10 @@ struct Event {
     previous: Option<Value>,
 }
 
+/// (token, audiences) of a TokenReview, and its verdict (user, audiences).
+type ReviewKey = (String, Vec<String>);
+type Reviewed = (String, Vec<String>);
+
 struct Store {
     rv: u64,
     /// (resource key, namespace, name) → object
@@ -90,6 +98,8 @@ struct Store {
     history: VecDeque<Event>,
     uid: u64,
     requests: BTreeMap<String, usize>,
+    /// Successful token authentications, cached as the real server does.
+    auth_cache: HashMap<ReviewKey, (std::time::Instant, Reviewed)>,
 }
 
 struct Inner {
@@ -268,6 +278,7 @@ impl FakeApi {
                 history: VecDeque::new(),
                 uid: 0,
                 requests: BTreeMap::new(),
+                auth_cache: HashMap::new(),
             }),
             events,
             resources: Self::RESOURCES.to_vec(),
@@ -1131,21 +1142,33 @@ fn delete(inner: &Inner, r: &Route) -> Response {
     axum::Json(gone).into_response()
 }
 
+/// How long the real kube-apiserver caches a successful token
+/// authentication: revocation shows only after it (kubernetes-facts.md).
+pub const TOKEN_AUTH_CACHE: Duration = Duration::from_secs(10);
+
+fn stored(inner: &Inner, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+    inner
+        .store
+        .lock()
+        .expect("poisoned")
+        .objects
+        .get(&(
+            format!("v1/{plural}"),
+            namespace.to_string(),
+            name.to_string(),
+        ))
+        .cloned()
+}
+
 fn token_request(inner: &Inner, r: &Route, body: &[u8]) -> Response {
     let req = match parse_body(body) {
         Ok(o) => o,
         Err(e) => return e,
     };
     let sa = r.name.clone().unwrap_or_default();
-    let exists = inner
-        .store
-        .lock()
-        .expect("poisoned")
-        .objects
-        .contains_key(&(key(r), r.namespace.clone(), sa.clone()));
-    if !exists {
+    let Some(account) = stored(inner, "serviceaccounts", &r.namespace, &sa) else {
         return not_found(r);
-    }
+    };
     let seconds = req["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
     if seconds < 600 {
         return status(422, "Invalid", "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes".into(), json!({}));
@@ -1154,12 +1177,71 @@ fn token_request(inner: &Inner, r: &Route, body: &[u8]) -> Response {
         .as_str()
         .unwrap_or("https://kubernetes.default.svc")
         .to_string();
-    let token = inner
-        .issuer
-        .sign(&inner.issuer.claims(&r.namespace, &sa, &audience, seconds));
+    let mut claims = inner.issuer.claims(&r.namespace, &sa, &audience, seconds);
+    // As the real server: the account's own uid; pod and node claims only
+    // for a token bound to a pod (boundObjectRef), which must exist.
+    let k = &mut claims["kubernetes.io"];
+    k["serviceaccount"]["uid"] = account["metadata"]["uid"].clone();
+    let k = k.as_object_mut().expect("object");
+    k.remove("pod");
+    k.remove("node");
+    let bound = &req["spec"]["boundObjectRef"];
+    if bound["kind"] == "Pod" {
+        let name = bound["name"].as_str().unwrap_or_default();
+        let Some(pod) = stored(inner, "pods", &r.namespace, name) else {
+            return status(
+                404,
+                "NotFound",
+                format!("pods \"{name}\" not found"),
+                json!({"name": name, "kind": "pods"}),
+            );
+        };
+        k.insert(
+            "pod".into(),
+            json!({"name": name, "uid": pod["metadata"]["uid"]}),
+        );
+        if let Some(node) = pod["spec"]["nodeName"].as_str() {
+            k.insert("node".into(), json!({"name": node}));
+        }
+    }
+    let token = inner.issuer.sign(&claims);
     let mut out = req.clone();
     out["status"] = json!({"token": token, "expirationTimestamp": rfc3339(now() + seconds)});
     (StatusCode::CREATED, axum::Json(out)).into_response()
+}
+
+/// The verdict on a token whose signature and audience are fine: its
+/// service account (and pod, when bound) must still exist, same uid.
+fn token_still_valid(inner: &Inner, token: &str) -> Result<(), String> {
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let claims: Value =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+    let k = &claims["kubernetes.io"];
+    let ns = k["namespace"].as_str().unwrap_or_default();
+    let sa = k["serviceaccount"]["name"].as_str().unwrap_or_default();
+    match stored(inner, "serviceaccounts", ns, sa) {
+        Some(a) if a["metadata"]["uid"] == k["serviceaccount"]["uid"] => {}
+        _ => {
+            return Err(format!(
+                "[invalid bearer token, serviceaccounts \"{sa}\" not found]"
+            ))
+        }
+    }
+    if let Some(pod) = k.get("pod") {
+        let name = pod["name"].as_str().unwrap_or_default();
+        match stored(inner, "pods", ns, name) {
+            Some(p) if p["metadata"]["uid"] == pod["uid"] => {}
+            _ => {
+                return Err(
+                    "[invalid bearer token, service account token has been invalidated]".into(),
+                )
+            }
+        }
+    }
+    Ok(())
 }
 
 fn token_review(inner: &Inner, body: &[u8]) -> Response {
@@ -1176,7 +1258,27 @@ fn token_review(inner: &Inner, body: &[u8]) -> Response {
                 .collect()
         })
         .unwrap_or_default();
-    let verdict = inner.issuer.review(token, &audiences);
+    let key = (token.to_string(), audiences.clone());
+    let cached = {
+        let mut s = inner.store.lock().expect("poisoned");
+        *s.requests.entry("create tokenreviews".into()).or_default() += 1;
+        s.auth_cache
+            .retain(|_, (at, _)| at.elapsed() < TOKEN_AUTH_CACHE);
+        s.auth_cache.get(&key).map(|(_, v)| v.clone())
+    };
+    let verdict = match cached {
+        Some(v) => Ok(v),
+        None => inner.issuer.review(token, &audiences).and_then(|v| {
+            token_still_valid(inner, token)?;
+            inner
+                .store
+                .lock()
+                .expect("poisoned")
+                .auth_cache
+                .insert(key, (std::time::Instant::now(), v.clone()));
+            Ok(v)
+        }),
+    };
     let mut out = req.clone();
     out["status"] = match verdict {
         Ok((username, auds)) => {

@@ -251,6 +251,7 @@ end
             ca_pem: None,
             min_refresh_interval: Duration::from_secs(10),
             keys_refresh_interval: Duration::from_secs(300),
+            review_cache: Default::default(),
         };
         let v = Verifier::new(settings, None)
             .await

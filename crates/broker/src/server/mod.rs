@@ -200,6 +200,7 @@ impl Broker {
             system_namespace: current.system_namespace.clone(),
             issuer: current.issuer.clone(),
             token_review: current.token_review.clone(),
+            offline_verification: current.offline_verification,
             listeners: current.listeners.clone(),
             admission_skip_registries: current.admission_skip_registries.clone(),
             watched: current.watched.clone(),

@@ -50,13 +50,37 @@ async fn serve(args: Args) -> Result<ExitCode> {
         .map(pullbroker_broker::tls::ReloadingCert::load)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let cluster = (snapshot.policy_source == config::PolicySource::Kubernetes)
-        .then(|| snapshot.system_namespace.clone());
+    // policySource: kubernetes — credentials and grants from the API.
+    let cluster = match snapshot.policy_source {
+        config::PolicySource::Kubernetes => Some((
+            snapshot.system_namespace.clone(),
+            kube::Client::try_default().await.context(
+                "policySource is kubernetes: cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)",
+            )?,
+        )),
+        config::PolicySource::File => None,
+    };
+    // With the cluster connection at hand, tokens are reviewed online by
+    // default: offline verification alone accepts a deleted pod's token.
+    let reviewer: Option<std::sync::Arc<dyn pullbroker_broker::tokenreview::TokenReviewer>> =
+        match &cluster {
+            Some((_, client))
+                if snapshot.token_review.is_none() && !snapshot.offline_verification =>
+            {
+                Some(std::sync::Arc::new(
+                    crate::cluster_review::ClusterTokenReview(client.clone()),
+                ))
+            }
+            _ => None,
+        };
+    if reviewer.is_none() && snapshot.token_review.is_none() {
+        tracing::warn!("tokens are verified offline only: a deleted service account's or pod's token is accepted until it expires (serviceAccountIssuer.tokenReview)");
+    }
     let broker = Broker::new(
         snapshot,
         Some(args.config.clone()),
         ClientSettings::default(),
-        None,
+        reviewer,
     )
     .await
     .map_err(anyhow::Error::msg)?;
@@ -73,20 +97,13 @@ async fn serve(args: Args) -> Result<ExitCode> {
     };
     let watcher = broker.spawn_watcher(args.reload_interval);
     let cert_watcher = cert.as_ref().map(|c| c.spawn_watcher(args.reload_interval));
-    // policySource: kubernetes — credentials and grants from the API.
-    let _cluster = match cluster {
-        Some(system_namespace) => {
-            let client = kube::Client::try_default().await.context(
-                "policySource is kubernetes: cannot connect to the Kubernetes API (in-cluster config or KUBECONFIG)",
-            )?;
-            Some(tokio::spawn(pullbroker_controller::policy_source::run(
-                client,
-                std::sync::Arc::new(broker.clone()),
-                system_namespace,
-            )))
-        }
-        None => None,
-    };
+    let _cluster = cluster.map(|(system_namespace, client)| {
+        tokio::spawn(pullbroker_controller::policy_source::run(
+            client,
+            std::sync::Arc::new(broker.clone()),
+            system_namespace,
+        ))
+    });
     let shutdown = shutdown_signal().shared();
     let scheme = if cert.is_some() { "https" } else { "http" };
     tracing::info!(address = %listener.local_addr()?, scheme, config = %args.config.display(), "pullbroker serving");
