@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use pullbroker_credentials::keys::SigningKey;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 
@@ -166,17 +166,25 @@ spec:
 }
 
 pub fn start_broker(bin: &Path, config: &Path, addr: &str) -> Result<Child> {
-    let child = Command::new(bin)
+    // Its warnings go to a file beside the config, quoted if it fails to start.
+    let log_path = config.with_extension("log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new(bin)
         .args(["serve", "--log", "warn", "--config"])
         .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .context("cannot start pullbroker serve")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
-        ensure!(Instant::now() < deadline, "broker did not listen on {addr}");
+        let exited = child.try_wait()?;
+        if exited.is_some() || Instant::now() >= deadline {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            anyhow::bail!("broker did not listen on {addr} ({exited:?}):\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(child)

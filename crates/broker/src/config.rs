@@ -365,6 +365,20 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
     );
     problems.extend(policy_problems);
 
+    // Its files are read when the verifier is built: resolved against the
+    // config's directory like every other path, and watched (a projected
+    // token is rotated in place).
+    let token_review = broker
+        .service_account_issuer
+        .token_review
+        .clone()
+        .map(|mut r| {
+            r.token_file = resolve(base, &r.token_file);
+            r.ca_file = r.ca_file.map(|c| resolve(base, &c));
+            watched.push(r.token_file.clone());
+            watched.extend(r.ca_file.clone());
+            r
+        });
     let issuer = issuer_settings(&broker, base, &mut watched).map_err(|e| {
         problems.push(e);
     });
@@ -413,7 +427,7 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
         policy_source: broker.policy_source,
         system_namespace: system_ns,
         issuer: issuer.expect("no problems"),
-        token_review: broker.service_account_issuer.token_review.clone(),
+        token_review: token_review.clone(),
         offline_verification: broker.service_account_issuer.offline_verification,
         listeners: Listeners {
             listen,
@@ -527,6 +541,12 @@ fn issuer_settings(
             review_cache.negative,
         )?;
     }
+    watched.extend(
+        s.token_file
+            .iter()
+            .chain(&s.ca_file)
+            .map(|p| resolve(base, p)),
+    );
     let read =
         |p: &PathBuf| std::fs::read(resolve(base, p)).map_err(|e| format!("{}: {e}", p.display()));
     Ok(IssuerSettings {

@@ -106,3 +106,90 @@ async fn discovery_by_base_url_or_full_document_url() {
         assert!(verifier.key_count() > 0, "{url}");
     }
 }
+
+/// `tokenReview.tokenFile` is read relative to the config file, and a
+/// rotated token (a projected token is rewritten in place) is used for the
+/// next review without a restart.
+#[tokio::test]
+async fn a_rotated_token_review_token_file_is_picked_up() {
+    use pullbroker_broker::Broker;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let bearer = headers["authorization"].to_str().unwrap().to_string();
+                record.lock().unwrap().push(bearer);
+                (
+                    axum::http::StatusCode::CREATED,
+                    axum::Json(json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                        "status": {"authenticated": true, "user": {"username": "system:serviceaccount:team-a:app"}}})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let issuer = TestIssuer::rsa(KUBE_ISSUER);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), issuer.jwks()).unwrap();
+    std::fs::write(dir.path().join("review-token"), "first\n").unwrap();
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(&config, format!("apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  insecurePlainHttp: true\n  serviceAccountIssuer:\n    issuer: {KUBE_ISSUER}\n    jwksFile: jwks.json\n    tokenReview: {{apiServer: \"{api}\", tokenFile: review-token}}\n")).unwrap();
+    let broker = Broker::new(
+        pullbroker_broker::config::load(&config).unwrap(),
+        Some(config.clone()),
+        Default::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let _watcher = broker.spawn_watcher(Duration::from_millis(50));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let b = broker.clone();
+    tokio::spawn(async move { b.serve(listener, std::future::pending()).await.unwrap() });
+
+    let exchange = |jti: &str| {
+        let token = issuer.sign(&{
+            let mut c = issuer.claims("team-a", "app", "pullbroker", 600);
+            c["jti"] = json!(jti);
+            c
+        });
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/exchange"))
+                .json(&json!({"token": token, "image": "registry.example/app:1"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Denied by policy (there is none), but reviewed first.
+    assert_eq!(exchange("one").await, 403);
+    assert_eq!(seen.lock().unwrap().last().unwrap(), "Bearer first");
+
+    let tmp = dir.path().join("review-token.tmp");
+    std::fs::write(&tmp, "second\n").unwrap();
+    std::fs::rename(&tmp, dir.path().join("review-token")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        exchange(&format!("probe-{n}")).await;
+        if seen.lock().unwrap().last().unwrap() == "Bearer second" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotated token never used"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

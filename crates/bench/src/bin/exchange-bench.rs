@@ -7,7 +7,12 @@
 //!   so a stalled server cannot hide queueing (no coordinated omission);
 //! - `/token` throughput (`wrk`) against the registry's own HEAD ceiling
 //!   (`ab -k -i`) measured in the same run;
-//! - the cost of one RS256 verification (the work a never-seen token costs).
+//! - the cost of one RS256 verification (the work a never-seen token costs);
+//! - the TokenReview cache: `/v1/exchange` with `tokenReview` (against the
+//!   fake API server's TokenReview, tokens from its TokenRequest) with the
+//!   default cache, without a cache (`cacheTtl: 0s`), and offline only, in
+//!   the same run; TokenReview calls per distinct token per minute against
+//!   the cache's bound.
 //!
 //! The broker is the real release binary (`pullbroker serve`). Run with
 //! `scripts/bench-broker.sh`.
@@ -29,6 +34,7 @@ use pullbroker_testenv::{fixtures, Auth, Registry, RegistryOptions};
 
 const TOKENS: usize = 2000;
 
+#[derive(Clone, Copy)]
 struct Opts {
     duration: u64,
     rate: f64,
@@ -391,5 +397,162 @@ end
         "/token vs registry HEAD ceiling: {:.1}x (target >= 1x)",
         token.rps / ceiling
     );
+
+    let review = review_section(&rt, &bin, dir.path(), &registry.host(), &image, &o)?;
+    println!();
+    println!(
+        "TokenReview: {TOKENS} distinct tokens from the fake API server's TokenRequest, wrk -t2 -c{} -d{}s each",
+        o.connections, o.duration
+    );
+    println!(
+        "{:<52} {:>12} {:>14} {:>18}",
+        "", "exchanges/s", "TokenReviews", "per token per min"
+    );
+    for r in &review {
+        println!(
+            "{:<52} {:>12.0} {:>14} {:>18.2}",
+            r.name, r.rps, r.reviews, r.per_token_minute
+        );
+    }
+    let (offline, cached, uncached) = (&review[0], &review[1], &review[2]);
+    println!(
+        "cached tokenReview vs offline: {:.2}x (target >= 0.5x); vs uncached tokenReview: {:.2}x",
+        cached.rps / offline.rps,
+        cached.rps / uncached.rps
+    );
+    println!(
+        "TokenReviews per distinct token per minute: {:.2} cached (bound {:.0}: one per {}s cacheTtl) vs {:.2} uncached",
+        cached.per_token_minute,
+        60.0 / REVIEW_TTL_SECS as f64,
+        REVIEW_TTL_SECS,
+        uncached.per_token_minute
+    );
     Ok(())
+}
+
+/// The default positive TokenReview cache ttl, as configured below.
+const REVIEW_TTL_SECS: u64 = 5;
+
+struct ReviewRun {
+    name: &'static str,
+    rps: f64,
+    reviews: usize,
+    per_token_minute: f64,
+}
+
+/// `/v1/exchange` throughput offline, with cached and with uncached
+/// TokenReview, against the fake API server, and the reviews it sent.
+fn review_section(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    dir: &Path,
+    registry: &str,
+    image: &str,
+    o: &Opts,
+) -> Result<Vec<ReviewRun>> {
+    use pullbroker_testenv::fakeapi::FakeApi;
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let tokens: Vec<String> = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let post = |path: String, body: serde_json::Value| {
+            let http = http.clone();
+            let url = format!("{}{path}", fake.url);
+            async move {
+                let v: serde_json::Value = http.post(url).json(&body).send().await?.json().await?;
+                Ok::<_, anyhow::Error>(v)
+            }
+        };
+        post("/api/v1/namespaces".into(), serde_json::json!({"metadata": {"name": "team-a"}})).await?;
+        let mut tokens = Vec::with_capacity(TOKENS);
+        for i in 0..TOKENS {
+            let sa = format!("app-{i}");
+            post(
+                "/api/v1/namespaces/team-a/serviceaccounts".into(),
+                serde_json::json!({"metadata": {"name": sa}}),
+            )
+            .await?;
+            let v = post(
+                format!("/api/v1/namespaces/team-a/serviceaccounts/{sa}/token"),
+                serde_json::json!({"spec": {"audiences": ["pullbroker"], "expirationSeconds": 3600}}),
+            )
+            .await?;
+            tokens.push(v["status"]["token"].as_str().context("no token")?.to_string());
+        }
+        Ok::<_, anyhow::Error>(tokens)
+    })?;
+    let tokens_file = dir.join("review-tokens.txt");
+    std::fs::write(&tokens_file, tokens.join("\n") + "\n")?;
+    std::fs::write(dir.join("reviewer-token"), "unused-by-the-fake\n")?;
+    let lua = dir.join("review.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            r#"local tokens = {{}}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local i = math.random(#tokens)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, nil, '{{"token":"' .. tokens[i] .. '","image":"{image}"}}')
+end
+"#
+        ),
+    )?;
+    let reviews = || {
+        fake.writes()
+            .get("create tokenreviews")
+            .copied()
+            .unwrap_or(0)
+    };
+    let modes: [(&str, Option<&str>); 3] = [
+        ("offline verification only", None),
+        ("tokenReview, cached (cacheTtl 5s, negative 2s)", Some("5s")),
+        ("tokenReview, uncached (cacheTtl 0s)", Some("0s")),
+    ];
+    let mut out = Vec::new();
+    for (name, ttl) in modes {
+        let port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
+        let addr = format!("127.0.0.1:{port}");
+        let base = std::fs::read_to_string(write_broker_config(
+            dir,
+            registry,
+            &TestIssuer::rsa(KUBE_ISSUER),
+            port,
+        )?)?;
+        let review = ttl.map_or(String::new(), |t| {
+            format!(
+                ", tokenReview: {{apiServer: \"{}\", tokenFile: reviewer-token, cacheTtl: {t}, negativeCacheTtl: {t}}}",
+                fake.url
+            )
+        });
+        let issuer = format!(
+            "serviceAccountIssuer: {{issuer: \"{KUBE_ISSUER}\", jwksUrl: \"{}/openid/v1/jwks\"{review}}}",
+            fake.url
+        );
+        let config = base.replace(
+            &format!("serviceAccountIssuer: {{issuer: \"{KUBE_ISSUER}\", jwksFile: jwks.json}}"),
+            &issuer,
+        );
+        ensure!(config.contains("jwksUrl"), "the bench config changed shape");
+        let path = dir.join("review-broker.yaml");
+        std::fs::write(&path, config)?;
+        let mut broker = start_broker(bin, &path, &addr)?;
+        let url = format!("http://{addr}/v1/exchange");
+        let env = [("TOKENS", tokens_file.to_str().context("path")?)];
+        // Warm-up: keys fetched, every token verified once.
+        wrk(&url, Some(&lua), &[], &Opts { duration: 2, ..*o }, &env)?;
+        let before = reviews();
+        let run = wrk(&url, Some(&lua), &[], o, &env)?;
+        let sent = reviews() - before;
+        let _ = Command::new("kill").arg(broker.id().to_string()).status();
+        let _ = broker.wait();
+        out.push(ReviewRun {
+            name,
+            rps: run.rps,
+            reviews: sent,
+            per_token_minute: sent as f64 / TOKENS as f64 / (o.duration as f64 / 60.0),
+        });
+    }
+    Ok(out)
 }

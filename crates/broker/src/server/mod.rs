@@ -90,8 +90,23 @@ fn rfc3339(t: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// What the verifier is built from, by value: Debug redacts the fetch token,
+/// and the TokenReview token is a file read at build time, so both go in by
+/// content (hashed) — a rotated projected token rebuilds the verifier.
 fn issuer_fingerprint(s: &Snapshot) -> String {
-    format!("{:?}|{:?}", s.issuer, s.token_review)
+    use secrecy::ExposeSecret as _;
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{:?}|{:?}", s.issuer, s.token_review));
+    if let Some(t) = &s.issuer.fetch_token {
+        h.update(t.expose_secret());
+    }
+    if let Some(r) = &s.token_review {
+        for f in std::iter::once(&r.token_file).chain(&r.ca_file) {
+            h.update(std::fs::read(f).unwrap_or_default());
+        }
+    }
+    format!("{:x}", h.finalize())
 }
 
 async fn build_verifier(
