@@ -229,6 +229,12 @@ fn parse_jwks(text: &str) -> Result<KeySet, String> {
     if by_kid.is_empty() {
         return Err("JWKS holds no usable keys with a kid".into());
     }
+    if let Some(kid) = by_kid
+        .keys()
+        .find(|k| k.starts_with(pullbroker_credentials::dev_issuer::DEV_KID_PREFIX))
+    {
+        tracing::warn!(kid = %kid, "a development issuer key is trusted: whoever holds it can mint any service account's token (pullbroker dev-token); never in production");
+    }
     Ok(KeySet { by_kid })
 }
 

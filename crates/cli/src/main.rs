@@ -49,6 +49,8 @@ enum Command {
     Crd(cmd::crd::Args),
     /// Generate a token-issuer signing key (EC P-256) and certificate.
     Keygen(cmd::keygen::Args),
+    /// Mint a service-account-shaped token from a local development issuer.
+    DevToken(cmd::dev_token::Args),
     /// Generate a CA and a serving certificate for the broker's TLS listener.
     TlsCert(cmd::tls_cert::Args),
     /// Print the MutatingWebhookConfiguration for admission digest pinning.
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => cmd::controller::run(args),
         Command::CanI(args) => cmd::can_i::run(args),
         Command::Keygen(args) => cmd::keygen::run(args),
+        Command::DevToken(args) => cmd::dev_token::run(args),
         Command::Crd(args) => cmd::crd::run(args),
         Command::TlsCert(args) => cmd::tls_cert::run(args),
         Command::WebhookConfig(args) => cmd::webhook_config::run(args),

@@ -448,3 +448,133 @@ fn webhook_config_prints_what_the_api_server_needs() {
         "--service or --url is required"
     );
 }
+
+/// `POST path` with a bearer token and a JSON body; (status, body).
+fn http_post(addr: &str, path: &str, bearer: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// The README's walk-through, command for command: serve the example, mint a
+/// token from its development issuer, exchange it, ask can-i.
+#[test]
+fn the_readme_walk_through_works_on_the_example() {
+    let key = std::path::Path::new(EXAMPLE).with_file_name("dev-issuer.key");
+    let (mut child, mut lines, rx, addr) = serve(EXAMPLE);
+    let token = |ns: &str, sa: &str| {
+        let out = pullbroker()
+            .args(["dev-token", "--issuer-key"])
+            .arg(&key)
+            .args(["--namespace", ns, "--service-account", sa])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let web = token("team-a", "web");
+    let (status, body) = http_post(
+        &addr,
+        "/v1/exchange",
+        &web,
+        r#"{"image":"registry.corp.example/apps/team-a/web:1.0"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["grant"].as_str(), v["username"].as_str()),
+        (Some("team-a"), Some("ci-bot")),
+        "{v}"
+    );
+    let (status, body) = http_post(
+        &addr,
+        "/v1/exchange",
+        &web,
+        r#"{"image":"registry.corp.example/apps/team-b/web:1.0"}"#,
+    );
+    assert_eq!(status, 403, "another team's repository: {body}");
+    // A token the example's issuer did not sign is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let other_key = dir.path().join("other.key");
+    let out = pullbroker()
+        .args(["dev-token", "--new-key"])
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pullbroker()
+        .args([
+            "dev-token",
+            "--namespace",
+            "team-a",
+            "--service-account",
+            "web",
+            "--issuer-key",
+        ])
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    let forged = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (status, body) = http_post(
+        &addr,
+        "/v1/exchange",
+        &forged,
+        r#"{"image":"registry.corp.example/apps/team-a/web:1.0"}"#,
+    );
+    assert_eq!(
+        status, 401,
+        "signed by a key the broker does not trust: {body}"
+    );
+    let out = pullbroker()
+        .args([
+            "can-i",
+            "--config",
+            EXAMPLE,
+            "--as",
+            "system:serviceaccount:team-a:web",
+            "pull",
+            "registry.corp.example/apps/team-a/web:1.0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    lines.extend(rx.iter());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("a development issuer key is trusted")),
+        "the broker warns about the development key: {lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains(&web)),
+        "no token in the log"
+    );
+}

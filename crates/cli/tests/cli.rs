@@ -344,3 +344,123 @@ fn progress_bar_on_a_terminal_only() {
         "no progress bar when not a terminal"
     );
 }
+
+/// Docker credential helpers, as Docker runs them: `docker-credential-NAME
+/// get` with the registry on stdin. One that answers gives the credentials;
+/// one with nothing stored means anonymous (its documented answer); one that
+/// fails, is missing or hangs is an error naming it — never anonymous.
+#[test]
+fn credential_helpers_answer_or_fail_by_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.path().join("calls.log");
+    let helper = |name: &str, body: &str| {
+        let path = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // Records what it was asked (server on stdin), answers for the basic registry.
+    helper(
+        "ok",
+        &format!(
+            "[ \"$1\" = get ] || exit 2\nread -r server || true\necho \"$server\" >> {log}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"",
+            log = log.display()
+        ),
+    );
+    helper(
+        "empty",
+        "echo 'credentials not found in native keychain'; exit 1",
+    );
+    helper("broken", "echo 'boom: keyring locked' >&2; exit 3");
+    helper("slow", "exec sleep 60");
+    let config = |helpers: &str| {
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{}},"credHelpers":{{{helpers}}}}}"#),
+        )
+        .unwrap();
+        path
+    };
+    let run = |config: &std::path::Path, images: &[String]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pullbroker"));
+        cmd.args(["resolve", "-o", "json", "--docker-config"])
+            .arg(config)
+            .args(images)
+            .env("DOCKER_CONFIG", "/nonexistent")
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            );
+        process::run_with_stdin(&mut cmd, b"", std::time::Duration::from_secs(120))
+    };
+    let basic = env.image(&env.basic, "multi");
+    let anon = env.image(&env.anon, "v1");
+
+    // ok: the helper's credentials reach the htpasswd registry, once per registry.
+    let c = config(&format!(
+        r#""{}":"ok","{}":"empty""#,
+        env.basic.host(),
+        env.anon.host()
+    ));
+    let out = run(&c, &[basic.clone(), basic.clone(), anon.clone()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = skopeo::digest(&basic, Some((USER, PASSWORD))).unwrap();
+    assert_eq!(v[0]["digest"], digest.to_string(), "{v}");
+    assert_eq!(
+        v[2]["digest"],
+        skopeo::digest(&anon, None).unwrap().to_string(),
+        "nothing stored: anonymous"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        format!("{}\n", env.basic.host())
+    );
+    assert_no_secret(&out, PASSWORD);
+
+    // broken, missing, slow: each image fails, naming its helper; others still resolve.
+    let c = config(&format!(
+        r#""{}":"broken","{}":"missing""#,
+        env.basic.host(),
+        env.anon.host()
+    ));
+    let out = run(&c, &[basic.clone(), anon.clone()]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = |i: usize| {
+        v[i]["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        err(0).contains("docker-credential-broken") && err(0).contains("boom: keyring locked"),
+        "{v}"
+    );
+    assert!(
+        err(1).contains("docker-credential-missing") && err(1).contains("not on PATH"),
+        "{v}"
+    );
+    assert_eq!(v[0]["error"]["class"], "credential_helper", "{v}");
+
+    // A helper that hangs is stopped after the timeout; the others resolve.
+    let token = env.image(&env.token, "v1");
+    let c = config(&format!(
+        r#""{}":"slow","{}":"ok""#,
+        env.token.host(),
+        env.basic.host()
+    ));
+    let out = run(&c, &[token, basic]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = v[0]["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("docker-credential-slow") && message.contains("did not answer"),
+        "{v}"
+    );
+    assert_eq!(v[1]["digest"], digest.to_string(), "{v}");
+}

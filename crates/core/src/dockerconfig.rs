@@ -58,6 +58,15 @@ const ENTRY_FIELDS: &[&str] = &[
 pub struct DockerConfig {
     entries: Vec<AuthEntry>,
     helper_entries: Vec<String>,
+    helpers: HelperInfo,
+}
+
+/// A Docker credential helper to run for an image: `docker-credential-<helper>
+/// get` with `server` on stdin.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HelperCall {
+    pub helper: String,
+    pub server: String,
 }
 
 /// One `auths` entry.
@@ -155,7 +164,10 @@ impl DockerConfig {
             )));
         };
         let helpers = HelperInfo::from_root(&root)?;
+        let empty = Map::new();
         let auths = match root.get("auths") {
+            // A config may name only helpers (`docker-credential-gcloud configure-docker`).
+            None if helpers.store.is_some() || !helpers.per_registry.is_empty() => &empty,
             None => return Err(top("docker config has no \"auths\" object")),
             Some(Value::Object(a)) => a,
             Some(other) => {
@@ -165,7 +177,9 @@ impl DockerConfig {
                 )))
             }
         };
-        Self::from_auths(auths, &helpers)
+        let mut config = Self::from_auths(auths, &helpers)?;
+        config.helpers = helpers;
+        Ok(config)
     }
 
     /// Parses a legacy `.dockercfg` document (the `auths` map at top level).
@@ -217,6 +231,7 @@ impl DockerConfig {
                 credential,
             }],
             helper_entries: Vec::new(),
+            helpers: HelperInfo::default(),
         })
     }
 
@@ -229,6 +244,51 @@ impl DockerConfig {
     /// pullbroker does not run; callers should warn about them.
     pub fn helper_entries(&self) -> &[String] {
         &self.helper_entries
+    }
+
+    /// The credential helper Docker would run for `image`: its `credHelpers`
+    /// entry first; else, when no `auths` entry holds credentials for it, the
+    /// `credsStore`. `server` is what Docker passes the helper (Docker Hub's
+    /// legacy `https://index.docker.io/v1/`, otherwise `host[:port]`).
+    pub fn helper_for(&self, image: &Reference) -> Option<HelperCall> {
+        let host = image.host().to_ascii_lowercase();
+        let hostport = match image.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        let hub = hostport == DOCKER_HUB;
+        let server = if hub {
+            "https://index.docker.io/v1/".to_string()
+        } else {
+            hostport.clone()
+        };
+        let names: Vec<&str> = if hub {
+            vec!["https://index.docker.io/v1/", DOCKER_HUB, DOCKER_HUB_LEGACY]
+        } else {
+            vec![hostport.as_str()]
+        };
+        let per_registry = self.helpers.per_registry.iter().find(|(k, _)| {
+            let k = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            names
+                .iter()
+                .any(|n| n.trim_start_matches("https://").trim_end_matches('/') == k)
+        });
+        if let Some((_, helper)) = per_registry {
+            return Some(HelperCall {
+                helper: helper.clone(),
+                server,
+            });
+        }
+        if !self.candidates(image).is_empty() {
+            return None;
+        }
+        self.helpers
+            .store
+            .clone()
+            .map(|helper| HelperCall { helper, server })
     }
 
     /// Entries that apply to `image`, most specific first.
@@ -310,17 +370,35 @@ impl AuthEntry {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 struct HelperInfo {
-    store: bool,
-    per_registry: Vec<String>,
+    store: Option<String>,
+    /// Registry key → helper name.
+    per_registry: BTreeMap<String, String>,
+}
+
+/// A helper name becomes part of an executable's name: nothing that could
+/// leave `docker-credential-` (a path, a space, a shell character).
+fn helper_name(name: &str, field: &str) -> Result<String, DockerConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || name.starts_with('.')
+    {
+        return Err(top(format!(
+            "{field}: {name:?} is not a credential helper name (letters, digits, '-', '_', '.')"
+        )));
+    }
+    Ok(name.to_string())
 }
 
 impl HelperInfo {
     fn from_root(root: &Map<String, Value>) -> Result<Self, DockerConfigError> {
         let store = match root.get("credsStore") {
-            None => false,
-            Some(Value::String(s)) => !s.is_empty(),
+            None => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(helper_name(s, "credsStore")?),
             Some(v) => {
                 return Err(top(format!(
                     "\"credsStore\" must be a string, found {}",
@@ -329,8 +407,19 @@ impl HelperInfo {
             }
         };
         let per_registry = match root.get("credHelpers") {
-            None => Vec::new(),
-            Some(Value::Object(m)) => m.keys().cloned().collect(),
+            None => BTreeMap::new(),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => {
+                        Ok((k.clone(), helper_name(s, &format!("credHelpers[{k:?}]"))?))
+                    }
+                    v => Err(top(format!(
+                        "credHelpers[{k:?}] must be a string, found {}",
+                        type_name(v)
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
             Some(v) => {
                 return Err(top(format!(
                     "\"credHelpers\" must be an object, found {}",
@@ -345,7 +434,7 @@ impl HelperInfo {
     }
 
     fn covers(&self, key: &str) -> bool {
-        self.store || self.per_registry.iter().any(|k| k == key)
+        self.store.is_some() || self.per_registry.contains_key(key)
     }
 }
 
@@ -537,10 +626,104 @@ impl AuthPattern {
     }
 }
 
-/// `filepath.Match` for one host label, without character classes: the same
-/// `*`/`?` wildcard the policy uses for names.
+/// Go's `filepath.Match` for one host label, as kubelet matches `auths`
+/// keys: `*`, `?`, character classes `[a-z]`, `[^0-9]`, and `\` escapes. A
+/// malformed pattern matches nothing (kubelet ignores Match's error).
+/// Written by hand: glob crates follow shell rules (`[!…]`, no `^`), not Go's.
 fn glob_label(pattern: &str, text: &str) -> bool {
-    crate::policy::glob::name_matches(pattern, text)
+    go_match(
+        &pattern.chars().collect::<Vec<_>>(),
+        &text.chars().collect::<Vec<_>>(),
+    )
+    .unwrap_or(false)
+}
+
+/// `None`: malformed pattern.
+fn go_match(p: &[char], t: &[char]) -> Option<bool> {
+    match p.first() {
+        None => Some(t.is_empty()),
+        Some('*') => {
+            // Every split point; `*` never crosses a '/' (none in a label).
+            for i in 0..=t.len() {
+                if go_match(&p[1..], &t[i..])? {
+                    return Some(true);
+                }
+            }
+            Some(false)
+        }
+        Some('?') => match t.split_first() {
+            Some((_, rest)) => go_match(&p[1..], rest),
+            None => {
+                go_match(&p[1..], t)?;
+                Some(false)
+            }
+        },
+        Some('[') => {
+            let (matched, used) = class(&p[1..], t.first().copied())?;
+            match t.split_first() {
+                Some((_, rest)) if matched => go_match(&p[1 + used..], rest),
+                _ => {
+                    go_match(&p[1 + used..], t)?;
+                    Some(false)
+                }
+            }
+        }
+        Some('\\') => {
+            let c = *p.get(1)?;
+            match t.split_first() {
+                Some((first, rest)) if *first == c => go_match(&p[2..], rest),
+                _ => Some(false),
+            }
+        }
+        Some(c) => match t.split_first() {
+            Some((first, rest)) if first == c => go_match(&p[1..], rest),
+            _ => Some(false),
+        },
+    }
+}
+
+/// A class after its `[`: whether `c` is in it, and how many pattern chars
+/// it took (through the `]`). `None`: malformed.
+fn class(p: &[char], c: Option<char>) -> Option<(bool, usize)> {
+    let mut i = 0;
+    let negated = p.first() == Some(&'^');
+    if negated {
+        i += 1;
+    }
+    let lit = |i: &mut usize| -> Option<char> {
+        let ch = *p.get(*i)?;
+        if ch == '\\' {
+            *i += 1;
+            let e = *p.get(*i)?;
+            *i += 1;
+            return Some(e);
+        }
+        if ch == '-' || ch == ']' {
+            return None;
+        }
+        *i += 1;
+        Some(ch)
+    };
+    let mut found = false;
+    let mut first = true;
+    loop {
+        if p.get(i) == Some(&']') && !first {
+            i += 1;
+            break;
+        }
+        first = false;
+        let lo = lit(&mut i)?;
+        let hi = if p.get(i) == Some(&'-') {
+            i += 1;
+            lit(&mut i)?
+        } else {
+            lo
+        };
+        if c.is_some_and(|c| lo <= c && c <= hi) {
+            found = true;
+        }
+    }
+    Some((found != negated, i))
 }
 
 /// A summary of entries for listings: key, kind, user — never secrets.
@@ -778,9 +961,88 @@ mod tests {
         assert!(!glob_label("a?c", "ac"));
         assert!(glob_label("*x*y", "axbxy"));
         assert!(!glob_label("ab", "abc"));
+        // Character classes, as Go's filepath.Match (kubelet) has them.
+        assert!(glob_label("registry-[a-c]", "registry-b"));
+        assert!(!glob_label("registry-[a-c]", "registry-d"));
+        assert!(glob_label("r[0-9][0-9]", "r42"));
+        assert!(glob_label("eu-[^0-9]*", "eu-west"));
+        assert!(!glob_label("eu-[^0-9]*", "eu-1"));
+        assert!(glob_label("[a-cx]", "x"));
+        assert!(glob_label("a\\*", "a*"));
+        assert!(!glob_label("a\\*", "ab"));
+        // Malformed patterns match nothing.
+        for bad in ["[a-", "[]", "[a", "x[", "a\\", "[-a]"] {
+            assert!(!glob_label(bad, "a"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credential_helpers_are_picked_as_docker_does() {
+        let call = |c: &DockerConfig, image: &str| {
+            c.helper_for(&Reference::parse(image).unwrap())
+                .map(|h| format!("{}@{}", h.helper, h.server))
+        };
+        let c = cfg(&format!(
+            r#"{{"auths":{{"inline.example":{{"auth":"{}"}},"stored.example":{{}}}},
+                "credsStore":"desktop","credHelpers":{{"gcr.io":"gcloud","reg.example:5000":"corp"}}}}"#,
+            b64("u:p")
+        ))
+        .unwrap();
+        assert_eq!(call(&c, "gcr.io/p/app:1").as_deref(), Some("gcloud@gcr.io"));
+        assert_eq!(
+            call(&c, "reg.example:5000/app:1").as_deref(),
+            Some("corp@reg.example:5000")
+        );
+        assert_eq!(
+            call(&c, "stored.example/app:1").as_deref(),
+            Some("desktop@stored.example")
+        );
+        assert_eq!(
+            call(&c, "nginx:1").as_deref(),
+            Some("desktop@https://index.docker.io/v1/")
+        );
+        assert_eq!(
+            call(&c, "inline.example/app:1"),
+            None,
+            "inline credentials win over the store"
+        );
+        // Helpers only, no auths: valid (gcloud's configure-docker writes that).
+        let only = cfg(r#"{"credHelpers":{"https://index.docker.io/v1/":"hub"}}"#).unwrap();
+        assert_eq!(
+            call(&only, "library/nginx").as_deref(),
+            Some("hub@https://index.docker.io/v1/")
+        );
+        assert_eq!(call(&only, "ghcr.io/o/a"), None);
+        // A helper name is an executable name: nothing path-like.
+        for bad in [r#""../../bin/sh""#, r#""a b""#, r#""""#] {
+            let doc = format!(r#"{{"auths":{{}},"credHelpers":{{"r.io":{bad}}}}}"#);
+            if bad == r#""""# {
+                assert!(cfg(&doc).is_err());
+                continue;
+            }
+            let err = cfg(&doc).unwrap_err().to_string();
+            assert!(err.contains("credential helper name"), "{err}");
+        }
+        assert!(cfg(r#"{"credsStore":"../x"}"#).is_err());
+    }
+
+    #[test]
+    fn character_classes_in_auth_keys_pick_entries() {
+        let c = cfg(&format!(
+            r#"{{"auths":{{"ecr-[a-m].corp.example":{{"auth":"{}"}}}}}}"#,
+            b64("am:pw")
+        ))
+        .unwrap();
+        assert_eq!(users_for(&c, "ecr-b.corp.example/app:1"), ["am"]);
+        assert!(users_for(&c, "ecr-x.corp.example/app:1").is_empty());
     }
 
     proptest! {
+        #[test]
+        fn glob_never_panics(p in "[a-c\\[\\]^*?\\\\-]{0,12}", t in "[a-c\\-]{0,8}") {
+            let _ = glob_label(&p, &t);
+        }
+
         #[test]
         fn parse_never_panics(s in "\\PC{0,200}") {
             let _ = DockerConfig::parse(s.as_bytes());

@@ -8,7 +8,10 @@
 //! - [`source`]: refreshing upstream credentials from an `exec` source.
 //! - [`runtime`]: the usable credential set built from the policy documents
 //!   and the central Secrets.
+//! - [`dev_issuer`]: service-account-shaped tokens for trying the standalone
+//!   broker without a cluster.
 
+pub mod dev_issuer;
 pub mod keys;
 pub mod mint;
 pub mod runtime;

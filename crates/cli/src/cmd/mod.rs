@@ -1,6 +1,7 @@
 pub mod can_i;
 pub mod controller;
 pub mod crd;
+pub mod dev_token;
 pub mod keygen;
 pub mod resolve;
 pub mod secret;

@@ -131,7 +131,7 @@ fn collect_inputs(args: &Args) -> Result<Vec<String>> {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let inputs = collect_inputs(&args)?;
-    let keychain = keychain::build(&args.credentials)?;
+    let configs = keychain::build(&args.credentials)?;
     let mut ca_pems = Vec::new();
     for path in &args.ca_file {
         ca_pems.push(
@@ -150,6 +150,30 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ..Default::default()
     };
     let client = RegistryClient::new(settings).map_err(anyhow::Error::msg)?;
+
+    // Parse everything first: a malformed reference is reported, not fatal.
+    let parsed: Vec<Result<Reference, String>> = inputs
+        .iter()
+        .map(|i| Reference::parse(i).map_err(|e| e.to_string()))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Credential helpers run once per registry, before any resolution; an
+    // image whose helper failed is reported with that failure.
+    let all_valid: Vec<Reference> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
+    let (keychain, helper_failures) =
+        runtime.block_on(configs.keychain(&all_valid, keychain::HELPER_TIMEOUT));
+    let valid: Vec<Reference> = all_valid
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !helper_failures.contains_key(i))
+        .map(|(_, r)| r.clone())
+        .collect();
     let resolver = Resolver::new(
         client,
         keychain,
@@ -159,16 +183,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ..Default::default()
         },
     );
-
-    // Parse everything first: a malformed reference is reported, not fatal.
-    let parsed: Vec<Result<Reference, String>> = inputs
-        .iter()
-        .map(|i| Reference::parse(i).map_err(|e| e.to_string()))
-        .collect();
-    let valid: Vec<Reference> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok().cloned())
-        .collect();
 
     let show_progress = !args.no_progress
         && (args.progress || (std::io::stderr().is_terminal() && valid.len() >= 20));
@@ -183,10 +197,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
         bar
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let mut failures = 0usize;
     let outcomes = runtime.block_on(resolver.resolve_all(&valid, |_, outcome| {
         if let Some(bar) = &bar {
@@ -202,16 +212,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let mut outcomes = outcomes.into_iter();
+    let mut valid_index = 0usize;
     let results: Vec<(&str, Outcome)> = inputs
         .iter()
         .zip(&parsed)
         .map(|(input, p)| {
             let r = match p {
                 Err(e) => Err(ResolveFailure::Parse(e.clone())),
-                Ok(reference) => match outcomes.next().expect("one outcome per valid reference") {
-                    Ok(resolved) => Ok((reference.clone(), resolved)),
-                    Err(e) => Err(ResolveFailure::Registry(e)),
-                },
+                Ok(reference) => {
+                    valid_index += 1;
+                    match helper_failures.get(&(valid_index - 1)) {
+                        Some(e) => Err(ResolveFailure::Helper(e.clone())),
+                        None => {
+                            match outcomes.next().expect("one outcome per resolved reference") {
+                                Ok(resolved) => Ok((reference.clone(), resolved)),
+                                Err(e) => Err(ResolveFailure::Registry(e)),
+                            }
+                        }
+                    }
+                }
             };
             (input.as_str(), r)
         })
@@ -271,6 +290,8 @@ type Outcome = Result<(Reference, Resolved), ResolveFailure>;
 
 enum ResolveFailure {
     Parse(String),
+    /// The image's credential helper failed (named in the message).
+    Helper(String),
     Registry(RegistryError),
 }
 
@@ -278,12 +299,13 @@ impl ResolveFailure {
     fn class(&self) -> &'static str {
         match self {
             ResolveFailure::Parse(_) => "invalid_reference",
+            ResolveFailure::Helper(_) => "credential_helper",
             ResolveFailure::Registry(e) => e.class(),
         }
     }
     fn message(&self) -> String {
         match self {
-            ResolveFailure::Parse(e) => e.clone(),
+            ResolveFailure::Parse(e) | ResolveFailure::Helper(e) => e.clone(),
             ResolveFailure::Registry(e) => e.to_string(),
         }
     }
