@@ -317,6 +317,81 @@ mod tests {
         assert!(build_response(&req, empty).is_err());
     }
 
+    /// kubelet's provider cache as `kubernetes-facts.md` records it: an entry
+    /// is stored under the key its `cacheKeyType` names and found again by
+    /// the same key for a later image; a hit hands over the cached auth map,
+    /// whose keys kubelet then matches by string prefix (URLsMatch).
+    struct KubeletCache(Vec<(String, CredentialProviderResponse)>);
+
+    fn cache_key(cache_type: &str, image: &str) -> String {
+        let path = image_path(image);
+        match cache_type {
+            "Image" => path,
+            "Registry" => path.split('/').next().unwrap_or_default().to_string(),
+            "Global" => String::new(),
+            other => panic!("kubelet ignores a response with cacheKeyType {other:?}"),
+        }
+    }
+
+    impl KubeletCache {
+        fn store(&mut self, image: &str, resp: CredentialProviderResponse) {
+            self.0.push((cache_key(resp.cache_key_type, image), resp));
+        }
+        /// The credential kubelet would use for `image` from its cache alone.
+        fn offered(&self, image: &str) -> Option<String> {
+            let path = image_path(image);
+            self.0
+                .iter()
+                .filter(|(k, r)| *k == cache_key(r.cache_key_type, image))
+                .flat_map(|(_, r)| r.auth.iter())
+                .find(|(key, _)| path.starts_with(key.as_str()))
+                .map(|(_, a)| a.password.clone())
+        }
+    }
+
+    /// Whatever is granted, the plugin answers `Image`: a credential for one
+    /// repository is never offered from kubelet's cache for another — not a
+    /// sibling, not a lookalike prefix (`app` vs `app-admin`), not a child.
+    #[test]
+    fn kubelets_cache_never_offers_a_credential_for_another_repository() {
+        let granted = [
+            "reg.example/team-a/app:v1",
+            "reg.example:5000/team-a/app:v1",
+            "nginx:1.27",
+            "reg.example/team-a/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ];
+        let others = [
+            "reg.example/team-a/app-admin:v1",
+            "reg.example/team-a/app/sub:v1",
+            "reg.example/team-a/other:v1",
+            "reg.example/team-b/app:v1",
+            "reg.example:5000/team-a/other:v1",
+            "docker.io/library/nginx-admin:1",
+            "redis:7",
+        ];
+        for g in granted {
+            let req = request(API_V1, g);
+            let resp = build_response(&req, answer(&image_path(g))).unwrap();
+            assert_eq!(resp.cache_key_type, "Image", "the narrowest key, always");
+            let mut cache = KubeletCache(Vec::new());
+            cache.store(g, resp);
+            assert!(cache.offered(g).is_some(), "{g}: its own image hits");
+            let same_repo_other_tag = format!("{}:v2", image_path(g));
+            assert!(cache.offered(&same_repo_other_tag).is_some(), "{g}: a tag of the same repository hits");
+            for o in others {
+                assert_eq!(cache.offered(o), None, "{g}'s credential offered for {o}");
+            }
+        }
+        // Why not `Registry`: the same answer cached per registry would be
+        // offered for the lookalike `app-admin` by kubelet's prefix match.
+        let g = "reg.example/team-a/app:v1";
+        let mut wide = build_response(&request(API_V1, g), answer("reg.example/team-a/app")).unwrap();
+        wide.cache_key_type = "Registry";
+        let mut cache = KubeletCache(Vec::new());
+        cache.store(g, wide);
+        assert!(cache.offered("reg.example/team-a/app-admin:v1").is_some());
+    }
+
     #[test]
     fn scrubbing() {
         assert_eq!(
