@@ -69,12 +69,41 @@ fn controller_syncs_and_stops_on_sigterm() {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
-        .args(["controller", "--identity", "cli-test"])
+        .args([
+            "controller",
+            "--identity",
+            "cli-test",
+            "--health-address",
+            "127.0.0.1:0",
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Log lines are read on a thread to the end, so the pipe never fills.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut logs = Vec::new();
+    let health = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("controller logs its health address");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        logs.push(line);
+        if json["message"] == "health and metrics" {
+            break format!("http://{}", json["address"].as_str().unwrap());
+        }
+    };
     let start = Instant::now();
     loop {
         let (status, sa) = request(
@@ -106,15 +135,51 @@ fn controller_syncs_and_stops_on_sigterm() {
         .0,
         200
     );
+    // Probes and metrics: alive, ready as the leader, and the writes counted.
+    assert_eq!(request(&health, "GET", "/healthz", "").0, 200);
+    assert_eq!(
+        request(&health, "GET", "/readyz", ""),
+        (200, "leading".to_string())
+    );
+    let (_, metrics) = request(&health, "GET", "/metrics", "");
+    for needle in [
+        "pullbroker_controller_leader 1\n",
+        "pullbroker_controller_writes_total{kind=\"Secret\",verb=\"apply\"} 1\n",
+        "pullbroker_controller_writes_total{kind=\"ServiceAccount\",verb=\"patch\"} 1\n",
+        "pullbroker_controller_secrets_issued_total{reason=\"new\"} 1\n",
+        "pullbroker_controller_rotation_lag_seconds 0\n",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    // With the API server gone the leader steps down: not ready, saying why.
+    fake.set_down(true);
+    let start = Instant::now();
+    loop {
+        let (status, why) = request(&health, "GET", "/readyz", "");
+        if status == 503 {
+            assert!(why.contains("cannot reach"), "{why}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still ready: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Back: the same process leads again, then stops cleanly.
+    fake.set_down(false);
+    let start = Instant::now();
+    while request(&health, "GET", "/readyz", "") != (200, "leading".to_string()) {
+        assert!(start.elapsed() < Duration::from_secs(60), "never led again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    logs.extend(rx.iter());
+    let logs = logs.join("\n");
     assert!(status.success(), "exit after SIGTERM: {status}\n{logs}");
     assert!(logs.contains("\"leading\""), "JSON logs: {logs}");
     let (_, lease) = request(

@@ -27,6 +27,7 @@
 pub mod index;
 pub mod issue;
 pub mod lease;
+pub mod metrics;
 pub mod policy_source;
 pub mod reconcile;
 pub mod seal;
@@ -35,7 +36,7 @@ pub mod stuck;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,37 +127,7 @@ impl Settings {
     }
 }
 
-/// Counters for logs and benchmarks.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Tries to take or renew the leader lease (a standby keeps trying).
-    pub lease_attempts: AtomicU64,
-    /// Reconciles that completed without error.
-    pub reconciles: AtomicU64,
-    pub issued: AtomicU64,
-    pub rotated: AtomicU64,
-    pub failures: AtomicU64,
-    /// Managed secrets found changed by someone else (and reissued).
-    pub repaired: AtomicU64,
-    /// Whether this replica leads now.
-    pub leading: std::sync::atomic::AtomicBool,
-    /// Terms led since start (more than one: the lease was lost and retaken).
-    pub terms: AtomicU64,
-}
-
-impl Metrics {
-    fn issued(&self, rotation: bool) {
-        let c = if rotation {
-            &self.rotated
-        } else {
-            &self.issued
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-    fn failed(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub use metrics::Metrics;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -505,7 +476,15 @@ pub async fn run_leader(
 
     let _status = Owned(tokio::spawn(status::run(ctx.clone())));
     let _stuck = Owned(tokio::spawn(stuck::run(ctx.clone())));
+    let _synced = {
+        let ctx = ctx.clone();
+        Owned(tokio::spawn(async move {
+            ctx.wait_ready().await;
+            ctx.metrics.caches_synced.store(true, Ordering::SeqCst);
+        }))
+    };
     controller.await;
+    ctx.metrics.caches_synced.store(false, Ordering::SeqCst);
 }
 
 /// Runs with leader election until `shutdown` resolves: waits for the lease,
@@ -533,6 +512,9 @@ pub async fn run(
         loop {
             let attempt = lock.try_acquire_or_renew().await;
             metrics.lease_attempts.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .lease_reachable
+                .store(attempt.is_ok(), Ordering::SeqCst);
             match attempt {
                 Ok(true) => break,
                 Ok(false) => tracing::debug!(
@@ -576,12 +558,17 @@ async fn lead(
 ) -> bool {
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let renewer = {
-        let lock = lock.clone();
+        let (lock, metrics) = (lock.clone(), metrics.clone());
         Owned(tokio::spawn(async move {
             let mut failing_since: Option<tokio::time::Instant> = None;
             loop {
                 tokio::time::sleep(retry).await;
-                match lock.try_acquire_or_renew().await {
+                let attempt = lock.try_acquire_or_renew().await;
+                metrics.lease_attempts.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .lease_reachable
+                    .store(attempt.is_ok(), Ordering::SeqCst);
+                match attempt {
                     Ok(true) => failing_since = None,
                     Ok(false) => break,
                     Err(e) => {

@@ -8,6 +8,7 @@
 //! `resourceVersion` we read; on a conflict the account is read again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,7 @@ impl Context {
 /// writes nothing.
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     ctx.wait_ready().await;
+    let _running = ctx.metrics.running();
     let name = ns.name_any();
     let policy = ctx.policy(std::slice::from_ref(&*ns));
     let damaged = ctx.damaged(&name).await?;
@@ -272,7 +274,10 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
             Action::DeleteSecret { namespace, name } => {
                 let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
                 match api.delete(name, &DeleteParams::default()).await {
-                    Ok(_) => Ok(()),
+                    Ok(_) => {
+                        ctx.metrics.secret_deletes.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
                     Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                     Err(e) => Err(Error::Kube("delete secret", e)),
                 }
@@ -455,9 +460,12 @@ async fn issue_secret(
             ..Default::default()
         };
         async move {
-            api.replace(name, &pp, &secret)
+            let written = api
+                .replace(name, &pp, &secret)
                 .await
-                .map_err(|e| Error::Kube("replace secret", e))
+                .map_err(|e| Error::Kube("replace secret", e))?;
+            ctx.metrics.secret_replaces.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, Error>(written)
         }
     };
     let written = if w.repair {
@@ -471,6 +479,7 @@ async fn issue_secret(
             )
             .await
             .map_err(|e| Error::Kube("apply secret", e))?;
+        ctx.metrics.secret_applies.fetch_add(1, Ordering::Relaxed);
         // Apply keeps fields other managers own (a key a tenant added to a
         // secret it had also unlabelled): what we wrote must be all there is.
         if crate::seal::intact(&ctx.seal, &applied) {
@@ -532,6 +541,9 @@ async fn update_references(
             .await
         {
             Ok(written) => {
+                ctx.metrics
+                    .serviceaccount_patches
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(namespace = %ns, service_account = %sa, refs = ?pull_secret_names(&written), "updated imagePullSecrets");
                 ctx.mark(
                     "sa",

@@ -181,6 +181,17 @@ async fn write_all(ctx: &Context) {
         t.0 = t.0.max(o.issued_at);
         t.1 = t.1.min(due);
     }
+    let now = crate::reconcile::now();
+    let lag = times
+        .values()
+        .filter(|t| t.1 != i64::MAX)
+        .map(|t| now.saturating_sub(t.1))
+        .max()
+        .unwrap_or(0)
+        .max(0);
+    ctx.metrics
+        .rotation_lag_seconds
+        .store(lag, std::sync::atomic::Ordering::Relaxed);
     let creds: Api<RegistryCredential> = Api::all(ctx.client.clone());
     for c in all_creds.iter() {
         let name = c.name_any();

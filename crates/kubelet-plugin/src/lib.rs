@@ -377,7 +377,10 @@ mod tests {
             cache.store(g, resp);
             assert!(cache.offered(g).is_some(), "{g}: its own image hits");
             let same_repo_other_tag = format!("{}:v2", image_path(g));
-            assert!(cache.offered(&same_repo_other_tag).is_some(), "{g}: a tag of the same repository hits");
+            assert!(
+                cache.offered(&same_repo_other_tag).is_some(),
+                "{g}: a tag of the same repository hits"
+            );
             for o in others {
                 assert_eq!(cache.offered(o), None, "{g}'s credential offered for {o}");
             }
@@ -385,7 +388,8 @@ mod tests {
         // Why not `Registry`: the same answer cached per registry would be
         // offered for the lookalike `app-admin` by kubelet's prefix match.
         let g = "reg.example/team-a/app:v1";
-        let mut wide = build_response(&request(API_V1, g), answer("reg.example/team-a/app")).unwrap();
+        let mut wide =
+            build_response(&request(API_V1, g), answer("reg.example/team-a/app")).unwrap();
         wide.cache_key_type = "Registry";
         let mut cache = KubeletCache(Vec::new());
         cache.store(g, wide);

@@ -47,6 +47,11 @@ pub struct Args {
     /// kubelet credential-provider plugins work). Without it exec sources are refused.
     #[arg(long, env = "PULLBROKER_EXEC_SOURCE_DIR", value_name = "DIR")]
     exec_source_dir: Option<std::path::PathBuf>,
+    /// Where `/healthz` (alive), `/readyz` (leading with caches synced, or a
+    /// standby that reaches the API server) and `/metrics` (Prometheus) are
+    /// served, plain HTTP: they carry no token or credential. `off` disables.
+    #[arg(long, default_value = "0.0.0.0:8081", value_name = "ADDR|off")]
+    health_address: String,
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -82,14 +87,66 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ..Settings::default()
         };
         tracing::info!(identity = %settings.identity, namespace = %settings.system_namespace, "pullbroker controller starting");
+        let metrics = Arc::new(Metrics::default());
+        let _health = match args.health_address.as_str() {
+            "off" => None,
+            addr => {
+                let addr: std::net::SocketAddr = addr
+                    .parse()
+                    .with_context(|| format!("--health-address {addr:?} is not HOST:PORT or off"))?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--health-address)"))?;
+                tracing::info!(address = %listener.local_addr()?, "health and metrics");
+                Some(AbortOnDrop(tokio::spawn(serve_health(listener, metrics.clone()))))
+            }
+        };
         pullbroker_controller::run(
             client,
             settings,
-            Arc::new(Metrics::default()),
+            metrics,
             super::serve::shutdown_signal(),
         )
         .await?;
         tracing::info!("pullbroker controller stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `/healthz`, `/readyz`, `/metrics` from the controller's counters.
+async fn serve_health(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let (ready, text) = (metrics.clone(), metrics);
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                match ready.readiness() {
+                    Ok(state) => (StatusCode::OK, state),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    text.render(),
+                )
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "health endpoint stopped");
+    }
 }
