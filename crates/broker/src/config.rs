@@ -219,6 +219,12 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 pub fn load(path: &Path) -> Result<Snapshot, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse(&text, path)
+}
+
+/// Validates config `text` as if read from `path` (files it names are
+/// resolved against `path`'s directory and read; nothing is written).
+pub fn parse(text: &str, path: &Path) -> Result<Snapshot, String> {
     let base = path.parent().unwrap_or(Path::new("."));
     let mut problems: Vec<String> = Vec::new();
     let mut broker: Option<BrokerConfigSpec> = None;
@@ -227,7 +233,7 @@ pub fn load(path: &Path) -> Result<Snapshot, String> {
     let mut secrets: Secrets = BTreeMap::new();
     let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
 
-    for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc = match Value::deserialize(de) {
             Ok(Value::Null) => continue,
             Ok(v) => v,
