@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every cargo-fuzz target for RUNS executions each (default
-# 10,000,000; `scripts/fuzz.sh 100000` for a quick pass), two targets at a
+# 10,000,000; `scripts/fuzz.sh 100000` for a quick pass), or until SECONDS
+# per target when given (`scripts/fuzz.sh 10000000 600`), two targets at a
 # time (the machine has two cores), and prints executions, time and rate per
 # target. Starts from the corpus kept in the repo (fuzz/seeds/TARGET) and
 # merges what it found back into it, minimized (-merge=1), so the corpus
@@ -11,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 runs="${1:-10000000}"
+limit=()
+[ -z "${2:-}" ] || limit=(-max_total_time="$2")
 targets=(reference dockerconfig secret_manifest www_authenticate exec_source broker_config admission_review)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cargo +nightly fuzz build >/dev/null
@@ -21,7 +24,7 @@ fuzz_one() {
   start=$(date +%s)
   # -runs bounds the work; the working corpus comes first so new inputs land there.
   if ! cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
-      -runs="$runs" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+      -runs="$runs" "${limit[@]}" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     echo "$target: FAILED — see fuzz/$log and fuzz/artifacts/$target"
     return 1
   fi

@@ -321,10 +321,14 @@ impl DockerConfig {
                     let secret = c.secret().unwrap_or_default();
                     fields.insert("username".into(), username.clone().into());
                     fields.insert("password".into(), secret.into());
-                    fields.insert(
-                        "auth".into(),
-                        STANDARD.encode(format!("{username}:{secret}")).into(),
-                    );
+                    // `auth` splits at the first ':' (Docker, kubelet): a user
+                    // name with a ':' is only representable in the fields.
+                    if !username.contains(':') {
+                        fields.insert(
+                            "auth".into(),
+                            STANDARD.encode(format!("{username}:{secret}")).into(),
+                        );
+                    }
                 }
                 Credential::IdentityToken { username, .. } => {
                     fields.insert("username".into(), username.clone().into());
@@ -793,6 +797,16 @@ mod tests {
         assert_eq!(by_key("reg.example:5000").username(), Some("carol"));
         assert_eq!(by_key("acr.example").kind(), "identity-token");
         assert_eq!(by_key("tok.example").kind(), "registry-token");
+    }
+
+    /// Found by the fuzzer: a user name with a ':' written into `auth` came
+    /// back as another user name.
+    #[test]
+    fn a_user_name_with_a_colon_round_trips() {
+        let c = cfg(r#"{"auths":{"r.io":{"username":"u:x","password":"p"}}}"#).unwrap();
+        let again = cfg(&c.to_json_exposing_secrets()).unwrap();
+        assert_eq!(again.entries()[0].credential().username(), Some("u:x"));
+        assert_eq!(again.entries()[0].credential().secret(), Some("p"));
     }
 
     #[test]
