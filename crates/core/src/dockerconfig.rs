@@ -635,55 +635,76 @@ impl AuthPattern {
 /// malformed pattern matches nothing (kubelet ignores Match's error).
 /// Written by hand: glob crates follow shell rules (`[!…]`, no `^`), not Go's.
 fn glob_label(pattern: &str, text: &str) -> bool {
-    go_match(
-        &pattern.chars().collect::<Vec<_>>(),
-        &text.chars().collect::<Vec<_>>(),
-    )
-    .unwrap_or(false)
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Memoized by position: plain backtracking is exponential in the number
+    // of `*`s (found by the fuzzer: a key of many stars stalled matching).
+    let mut memo = vec![None; (p.len() + 1) * (t.len() + 1)];
+    go_match(&p, 0, &t, 0, &mut memo).unwrap_or(false)
 }
 
 /// `None`: malformed pattern.
-fn go_match(p: &[char], t: &[char]) -> Option<bool> {
-    match p.first() {
-        None => Some(t.is_empty()),
+fn go_match(
+    p: &[char],
+    pi: usize,
+    t: &[char],
+    ti: usize,
+    memo: &mut Vec<Option<Option<bool>>>,
+) -> Option<bool> {
+    let key = pi * (t.len() + 1) + ti;
+    if let Some(known) = memo[key] {
+        return known;
+    }
+    let result = match p.get(pi) {
+        None => Some(ti == t.len()),
         Some('*') => {
             // Every split point; `*` never crosses a '/' (none in a label).
-            for i in 0..=t.len() {
-                if go_match(&p[1..], &t[i..])? {
-                    return Some(true);
+            let mut any = Some(false);
+            for i in ti..=t.len() {
+                match go_match(p, pi + 1, t, i, memo) {
+                    Some(true) => {
+                        any = Some(true);
+                        break;
+                    }
+                    Some(false) => {}
+                    None => {
+                        any = None;
+                        break;
+                    }
                 }
             }
-            Some(false)
+            any
         }
-        Some('?') => match t.split_first() {
-            Some((_, rest)) => go_match(&p[1..], rest),
-            None => {
-                go_match(&p[1..], t)?;
-                Some(false)
-            }
+        Some('?') => match t.get(ti) {
+            Some(_) => go_match(p, pi + 1, t, ti + 1, memo),
+            None => go_match(p, pi + 1, t, ti, memo).map(|_| false),
         },
         Some('[') => {
-            let (matched, used) = class(&p[1..], t.first().copied())?;
-            match t.split_first() {
-                Some((_, rest)) if matched => go_match(&p[1 + used..], rest),
-                _ => {
-                    go_match(&p[1 + used..], t)?;
-                    Some(false)
+            let (matched, used) = match class(&p[pi + 1..], t.get(ti).copied()) {
+                Some(c) => c,
+                None => {
+                    memo[key] = Some(None);
+                    return None;
                 }
+            };
+            match t.get(ti) {
+                Some(_) if matched => go_match(p, pi + 1 + used, t, ti + 1, memo),
+                _ => go_match(p, pi + 1 + used, t, ti, memo).map(|_| false),
             }
         }
-        Some('\\') => {
-            let c = *p.get(1)?;
-            match t.split_first() {
-                Some((first, rest)) if *first == c => go_match(&p[2..], rest),
+        Some('\\') => match p.get(pi + 1) {
+            None => None,
+            Some(c) => match t.get(ti) {
+                Some(first) if first == c => go_match(p, pi + 2, t, ti + 1, memo),
                 _ => Some(false),
-            }
-        }
-        Some(c) => match t.split_first() {
-            Some((first, rest)) if first == c => go_match(&p[1..], rest),
+            },
+        },
+        Some(c) => match t.get(ti) {
+            Some(first) if first == c => go_match(p, pi + 1, t, ti + 1, memo),
             _ => Some(false),
         },
-    }
+    };
+    memo[key] = Some(result);
+    result
 }
 
 /// A class after its `[`: whether `c` is in it, and how many pattern chars
@@ -988,6 +1009,14 @@ mod tests {
         for bad in ["[a-", "[]", "[a", "x[", "a\\", "[-a]"] {
             assert!(!glob_label(bad, "a"), "{bad}");
         }
+        // Many stars (found by the fuzzer): plain backtracking would not
+        // finish these in the lifetime of the test run; memoized, they are
+        // at most |pattern|·|text| steps.
+        assert!(!glob_label(&("a*".repeat(200) + "b"), &"a".repeat(250)));
+        assert!(glob_label(
+            &("*".repeat(300) + "x"),
+            &"y".repeat(200).replace("yy", "yx")
+        ));
     }
 
     #[test]
