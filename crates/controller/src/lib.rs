@@ -510,12 +510,7 @@ pub async fn run(
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     loop {
         loop {
-            let attempt = lock.try_acquire_or_renew().await;
-            metrics.lease_attempts.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .lease_reachable
-                .store(attempt.is_ok(), Ordering::SeqCst);
-            match attempt {
+            match attempt_lease(&lock, &metrics).await {
                 Ok(true) => break,
                 Ok(false) => tracing::debug!(
                     identity = lock.identity(),
@@ -546,6 +541,16 @@ pub async fn run(
     }
 }
 
+/// One try to take or renew the lease, counted, and whether the API answered.
+async fn attempt_lease(lock: &lease::LeaseLock, metrics: &Metrics) -> Result<bool, kube::Error> {
+    let attempt = lock.try_acquire_or_renew().await;
+    metrics.lease_attempts.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .lease_reachable
+        .store(attempt.is_ok(), Ordering::SeqCst);
+    attempt
+}
+
 /// One term as leader: the leader's work runs while a renewer keeps the
 /// lease. Returns whether the lease was lost (rather than `shutdown`).
 async fn lead(
@@ -563,12 +568,7 @@ async fn lead(
             let mut failing_since: Option<tokio::time::Instant> = None;
             loop {
                 tokio::time::sleep(retry).await;
-                let attempt = lock.try_acquire_or_renew().await;
-                metrics.lease_attempts.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .lease_reachable
-                    .store(attempt.is_ok(), Ordering::SeqCst);
-                match attempt {
+                match attempt_lease(&lock, &metrics).await {
                     Ok(true) => failing_since = None,
                     Ok(false) => break,
                     Err(e) => {

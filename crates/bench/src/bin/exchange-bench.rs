@@ -229,22 +229,7 @@ fn main() -> Result<()> {
         .map(|i| issuer.token("team-a", &format!("app-{i}"), "pullbroker"))
         .collect();
     std::fs::write(dir.path().join("tokens.txt"), tokens.join("\n") + "\n")?;
-    let lua = dir.path().join("exchange.lua");
-    std::fs::write(
-        &lua,
-        format!(
-            r#"local tokens = {{}}
-for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
-local i = math.random(#tokens)
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = i % #tokens + 1
-  return wrk.format(nil, nil, nil, '{{"token":"' .. tokens[i] .. '","image":"{image}"}}')
-end
-"#
-        ),
-    )?;
+    let lua = write_exchange_lua(&dir.path().join("exchange.lua"), &image)?;
 
     // The cost of verifying a never-seen token, in-process.
     let verify_cost = rt.block_on(async {
@@ -430,6 +415,27 @@ end
     Ok(())
 }
 
+/// A wrk script posting `/v1/exchange` for `image`, cycling through the
+/// tokens in the file named by `$TOKENS`.
+fn write_exchange_lua(path: &Path, image: &str) -> Result<std::path::PathBuf> {
+    std::fs::write(
+        path,
+        format!(
+            r#"local tokens = {{}}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local i = math.random(#tokens)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, nil, '{{"token":"' .. tokens[i] .. '","image":"{image}"}}')
+end
+"#
+        ),
+    )?;
+    Ok(path.to_path_buf())
+}
+
 /// The default positive TokenReview cache ttl, as configured below.
 const REVIEW_TTL_SECS: u64 = 5;
 
@@ -483,22 +489,7 @@ fn review_section(
     let tokens_file = dir.join("review-tokens.txt");
     std::fs::write(&tokens_file, tokens.join("\n") + "\n")?;
     std::fs::write(dir.join("reviewer-token"), "unused-by-the-fake\n")?;
-    let lua = dir.join("review.lua");
-    std::fs::write(
-        &lua,
-        format!(
-            r#"local tokens = {{}}
-for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
-local i = math.random(#tokens)
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = i % #tokens + 1
-  return wrk.format(nil, nil, nil, '{{"token":"' .. tokens[i] .. '","image":"{image}"}}')
-end
-"#
-        ),
-    )?;
+    let lua = write_exchange_lua(&dir.join("review.lua"), image)?;
     let reviews = || {
         fake.writes()
             .get("create tokenreviews")
