@@ -8,6 +8,8 @@
 # grows with every run; commit fuzz/seeds. A crash fails the script and
 # leaves its input in fuzz/artifacts/TARGET.
 #
+# FUZZ_TARGETS="a b" fuzzes only those targets.
+#
 # Needs the nightly toolchain (rustup) and cargo-fuzz (installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
@@ -15,6 +17,7 @@ runs="${1:-10000000}"
 limit=()
 [ -z "${2:-}" ] || limit=(-max_total_time="$2")
 targets=(reference dockerconfig secret_manifest www_authenticate exec_source broker_config admission_review)
+[ -z "${FUZZ_TARGETS:-}" ] || read -r -a targets <<<"$FUZZ_TARGETS"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cargo +nightly fuzz build >/dev/null
 

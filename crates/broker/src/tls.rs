@@ -178,42 +178,16 @@ pub struct ServingCert {
 
 /// Makes a CA and a serving certificate valid for `hosts` for `days`.
 pub fn make_serving_cert(hosts: &[String], days: u32) -> Result<ServingCert, String> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    if hosts.is_empty() {
-        return Err("at least one host name or IP address is required".into());
-    }
-    let now = time_now();
-    let until = now + Duration::from_secs(u64::from(days) * 86_400);
-    let ca_key = KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, "pullbroker CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.not_before = now.into();
-    ca.not_after = until.into();
-    let ca_cert = ca.self_signed(&ca_key).map_err(|e| e.to_string())?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut leaf = CertificateParams::new(hosts.to_vec()).map_err(|e| e.to_string())?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, hosts[0].clone());
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.not_before = now.into();
-    leaf.not_after = until.into();
-    let cert = leaf.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+    use pullbroker_credentials::pki;
+    use secrecy::ExposeSecret;
+    let validity = Duration::from_secs(u64::from(days) * 86_400);
+    let ca = pki::new_ca("pullbroker CA", validity)?;
+    let leaf = pki::issue_serving(&ca, hosts, validity)?;
     Ok(ServingCert {
-        ca_pem: ca_cert.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        ca_pem: ca.cert_pem,
+        cert_pem: leaf.cert_pem,
+        key_pem: leaf.key_pem.expose_secret().to_string(),
     })
-}
-
-fn time_now() -> std::time::SystemTime {
-    // Backdated a minute: a peer whose clock is slightly behind still accepts it.
-    std::time::SystemTime::now() - Duration::from_secs(60)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod policy_source;
 pub mod reconcile;
 pub mod seal;
+pub mod serving_cert;
 pub mod status;
 pub mod stuck;
 
@@ -66,6 +67,8 @@ pub enum Error {
     Contended(String, String),
     #[error("the seal key: {0}")]
     SealKey(String),
+    #[error("the serving certificate: {0}")]
+    Certificate(String),
 }
 
 /// How the controller runs.
@@ -88,6 +91,8 @@ pub struct Settings {
     pub recreate_stuck_pods: bool,
     /// Directory of exec-source executables; exec sources are refused without it.
     pub exec_source_dir: Option<std::path::PathBuf>,
+    /// The built-in certificate bootstrap for the broker and its webhook.
+    pub serving_cert: Option<serving_cert::ServingCertSettings>,
 }
 
 impl Default for Settings {
@@ -102,6 +107,7 @@ impl Default for Settings {
             concurrency: 32,
             recreate_stuck_pods: false,
             exec_source_dir: None,
+            serving_cert: None,
         }
     }
 }
@@ -122,6 +128,9 @@ impl Settings {
         }
         if self.lease_duration.is_zero() {
             return Err("lease_duration must be positive".into());
+        }
+        if let Some(s) = &self.serving_cert {
+            s.validate()?;
         }
         Ok(())
     }
@@ -333,7 +342,8 @@ where
 }
 
 /// Runs as leader until `stop` resolves: the watches, the namespace
-/// controller, the status writer and the stuck-pod watcher.
+/// controller, the status writer, the stuck-pod watcher and, when set, the
+/// certificate bootstrap.
 pub async fn run_leader(
     client: Client,
     settings: Settings,
@@ -476,6 +486,13 @@ pub async fn run_leader(
 
     let _status = Owned(tokio::spawn(status::run(ctx.clone())));
     let _stuck = Owned(tokio::spawn(stuck::run(ctx.clone())));
+    let _certs = settings.serving_cert.clone().map(|certs| {
+        Owned(tokio::spawn(serving_cert::run(
+            client.clone(),
+            settings.system_namespace.clone(),
+            certs,
+        )))
+    });
     let _synced = {
         let ctx = ctx.clone();
         Owned(tokio::spawn(async move {

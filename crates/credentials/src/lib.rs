@@ -8,11 +8,13 @@
 //! - [`source`]: refreshing upstream credentials from an `exec` source.
 //! - [`runtime`]: the usable credential set built from the policy documents
 //!   and the central Secrets.
+//! - [`pki`]: the broker's TLS: a CA, serving certificates, their validity.
 //! - [`dev_issuer`]: service-account-shaped tokens for trying the standalone
 //!   broker without a cluster.
 
 pub mod dev_issuer;
 pub mod keys;
 pub mod mint;
+pub mod pki;
 pub mod runtime;
 pub mod source;

@@ -242,6 +242,13 @@ impl FakeApi {
             namespaced: true,
         },
         ResourceType {
+            group: "admissionregistration.k8s.io",
+            version: "v1",
+            plural: "mutatingwebhookconfigurations",
+            kind: "MutatingWebhookConfiguration",
+            namespaced: false,
+        },
+        ResourceType {
             group: "coordination.k8s.io",
             version: "v1",
             plural: "leases",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use pullbroker_controller::serving_cert::ServingCertSettings;
 use pullbroker_controller::{Metrics, Settings};
 
 #[derive(clap::Args, Debug)]
@@ -17,7 +18,10 @@ granted service accounts' imagePullSecrets and rotated before it expires. Static
 copied only for grants that set allowStaticCopy: true.\n\n\
 Connects like kubectl: in-cluster service account, else KUBECONFIG / ~/.kube/config. Several replicas may \
 run; a Lease in the system namespace elects the one that writes.\n\n\
-Example:\n  pullbroker controller --system-namespace pullbroker-system --identity \"$POD_NAME\""
+With --serving-certificate the leader also keeps the broker's TLS certificate and, with \
+--webhook-configuration, the admission webhook's caBundle (deploy/overlays/sync and admission do this).\n\n\
+Example:\n  pullbroker controller --system-namespace pullbroker-system --identity \"$POD_NAME\" \\\n      \
+--serving-certificate --webhook-configuration pullbroker-pin"
 )]
 pub struct Args {
     /// Namespace of the central secrets and the leader Lease.
@@ -52,6 +56,28 @@ pub struct Args {
     /// served, plain HTTP: they carry no token or credential. `off` disables.
     #[arg(long, default_value = "0.0.0.0:8081", value_name = "ADDR|off")]
     health_address: String,
+    /// Keep the broker's TLS in the system namespace, for clusters without cert-manager: a self-signed CA
+    /// (Secret pullbroker-broker-ca, read by the controller only) and the serving certificate it signs
+    /// (Secret pullbroker-broker-tls: tls.crt, tls.key, ca.crt), each renewed at two thirds of its lifetime.
+    #[arg(long)]
+    serving_certificate: bool,
+    /// The broker's Service; the certificate is for NAME.NAMESPACE.svc and NAME.NAMESPACE.svc.cluster.local.
+    #[arg(
+        long,
+        default_value = "pullbroker",
+        value_name = "NAME",
+        requires = "serving_certificate"
+    )]
+    broker_service: String,
+    /// MutatingWebhookConfiguration whose caBundle is kept equal to the CA bundle (admission pinning).
+    #[arg(long, value_name = "NAME", requires = "serving_certificate")]
+    webhook_configuration: Option<String>,
+    /// Lifetime of each serving certificate.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration, requires = "serving_certificate")]
+    serving_certificate_validity: Duration,
+    /// Lifetime of each CA; the previous CA stays in the bundle until it expires.
+    #[arg(long, default_value = "1095d", value_parser = humantime::parse_duration, requires = "serving_certificate")]
+    ca_validity: Duration,
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -77,13 +103,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .unwrap_or_else(|_| "pullbroker".into()),
         };
         let settings = Settings {
-            system_namespace: args.system_namespace,
             rotate_after: args.rotate_after,
             identity,
             lease_duration: args.lease_duration,
             concurrency: args.concurrency,
             recreate_stuck_pods: args.recreate_stuck_pods,
             exec_source_dir: args.exec_source_dir,
+            serving_cert: args.serving_certificate.then(|| ServingCertSettings {
+                webhook: args.webhook_configuration,
+                validity: args.serving_certificate_validity,
+                ca_validity: args.ca_validity,
+                ..ServingCertSettings::for_service(&args.system_namespace, &args.broker_service)
+            }),
+            system_namespace: args.system_namespace,
             ..Settings::default()
         };
         tracing::info!(identity = %settings.identity, namespace = %settings.system_namespace, "pullbroker controller starting");
