@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real registries and real clients (containerd ships ctr).
 source scripts/ensure-tools.sh
-ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd
+ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd kubectl=kubectl
 # skopeo refuses to run without a signature policy; containers-common ships one.
 if [ ! -f /etc/containers/policy.json ]; then
   mkdir -p /etc/containers

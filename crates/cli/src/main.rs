@@ -55,6 +55,8 @@ enum Command {
     TlsCert(cmd::tls_cert::Args),
     /// Print the MutatingWebhookConfiguration for admission digest pinning.
     WebhookConfig(cmd::webhook_config::Args),
+    /// Print the kubelet's CredentialProviderConfig for the KEP-4412 plugin (or, with --rbac, the nodes' RBAC).
+    KubeletConfig(cmd::kubelet_config::Args),
     /// Resolve image references to digests (IMAGE@sha256:…).
     Resolve(cmd::resolve::Args),
     /// Create, inspect and validate pull secrets (kubernetes.io/dockerconfigjson).
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::Crd(args) => cmd::crd::run(args),
         Command::TlsCert(args) => cmd::tls_cert::run(args),
         Command::WebhookConfig(args) => cmd::webhook_config::run(args),
+        Command::KubeletConfig(args) => cmd::kubelet_config::run(args),
         Command::Resolve(args) => cmd::resolve::run(args),
         Command::Secret(c) => cmd::secret::run(c),
     };

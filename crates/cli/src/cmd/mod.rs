@@ -3,6 +3,7 @@ pub mod controller;
 pub mod crd;
 pub mod dev_token;
 pub mod keygen;
+pub mod kubelet_config;
 pub mod resolve;
 pub mod secret;
 pub mod serve;

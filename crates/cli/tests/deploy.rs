@@ -1,0 +1,518 @@
+//! `deploy/`: every overlay renders with `kubectl kustomize`, every object
+//! deserializes into its typed model and serializes back with no field
+//! lost (a misspelt field fails), the checked-in generated parts equal what
+//! the binary prints, and the workloads are hardened as restricted Pod
+//! Security requires.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const OVERLAYS: [&str; 3] = ["kep4412", "sync", "admission"];
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+fn pullbroker(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// `kubectl kustomize deploy/overlays/NAME`, as objects.
+pub fn render(overlay: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy().join("overlays").join(overlay))
+        .output()
+        .expect("kubectl (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {overlay}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    docs(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// The first place where `a` and `b` differ, as a JSON path.
+fn diff(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.keys()
+                .chain(y.keys())
+                .find_map(|k| match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => diff(&format!("{path}.{k}"), p, q),
+                    (Some(_), None) => Some(format!("{path}.{k} is lost")),
+                    (None, Some(_)) => Some(format!("{path}.{k} appears")),
+                    (None, None) => None,
+                })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| diff(&format!("{path}[{i}]"), p, q)),
+        _ => (a != b).then(|| format!("{path}: {a} became {b}")),
+    }
+}
+
+fn through<T: DeserializeOwned + Serialize>(doc: &Value) -> Result<(), String> {
+    let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).unwrap();
+    match diff("", doc, &back) {
+        None => Ok(()),
+        Some(d) => Err(d),
+    }
+}
+
+/// Deserializes `doc` into the model of its kind and back; an error names
+/// the field that did not survive.
+pub fn round_trip(doc: &Value) -> Result<(), String> {
+    macro_rules! typed {
+        ($($t:ty),* $(,)?) => {{
+            let (api, kind) = (doc["apiVersion"].as_str(), doc["kind"].as_str());
+            $(
+                if api == Some(<$t as k8s_openapi::Resource>::API_VERSION)
+                    && kind == Some(<$t as k8s_openapi::Resource>::KIND)
+                {
+                    return through::<$t>(doc);
+                }
+            )*
+            Err(format!("no typed model for {api:?} {kind:?}"))
+        }};
+    }
+    typed!(
+        Namespace,
+        ServiceAccount,
+        ConfigMap,
+        Service,
+        Deployment,
+        PodDisruptionBudget,
+        ClusterRole,
+        ClusterRoleBinding,
+        Role,
+        RoleBinding,
+        CustomResourceDefinition,
+        MutatingWebhookConfiguration,
+    )
+}
+
+fn name(doc: &Value) -> String {
+    format!(
+        "{} {}",
+        doc["kind"].as_str().unwrap_or("?"),
+        doc["metadata"]["name"]
+    )
+}
+
+#[test]
+fn every_overlay_renders_and_every_object_round_trips_through_its_type() {
+    for overlay in OVERLAYS {
+        let objects = render(overlay);
+        assert!(objects.len() > 10, "{overlay}: {}", objects.len());
+        for doc in &objects {
+            round_trip(doc).unwrap_or_else(|e| panic!("{overlay}: {}: {e}", name(doc)));
+        }
+    }
+}
+
+#[test]
+fn a_misspelt_or_misplaced_field_fails_the_round_trip() {
+    let deployment = render("sync")
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let mut typo = deployment.clone();
+    typo["spec"]["replicsa"] = 2.into();
+    assert_eq!(round_trip(&typo).unwrap_err(), ".spec.replicsa is lost");
+    let mut misplaced = deployment.clone();
+    misplaced["spec"]["template"]["spec"]["containers"][0]["runAsNonRoot"] = true.into();
+    assert!(round_trip(&misplaced)
+        .unwrap_err()
+        .contains("runAsNonRoot is lost"));
+    let mut unknown = deployment;
+    unknown["kind"] = "Deploymnet".into();
+    assert!(round_trip(&unknown).unwrap_err().contains("no typed model"));
+}
+
+#[test]
+fn the_checked_in_crds_are_what_pullbroker_crd_prints() {
+    let file = std::fs::read_to_string(deploy().join("base/crds.yaml")).unwrap();
+    assert!(
+        file == pullbroker(&["crd"]),
+        "deploy/base/crds.yaml is stale: pullbroker crd > deploy/base/crds.yaml"
+    );
+}
+
+#[test]
+fn the_checked_in_webhook_is_what_webhook_config_prints_less_its_ca_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    pullbroker(&[
+        "tls-cert",
+        "--host",
+        "pullbroker.pullbroker-system.svc",
+        "--out-dir",
+        out,
+    ]);
+    let ca = dir.path().join("ca.crt");
+    let printed = pullbroker(&[
+        "webhook-config",
+        "--service",
+        "pullbroker-system/pullbroker",
+        "--ca-file",
+        ca.to_str().unwrap(),
+    ]);
+    let mut printed = docs(&printed).remove(0);
+    for hook in printed["webhooks"].as_array_mut().unwrap() {
+        assert!(hook["clientConfig"]["caBundle"].is_string());
+        hook["clientConfig"]
+            .as_object_mut()
+            .unwrap()
+            .remove("caBundle");
+    }
+    let file = std::fs::read_to_string(deploy().join("components/admission/webhook.yaml")).unwrap();
+    assert_eq!(
+        docs(&file).remove(0),
+        printed,
+        "deploy/components/admission/webhook.yaml is stale"
+    );
+}
+
+/// Restricted Pod Security, probes and requests on every workload; the
+/// broker highly available; its configuration valid and pointing at what
+/// the Deployment mounts.
+#[test]
+fn workloads_are_hardened_and_the_broker_config_matches_its_mounts() {
+    for overlay in OVERLAYS {
+        let objects = render(overlay);
+        let of =
+            |kind: &str| -> Vec<&Value> { objects.iter().filter(|d| d["kind"] == kind).collect() };
+        let ns = of("Namespace");
+        assert_eq!(
+            ns[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
+        for d in of("Deployment") {
+            let d: Deployment = serde_json::from_value(d.clone()).unwrap();
+            let what = format!("{overlay}: {}", d.metadata.name.clone().unwrap());
+            let spec = d.spec.unwrap();
+            assert!(spec.replicas.unwrap() >= 2, "{what}: replicas");
+            let pod = spec.template.spec.unwrap();
+            let psc = pod.security_context.unwrap();
+            assert_eq!(psc.run_as_non_root, Some(true), "{what}");
+            assert_eq!(psc.run_as_user, Some(65532), "{what}");
+            assert_eq!(
+                psc.seccomp_profile.unwrap().type_,
+                "RuntimeDefault",
+                "{what}"
+            );
+            assert!(
+                pod.service_account_name.is_some(),
+                "{what}: own service account"
+            );
+            for c in pod.containers {
+                let sc = c.security_context.unwrap();
+                assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}");
+                assert_eq!(sc.read_only_root_filesystem, Some(true), "{what}");
+                assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"], "{what}");
+                assert!(
+                    sc.privileged.is_none() && sc.run_as_user.is_none(),
+                    "{what}"
+                );
+                assert_eq!(
+                    c.image.as_deref(),
+                    Some("registry.example/pullbroker:0.1.0")
+                );
+                let (live, ready) = (c.liveness_probe.unwrap(), c.readiness_probe.unwrap());
+                assert_eq!(
+                    live.http_get.unwrap().path.as_deref(),
+                    Some("/healthz"),
+                    "{what}"
+                );
+                assert_eq!(
+                    ready.http_get.unwrap().path.as_deref(),
+                    Some("/readyz"),
+                    "{what}"
+                );
+                let res = c.resources.unwrap();
+                assert!(res.requests.unwrap().contains_key("memory"), "{what}");
+                assert!(res.limits.unwrap().contains_key("memory"), "{what}");
+            }
+        }
+        let broker: Deployment = serde_json::from_value(
+            of("Deployment")
+                .into_iter()
+                .find(|d| d["metadata"]["name"] == "pullbroker-broker")
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        let pdb = of("PodDisruptionBudget");
+        assert_eq!(
+            pdb[0]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+            "pullbroker-broker"
+        );
+        let pod = broker.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .scheme
+                .as_deref(),
+            Some("HTTPS")
+        );
+        // The broker's configuration parses as the broker parses it, and
+        // its files are where the Deployment mounts them.
+        let cm: ConfigMap = serde_json::from_value(of("ConfigMap")[0].clone()).unwrap();
+        let text = &cm.data.unwrap()["broker.yaml"];
+        let mount = |path: &Path| -> bool {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| path.starts_with(&m.mount_path))
+                || path.starts_with("/var/run/secrets/kubernetes.io/serviceaccount")
+        };
+        let config_arg = c
+            .args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .position(|a| a == "--config")
+            .unwrap();
+        let config_path = PathBuf::from(&c.args.as_ref().unwrap()[config_arg + 1]);
+        assert!(mount(&config_path), "{}", config_path.display());
+        let parsed: Value = serde_yaml::from_str(text).unwrap();
+        let spec = &parsed["spec"];
+        for f in [
+            &spec["tls"]["certFile"],
+            &spec["tls"]["keyFile"],
+            &spec["serviceAccountIssuer"]["tokenFile"],
+            &spec["serviceAccountIssuer"]["caFile"],
+        ] {
+            assert!(
+                mount(Path::new(f.as_str().unwrap())),
+                "{overlay}: {f} is not mounted"
+            );
+        }
+        assert_eq!(spec["policySource"], "kubernetes");
+        // The files it names, under a scratch root (a serving pair, the
+        // service-account token and CA): then the broker must accept it whole.
+        let root = tempfile::tempdir().unwrap();
+        let pair = pullbroker_broker::tls::make_serving_cert(&["pullbroker".into()], 1).unwrap();
+        let at = |p: &Value| {
+            root.path()
+                .join(p.as_str().unwrap().trim_start_matches('/'))
+        };
+        for (f, content) in [
+            (&spec["tls"]["certFile"], pair.cert_pem.as_str()),
+            (&spec["tls"]["keyFile"], pair.key_pem.as_str()),
+            (&spec["serviceAccountIssuer"]["tokenFile"], "token"),
+            (
+                &spec["serviceAccountIssuer"]["caFile"],
+                pair.ca_pem.as_str(),
+            ),
+        ] {
+            std::fs::create_dir_all(at(f).parent().unwrap()).unwrap();
+            std::fs::write(at(f), content).unwrap();
+        }
+        let rooted = |p: &str| format!("{}{p}", root.path().display());
+        let text = text
+            .replace("/etc/pullbroker", &rooted("/etc/pullbroker"))
+            .replace("/var/run/secrets", &rooted("/var/run/secrets"));
+        pullbroker_broker::config::parse(&text, &root.path().join("broker.yaml"))
+            .unwrap_or_else(|e| panic!("{overlay}: broker.yaml: {e}"));
+    }
+}
+
+fn provider(yaml: &str) -> Value {
+    let config = docs(yaml).remove(0);
+    assert_eq!(config["apiVersion"], "kubelet.config.k8s.io/v1");
+    assert_eq!(config["kind"], "CredentialProviderConfig");
+    config["providers"][0].clone()
+}
+
+/// Every RegistryCredential's registries in a standalone file, as the test reads them.
+fn registries_in(file: &Path) -> Vec<String> {
+    let mut out: Vec<String> = docs(&std::fs::read_to_string(file).unwrap())
+        .iter()
+        .filter(|d| d["kind"] == "RegistryCredential")
+        .flat_map(|d| d["spec"]["registries"].as_array().unwrap().clone())
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn kubelet_config_matches_the_credentials_registries_and_asks_for_the_pods_token() {
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/standalone/broker.yaml");
+    let p = provider(&pullbroker(&[
+        "kubelet-config",
+        "--config",
+        example.to_str().unwrap(),
+        "--broker-url",
+        "https://pullbroker.corp.example:8443",
+        "--match-image",
+        "*.mirror.corp.example:5000",
+    ]));
+    let mut want = registries_in(&example);
+    assert!(!want.is_empty());
+    want.push("*.mirror.corp.example:5000".into());
+    want.sort();
+    assert_eq!(p["matchImages"], serde_json::json!(want));
+    assert_eq!(p["name"], "pullbroker-credential-provider");
+    assert_eq!(p["apiVersion"], "credentialprovider.kubelet.k8s.io/v1");
+    let t = &p["tokenAttributes"];
+    assert_eq!(t["serviceAccountTokenAudience"], "pullbroker");
+    assert_eq!(t["cacheType"], "ServiceAccount");
+    assert_eq!(t["requireServiceAccount"], true);
+    assert_eq!(
+        t["optionalServiceAccountAnnotationKeys"],
+        serde_json::json!(["pullbroker.dev/repositories"])
+    );
+    let env: std::collections::BTreeMap<String, String> = p["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env["PULLBROKER_URL"],
+        "https://pullbroker.corp.example:8443"
+    );
+    assert_eq!(
+        env["PULLBROKER_CA_FILE"],
+        "/etc/kubernetes/pullbroker/ca.crt"
+    );
+    assert_eq!(env["PULLBROKER_AUDIENCE"], "pullbroker");
+
+    // Plain http off loopback is refused: the pod's token would cross the network.
+    let out = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+        .args([
+            "kubelet-config",
+            "--broker-url",
+            "http://10.1.2.3:8480",
+            "--match-image",
+            "r.example",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be https://"));
+}
+
+#[test]
+fn kubelet_config_rbac_is_the_checked_in_component() {
+    let printed = docs(&pullbroker(&["kubelet-config", "--rbac"]));
+    let file =
+        std::fs::read_to_string(deploy().join("components/kubelet/apiserver-rbac.yaml")).unwrap();
+    assert_eq!(
+        docs(&file),
+        printed,
+        "deploy/components/kubelet/apiserver-rbac.yaml is stale"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_config_reads_the_registries_from_the_cluster() {
+    use pullbroker_testenv::fakeapi::FakeApi;
+    use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let api: kube::Api<pullbroker_core::policy::model::RegistryCredential> =
+        kube::Api::all(kube::Client::try_from(config).unwrap());
+    for (name, registries) in [
+        (
+            "corp",
+            vec!["registry.corp.example", "Mirror.corp.example:5000"],
+        ),
+        ("eu", vec!["*.eu.corp.example"]),
+    ] {
+        api.create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "pullbroker.dev/v1alpha1",
+                "kind": "RegistryCredential",
+                "metadata": {"name": name},
+                "spec": {"registries": registries, "source": {"secretRef": {"name": name}}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+            .args([
+                "kubelet-config",
+                "--from-cluster",
+                "--broker-url",
+                "https://10.0.0.5:8443",
+                "-o",
+                "json",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        config["providers"][0]["matchImages"],
+        serde_json::json!([
+            "*.eu.corp.example",
+            "mirror.corp.example:5000",
+            "registry.corp.example"
+        ])
+    );
+}
