@@ -18,6 +18,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
+# The fake API server records what our components ask of it (crates/testenv/src/api_log.rs);
+# after the suite, the RBAC in deploy/ is checked against exactly those requests.
+rm -rf target/api-requests
 cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test -p pullbroker --locked --test deploy -- --ignored 2>&1 | tee -a "$log"
 # cargo's last line is the (empty) doc-test run; close with the real totals.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pullbroker_testenv::api_log;
 use pullbroker_testenv::fakeapi::FakeApi;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 
@@ -67,7 +68,7 @@ fn controller_syncs_and_stops_on_sigterm() {
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    std::fs::write(&kubeconfig, fake.kubeconfig_as(api_log::CONTROLLER)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
         .args([
             "controller",
@@ -267,9 +268,12 @@ fn serve_reviews_tokens_over_the_cluster_connection_by_default() {
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    std::fs::write(&kubeconfig, fake.kubeconfig_as(api_log::BROKER)).unwrap();
     let config = dir.path().join("broker.yaml");
-    std::fs::write(&config, format!("apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  insecurePlainHttp: true\n  policySource: kubernetes\n  serviceAccountIssuer:\n    issuer: {KUBE_ISSUER}\n    discoveryUrl: {u}\n")).unwrap();
+    // The issuer as deploy/base/broker-config.yaml has it: the JWKS through
+    // the API server, with the broker's own token.
+    std::fs::write(dir.path().join("sa-token"), api_log::BROKER).unwrap();
+    std::fs::write(&config, format!("apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  insecurePlainHttp: true\n  policySource: kubernetes\n  serviceAccountIssuer:\n    issuer: {KUBE_ISSUER}\n    jwksUrl: {u}/openid/v1/jwks\n    tokenFile: sa-token\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)

@@ -516,3 +516,213 @@ async fn kubelet_config_reads_the_registries_from_the_cluster() {
         ])
     );
 }
+
+// ---------------------------------------------------------------------------
+// RBAC proven from the requests the suite made.
+
+use pullbroker_testenv::api_log::{self, ApiRequest};
+
+/// The rules of the built-in ClusterRoles our bindings name (as
+/// kube-apiserver bootstraps them).
+fn builtin(role: &str) -> Option<Vec<PolicyRule>> {
+    let rule = |v: Value| serde_json::from_value::<PolicyRule>(v).unwrap();
+    match role {
+        "system:auth-delegator" => Some(vec![
+            rule(
+                serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}),
+            ),
+            rule(
+                serde_json::json!({"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}),
+            ),
+        ]),
+        "system:service-account-issuer-discovery" => Some(vec![rule(serde_json::json!({
+            "nonResourceURLs": ["/.well-known/openid-configuration", "/.well-known/openid-configuration/", "/openid/v1/jwks", "/openid/v1/jwks/"],
+            "verbs": ["get"]}))]),
+        _ => None,
+    }
+}
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+/// One grant of a rule to a user: through which binding, in which namespace
+/// (None: cluster-wide), and whether the rule is ours (checked for use).
+struct Granted {
+    user: String,
+    binding: String,
+    namespace: Option<String>,
+    rule: PolicyRule,
+    ours: bool,
+}
+
+fn grants(objects: &[Value]) -> Vec<Granted> {
+    let find = |kind: &str, name: &str, ns: Option<&str>| {
+        objects.iter().find(|o| {
+            o["kind"] == kind
+                && o["metadata"]["name"] == name
+                && ns.is_none_or(|n| o["metadata"]["namespace"] == n)
+        })
+    };
+    let mut out = Vec::new();
+    for b in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+    {
+        let namespace = b["metadata"]["namespace"].as_str().map(String::from);
+        let (role_kind, role_name) = (
+            b["roleRef"]["kind"].as_str().unwrap(),
+            b["roleRef"]["name"].as_str().unwrap(),
+        );
+        let (rules, ours): (Vec<PolicyRule>, bool) = match find(
+            role_kind,
+            role_name,
+            namespace.as_deref().filter(|_| role_kind == "Role"),
+        ) {
+            Some(role) => (serde_json::from_value(role["rules"].clone()).unwrap(), true),
+            None => (
+                builtin(role_name).unwrap_or_else(|| {
+                    panic!("{role_kind} {role_name} is neither in deploy/ nor a known built-in")
+                }),
+                false,
+            ),
+        };
+        for s in b["subjects"].as_array().into_iter().flatten() {
+            let user = match s["kind"].as_str() {
+                Some("ServiceAccount") => format!(
+                    "system:serviceaccount:{}:{}",
+                    s["namespace"].as_str().unwrap(),
+                    s["name"].as_str().unwrap()
+                ),
+                // Nodes' requests are kubelet's, not ours (components/kubelet).
+                _ => continue,
+            };
+            for rule in &rules {
+                out.push(Granted {
+                    user: user.clone(),
+                    binding: format!(
+                        "{} {}",
+                        b["kind"].as_str().unwrap(),
+                        b["metadata"]["name"].as_str().unwrap()
+                    ),
+                    namespace: namespace.clone(),
+                    rule: rule.clone(),
+                    ours,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether `rule`, bound in `namespace`, allows `r` — through `verb`,
+/// `group` and `resource` of the rule (the parts a "used" check counts).
+fn allows(g: &Granted, r: &ApiRequest) -> Option<(String, String, String)> {
+    if g.user != r.user {
+        return None;
+    }
+    let rule = &g.rule;
+    let verb = rule.verbs.iter().find(|v| *v == "*" || **v == r.verb)?;
+    if !r.non_resource_path.is_empty() {
+        let url = rule.non_resource_urls.iter().flatten().find(|u| {
+            **u == r.non_resource_path
+                || u.strip_suffix('*')
+                    .is_some_and(|p| r.non_resource_path.starts_with(p))
+        })?;
+        return Some((verb.clone(), String::new(), url.clone()));
+    }
+    if g.namespace.as_ref().is_some_and(|n| *n != r.namespace) {
+        return None;
+    }
+    let group = rule
+        .api_groups
+        .iter()
+        .flatten()
+        .find(|a| *a == "*" || **a == r.group)?;
+    let wanted = if r.subresource.is_empty() {
+        r.resource.clone()
+    } else {
+        format!("{}/{}", r.resource, r.subresource)
+    };
+    let resource = rule
+        .resources
+        .iter()
+        .flatten()
+        .find(|x| *x == "*" || **x == wanted)?;
+    if let Some(names) = rule.resource_names.as_ref().filter(|n| !n.is_empty()) {
+        if !names.contains(&r.name) {
+            return None;
+        }
+    }
+    Some((verb.clone(), group.clone(), resource.clone()))
+}
+
+/// Run by `scripts/test.sh` after the whole suite (`-- --ignored`): every
+/// request the controller and the broker made to the fake API server in
+/// any test is allowed by `deploy/` (the admission overlay holds them all),
+/// and every verb of every rule there was used by some request.
+#[test]
+#[ignore = "needs the whole suite's requests first: scripts/test.sh runs it last"]
+fn the_shipped_rbac_allows_every_request_the_suite_made_and_nothing_unused() {
+    let requests = api_log::read_all().unwrap_or_else(|e| {
+        panic!(
+            "no recorded requests in {} ({e}): run scripts/test.sh",
+            api_log::dir().display()
+        )
+    });
+    let ours = [api_log::CONTROLLER, api_log::BROKER];
+    let requests: Vec<ApiRequest> = requests
+        .into_iter()
+        .filter(|r| ours.contains(&r.user.as_str()))
+        .collect();
+    for user in ours {
+        assert!(
+            requests.iter().any(|r| r.user == user),
+            "no request recorded as {user}"
+        );
+    }
+    let objects = render("admission");
+    let granted = grants(&objects);
+    let denied: Vec<String> = requests
+        .iter()
+        .filter(|r| !granted.iter().any(|g| allows(g, r).is_some()))
+        .map(|r| format!("{r:?}"))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "requests deploy/ does not allow:\n{}",
+        denied.join("\n")
+    );
+
+    let mut unused = Vec::new();
+    for g in granted.iter() {
+        let used_by: Vec<_> = requests.iter().filter_map(|r| allows(g, r)).collect();
+        if used_by.is_empty() {
+            unused.push(format!("{}: nothing used it ({:?})", g.binding, g.rule));
+        }
+        if !g.ours {
+            continue;
+        }
+        for verb in &g.rule.verbs {
+            for group in g.rule.api_groups.iter().flatten() {
+                for resource in g.rule.resources.iter().flatten() {
+                    let key = (verb.clone(), group.clone(), resource.clone());
+                    if !used_by.contains(&key) {
+                        unused.push(format!(
+                            "{}: {verb} {group}/{resource} is never used",
+                            g.binding
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "rules no request needed:\n{}",
+        unused.join("\n")
+    );
+    eprintln!(
+        "{} distinct requests by {} identities, all allowed, every rule used",
+        requests.len(),
+        ours.len()
+    );
+}

@@ -30,7 +30,7 @@ async fn the_broker_follows_grants_and_labels_in_the_cluster() {
     let (code, _) = get(&url, "/readyz").await;
     assert_eq!(code, 503, "not ready before the cluster's policy arrives");
     let source = tokio::spawn(pullbroker_controller::policy_source::run(
-        c.client.clone(),
+        c.broker.clone(),
         std::sync::Arc::new(broker.clone()),
         SYSTEM.into(),
     ));
@@ -165,7 +165,7 @@ async fn started_against_dead_dependencies_the_broker_becomes_ready_by_itself() 
     let (cluster_broker, cluster_url, _s1) = serve_broker(&discovery).await;
     let (_file_broker, file_url, _s2) = serve_broker(&jwks).await;
     let source = AbortOnDrop::from(tokio::spawn(pullbroker_controller::policy_source::run(
-        c.client.clone(),
+        c.broker.clone(),
         std::sync::Arc::new(cluster_broker.clone()),
         SYSTEM.into(),
     )));
@@ -230,7 +230,7 @@ async fn after_an_outage_a_deleted_grant_stops_allowing_within_ten_seconds() {
     );
     let (broker, url, _server) = serve_broker(&file).await;
     let _source = AbortOnDrop::from(tokio::spawn(pullbroker_controller::policy_source::run(
-        c.client.clone(),
+        c.broker.clone(),
         std::sync::Arc::new(broker.clone()),
         SYSTEM.into(),
     )));

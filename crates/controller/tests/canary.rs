@@ -75,7 +75,7 @@ async fn secrets_never_reach_logs_events_or_status() {
         c.grant(grant, spec).await;
     }
     let replica = Replica::start(
-        c.client.clone(),
+        c.controller.clone(),
         Settings {
             exec_source_dir: Some(dir.path().to_path_buf()),
             ..settings("r1")

@@ -28,7 +28,7 @@ async fn skopeo_pulls_with_a_synced_secret_and_rotation_retires_the_old_one() {
                "repositories": ["demo/app"], "purposes": ["sync"], "ttl": "6s"}),
     )
     .await;
-    let replica = Replica::start(c.client.clone(), settings("r1"));
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
     let first = eventually("synced secret", WAIT, || async {
         c.secret("team-a", SECRET).await
     })

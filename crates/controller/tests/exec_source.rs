@@ -57,7 +57,7 @@ async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
     )
     .await;
     let replica = Replica::start(
-        c.client.clone(),
+        c.controller.clone(),
         Settings {
             exec_source_dir: Some(dir.path().to_path_buf()),
             ..settings("r1")

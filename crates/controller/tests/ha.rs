@@ -35,7 +35,7 @@ async fn a_standby_replica_writes_nothing_while_the_leader_holds_the_lease() {
     c.tenant("team-1", &[("app", &[])]).await;
     grant_all(&c).await;
     let leader = Replica::start(
-        c.client.clone(),
+        c.controller.clone(),
         Settings {
             lease_duration: Duration::from_secs(5),
             ..settings("r1")
@@ -49,7 +49,7 @@ async fn a_standby_replica_writes_nothing_while_the_leader_holds_the_lease() {
 
     // The leader crashes (no release); its lease stays valid for 5 s.
     leader.task.abort();
-    let standby = Replica::start(c.client.clone(), settings("r2"));
+    let standby = Replica::start(c.controller.clone(), settings("r2"));
     let before = c.sync_writes();
     c.tenant("team-2", &[("app", &[])]).await;
     let writes_by_test = c.sync_writes() - before;
@@ -90,7 +90,7 @@ async fn a_crash_mid_reconcile_loses_and_duplicates_nothing() {
     }
     let seeded = c.sync_writes();
     grant_all(&c).await;
-    let first = Replica::start(c.client.clone(), settings("r1"));
+    let first = Replica::start(c.controller.clone(), settings("r1"));
     // Crash once some, not all, of the work is done.
     eventually("some writes", WAIT, || async {
         (c.sync_writes() - seeded >= 20).then_some(())
@@ -101,7 +101,7 @@ async fn a_crash_mid_reconcile_loses_and_duplicates_nothing() {
     assert!(partial < 120, "crashed before finishing ({partial} writes)");
 
     // The restarted replica (same identity, as a restarted pod) finishes.
-    let second = Replica::start(c.client.clone(), settings("r1"));
+    let second = Replica::start(c.controller.clone(), settings("r1"));
     eventually("converged", WAIT, || async {
         for ns in &namespaces {
             c.secret(ns, GRANT).await?;
@@ -145,7 +145,7 @@ async fn an_api_outage_longer_than_the_lease_is_survived_by_the_same_process() {
     let c = Cluster::start(REGISTRY, None).await;
     grant_all(&c).await;
     c.tenant("team-before", &[("app", &[])]).await;
-    let replica = Replica::start(c.client.clone(), settings("r1"));
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
     eventually("served before the outage", WAIT, || async {
         c.pull_secrets("team-before", "app")
             .await

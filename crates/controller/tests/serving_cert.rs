@@ -87,14 +87,15 @@ async fn the_bootstrap_writes_a_certificate_the_webhook_trusts_renews_it_and_rol
         .unwrap();
     let certs = ServingCertSettings {
         webhook: Some("pullbroker-pin".into()),
-        // Short lives, so renewal (at 4 s) and the CA rollover (at 16 s) happen
-        // here; the previous CA stays trusted until 24 s.
-        validity: Duration::from_secs(6),
-        ca_validity: Duration::from_secs(24),
+        // Short lives, so renewal (at 13 s) and the CA rollover (at 20 s)
+        // happen here; the renewed certificate (valid until the old CA ends,
+        // at 30 s) is still being served when the CA rolls over.
+        validity: Duration::from_secs(20),
+        ca_validity: Duration::from_secs(30),
         ..ServingCertSettings::for_service(SYSTEM, "pullbroker")
     };
     let _replica = Replica::start(
-        c.client.clone(),
+        c.controller.clone(),
         Settings {
             serving_cert: Some(certs),
             ..settings("a")

@@ -39,7 +39,7 @@ async fn grant_lifecycle_creates_follows_and_cleans_up() {
                "repositories": ["apps/team-a/**"], "purposes": ["sync"], "ttl": "10m"}),
     )
     .await;
-    let replica = Replica::start(c.client.clone(), settings("r1"));
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
 
     // Exactly the selected namespaces and service accounts.
     for ns in ["team-a", "team-a-dev"] {
@@ -207,7 +207,7 @@ async fn static_passwords_are_copied_only_on_opt_in_and_flagged() {
     let spec = json!({"credential": "hub", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["*"]},
         "repositories": ["**"], "purposes": ["sync"]});
     c.grant("hub", spec.clone()).await;
-    let replica = Replica::start(c.client.clone(), settings("r1"));
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
     let status = eventually("blocked status", WAIT, || async {
         Api::<PullGrant>::all(c.client.clone())
             .get("hub")
@@ -310,7 +310,7 @@ async fn pods_admitted_before_the_secret_get_an_event_and_owned_ones_are_recreat
             .unwrap();
     }
     let replica = Replica::start(
-        c.client.clone(),
+        c.controller.clone(),
         Settings {
             recreate_stuck_pods: true,
             ..settings("r1")
@@ -352,5 +352,33 @@ async fn pods_admitted_before_the_secret_get_an_event_and_owned_ones_are_recreat
         "no owner to recreate it: left alone"
     );
     assert!(pods.get_opt("elsewhere").await.unwrap().is_some());
+    replica.stop().await;
+}
+
+/// A reference patch that loses a race (409 from the API server) is redone
+/// on a fresh read of the service account, keeping the other writer's entry.
+#[tokio::test]
+async fn a_service_account_patch_that_loses_a_race_is_redone_on_a_fresh_read() {
+    let c = Cluster::start(REGISTRY, None).await;
+    c.tenant("team-a", &[("app", &["user-own"])]).await;
+    c.grant(
+        "team-a",
+        json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
+               "repositories": ["apps/team-a/**"], "purposes": ["sync"]}),
+    )
+    .await;
+    c.fake.fail_next("patch", "serviceaccounts", 409);
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
+    eventually("the reference, after the conflict", WAIT, || async {
+        has_ref(&c, "team-a", "app").await.then_some(())
+    })
+    .await;
+    assert_eq!(c.pull_secrets("team-a", "app").await, ["user-own", SECRET]);
+    let writes = c.fake.writes();
+    assert_eq!(
+        writes.get("patch serviceaccounts"),
+        Some(&1),
+        "one patch landed after the refused one: {writes:?}"
+    );
     replica.stop().await;
 }

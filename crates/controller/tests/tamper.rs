@@ -140,7 +140,7 @@ fn base64_json(v: &Value) -> String {
 #[tokio::test]
 async fn each_tenant_edit_is_replaced_whole_with_one_write() {
     let c = cluster().await;
-    let replica = Replica::start(c.client.clone(), settings("r1"));
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
     let key = seal_key(&c).await;
     let mut last = healed(&c, &key, "first issue").await;
     let cases: Vec<(&str, Value)> = vec![
@@ -212,7 +212,7 @@ async fn each_tenant_edit_is_replaced_whole_with_one_write() {
 #[tokio::test]
 async fn an_edit_made_while_the_controller_was_down_is_healed_and_a_clean_restart_writes_nothing() {
     let c = cluster().await;
-    let r1 = Replica::start(c.client.clone(), settings("r1"));
+    let r1 = Replica::start(c.controller.clone(), settings("r1"));
     let key = seal_key(&c).await;
     healed(&c, &key, "first issue").await;
     settle(&c, 0).await;
@@ -220,7 +220,7 @@ async fn an_edit_made_while_the_controller_was_down_is_healed_and_a_clean_restar
 
     // A clean restart: reads (the seal check) but no writes.
     let before = secret_writes(&c);
-    let r2 = Replica::start(c.client.clone(), settings("r2"));
+    let r2 = Replica::start(c.controller.clone(), settings("r2"));
     settle(&c, 1).await;
     assert!(delta(&before, &secret_writes(&c)).is_empty());
     r2.stop().await;
@@ -233,7 +233,7 @@ async fn an_edit_made_while_the_controller_was_down_is_healed_and_a_clean_restar
     )
     .await;
     let before = secret_writes(&c);
-    let r3 = Replica::start(c.client.clone(), settings("r3"));
+    let r3 = Replica::start(c.controller.clone(), settings("r3"));
     healed(&c, &key, "healed after a restart").await;
     settle(&c, 2).await;
     r3.stop().await;

@@ -19,11 +19,13 @@
 //! bound to an existing pod, 422 below 10 minutes), TokenReview (201 with the
 //! verdict in `status`; a token whose service account or bound pod is gone is
 //! refused — after [`TOKEN_AUTH_CACHE`], since successes are cached ~10 s as
-//! on a real server), OIDC discovery and JWKS, and outages
-//! ([`FakeApi::set_down`]). Errors are `Status` objects.
+//! on a real server), OIDC discovery and JWKS, outages
+//! ([`FakeApi::set_down`]) and injected failures ([`FakeApi::fail_next`]).
+//! Errors are `Status` objects.
 //!
 //! Where it differs from Kubernetes, on purpose or not yet:
-//! - no authentication or authorization: every request is admitted;
+//! - no authentication or authorization: every request is admitted (a bearer
+//!   token is taken as the user name and only recorded, see [`crate::api_log`]);
 //! - no schema validation or defaulting (CRD schemas are not enforced);
 //! - server-side apply keeps `managedFields` but treats every list as atomic
 //!   (lists with merge keys, like `containers`, are merged by key upstream);
@@ -100,6 +102,8 @@ struct Store {
     requests: BTreeMap<String, usize>,
     /// Successful token authentications, cached as the real server does.
     auth_cache: HashMap<ReviewKey, (std::time::Instant, Reviewed)>,
+    /// Injected failures: (verb, plural, HTTP code), each answering once.
+    faults: Vec<(String, String, u16)>,
 }
 
 struct Inner {
@@ -108,6 +112,7 @@ struct Inner {
     resources: Vec<ResourceType>,
     issuer: TestIssuer,
     url: String,
+    requests: crate::api_log::Recorder,
 }
 
 /// The running fake API server.
@@ -286,11 +291,13 @@ impl FakeApi {
                 uid: 0,
                 requests: BTreeMap::new(),
                 auth_cache: HashMap::new(),
+                faults: Vec::new(),
             }),
             events,
             resources: Self::RESOURCES.to_vec(),
             issuer,
             url: url.clone(),
+            requests: crate::api_log::Recorder::new(addr.port()),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -322,10 +329,22 @@ impl FakeApi {
         }
     }
 
-    /// A kubeconfig pointing at this server (no credentials: it admits everything).
+    /// A kubeconfig pointing at this server (no credentials: it admits
+    /// everything; the requests are not recorded — the tests' own set-up).
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_with("{}")
+    }
+
+    /// A kubeconfig whose bearer token is `user` (e.g.
+    /// [`crate::api_log::CONTROLLER`]): its requests are recorded under
+    /// that name for the RBAC check (see [`crate::api_log`]).
+    pub fn kubeconfig_as(&self, user: &str) -> String {
+        self.kubeconfig_with(&format!("{{token: \"{user}\"}}"))
+    }
+
+    fn kubeconfig_with(&self, user: &str) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {user}\n",
             self.url
         )
     }
@@ -333,6 +352,14 @@ impl FakeApi {
     /// Writes (create/replace/patch/delete) handled so far, by verb and resource.
     pub fn writes(&self) -> BTreeMap<String, usize> {
         self.inner.store.lock().expect("poisoned").requests.clone()
+    }
+
+    /// Makes the next `verb` (`patch`, `update`, `create`, `delete`, `get`,
+    /// `list`) on `plural` answer `code` (409 Conflict, 500, …) without
+    /// touching anything, as a lost race or a failing server would.
+    pub fn fail_next(&self, verb: &str, plural: &str, code: u16) {
+        let mut s = self.inner.store.lock().expect("poisoned");
+        s.faults.push((verb.into(), plural.into(), code));
     }
 
     /// Takes the server down (every connection cut, new ones closed at
@@ -595,6 +622,48 @@ impl Inner {
     }
 }
 
+/// Logs the request under the caller's bearer token (see [`crate::api_log`]).
+fn record(inner: &Inner, method: &Method, uri: &Uri, headers: &HeaderMap) {
+    use crate::api_log::{verb, ApiRequest};
+    let Some(user) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return;
+    };
+    let path = uri.path();
+    let watch = query(uri)
+        .get("watch")
+        .is_some_and(|w| w == "true" || w == "1");
+    let mut r = ApiRequest {
+        user: user.to_string(),
+        verb: String::new(),
+        group: String::new(),
+        resource: String::new(),
+        subresource: String::new(),
+        namespace: String::new(),
+        name: String::new(),
+        non_resource_path: String::new(),
+    };
+    if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        r.verb = "create".into();
+        r.group = "authentication.k8s.io".into();
+        r.resource = "tokenreviews".into();
+    } else if let Some(route) = route(inner, path) {
+        r.verb = verb(method.as_str(), route.name.is_some(), watch).into();
+        r.group = route.resource.group.into();
+        r.resource = route.resource.plural.into();
+        r.subresource = route.sub.unwrap_or_default();
+        r.namespace = route.namespace;
+        r.name = route.name.unwrap_or_default();
+    } else {
+        r.verb = method.as_str().to_ascii_lowercase();
+        r.non_resource_path = path.to_string();
+    }
+    inner.requests.record(r);
+}
+
 async fn handle(
     State(inner): State<Arc<Inner>>,
     method: Method,
@@ -603,6 +672,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    record(&inner, &method, &uri, &headers);
     match (method.as_str(), path.as_str()) {
         ("GET", "/.well-known/openid-configuration") => {
             return axum::Json(json!({"issuer": inner.issuer.issuer, "jwks_uri": format!("{}/openid/v1/jwks", inner.url),
@@ -627,6 +697,29 @@ async fn handle(
         );
     };
     let q = query(&uri);
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = crate::api_log::verb(method.as_str(), r.name.is_some(), watching);
+    let fault = {
+        let mut s = inner.store.lock().expect("poisoned");
+        let hit = s
+            .faults
+            .iter()
+            .position(|(v, p, _)| v == verb && p == r.resource.plural);
+        hit.map(|i| s.faults.remove(i).2)
+    };
+    if let Some(code) = fault {
+        let reason = match code {
+            409 => "Conflict",
+            422 => "Invalid",
+            404 => "NotFound",
+            _ => "InternalError",
+        };
+        let message = match code {
+            409 => "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again".to_string(),
+            _ => format!("injected failure ({code})"),
+        };
+        return status(code, reason, message, json!({}));
+    }
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())

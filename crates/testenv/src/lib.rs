@@ -8,6 +8,7 @@
 //! (`scripts/test.sh`) installs the Debian packages this needs.
 
 pub mod admission;
+pub mod api_log;
 pub mod containerd;
 pub mod fakeapi;
 pub mod fixtures;

@@ -16,6 +16,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 pub use pullbroker_controller::{Metrics, Settings};
 use pullbroker_credentials::keys::{IssuerKeys, SigningKey};
+use pullbroker_testenv::api_log;
 use pullbroker_testenv::fakeapi::FakeApi;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use serde_json::{json, Value};
@@ -25,13 +26,27 @@ pub const REGISTRY: &str = "registry.corp.example";
 
 pub struct Cluster {
     pub fake: FakeApi,
+    /// The tests' own set-up: cluster-admin, not recorded.
     pub client: Client,
+    /// As the controller's service account: recorded for the RBAC check.
+    pub controller: Client,
+    /// As the broker's service account: recorded for the RBAC check.
+    pub broker: Client,
     pub key_pem: String,
     pub cert_pem: String,
 }
 
 pub async fn client(fake: &FakeApi) -> Client {
-    let kubeconfig = Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap();
+    client_of(&fake.kubeconfig()).await
+}
+
+/// A client that identifies as `user` (see `pullbroker_testenv::api_log`).
+pub async fn client_as(fake: &FakeApi, user: &str) -> Client {
+    client_of(&fake.kubeconfig_as(user)).await
+}
+
+async fn client_of(kubeconfig: &str) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(kubeconfig).unwrap();
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap();
@@ -53,11 +68,15 @@ impl Cluster {
             .try_init();
         let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
         let client = client(&fake).await;
+        let controller = client_as(&fake, api_log::CONTROLLER).await;
+        let broker = client_as(&fake, api_log::BROKER).await;
         let (key_pem, cert_pem) =
             key.unwrap_or_else(|| SigningKey::generate("pullbroker test").unwrap());
         let c = Cluster {
             fake,
             client,
+            controller,
+            broker,
             key_pem,
             cert_pem,
         };
