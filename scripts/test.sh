@@ -23,5 +23,8 @@ trap 'rm -f "$log"' EXIT
 rm -rf target/api-requests
 cargo test --workspace --locked 2>&1 | tee "$log"
 cargo test -p pullbroker --locked --test deploy -- --ignored 2>&1 | tee -a "$log"
+# The container image: built (release binaries), pushed, pulled and run by containerd.
+scripts/image.sh
+cargo test -p pullbroker --locked --test image -- --ignored 2>&1 | tee -a "$log"
 # cargo's last line is the (empty) doc-test run; close with the real totals.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
