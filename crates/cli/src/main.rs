@@ -55,6 +55,8 @@ enum Command {
     TlsCert(cmd::tls_cert::Args),
     /// Print the MutatingWebhookConfiguration for admission digest pinning.
     WebhookConfig(cmd::webhook_config::Args),
+    /// Find what is wrong with a cluster's pull secrets and grants (never printing a secret).
+    Audit(cmd::audit::Args),
     /// Print the kubelet's CredentialProviderConfig for the KEP-4412 plugin (or, with --rbac, the nodes' RBAC).
     KubeletConfig(cmd::kubelet_config::Args),
     /// Resolve image references to digests (IMAGE@sha256:…).
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::TlsCert(args) => cmd::tls_cert::run(args),
         Command::WebhookConfig(args) => cmd::webhook_config::run(args),
         Command::KubeletConfig(args) => cmd::kubelet_config::run(args),
+        Command::Audit(args) => cmd::audit::run(args),
         Command::Resolve(args) => cmd::resolve::run(args),
         Command::Secret(c) => cmd::secret::run(c),
     };

@@ -33,6 +33,14 @@ pub enum Credential {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CredentialId([u8; 32]);
 
+impl CredentialId {
+    /// The hash itself (to key a cache or, hashed again with a key, to
+    /// group equal credentials; never to show).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
 impl fmt::Debug for CredentialId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CredentialId(..)")

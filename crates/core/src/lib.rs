@@ -20,8 +20,11 @@
 //! - [`admission`]: AdmissionReview digest pinning — kinds, pod specs, which
 //!   images to pin, the JSON Patch (the broker's webhook decides and resolves).
 //! - [`policy`]: `RegistryCredential`, `PullGrant` and the decision function.
+//! - [`audit`]: `pullbroker audit`'s findings from pull secrets, service
+//!   accounts, pods and the policy.
 
 pub mod admission;
+pub mod audit;
 pub mod credential;
 pub mod digest;
 pub mod dockerconfig;

@@ -3,7 +3,8 @@
 //! (`../shared/kubernetes-facts.md`) for the resources pullbroker uses.
 //!
 //! What it does: get, list (label selectors `=`, `==`, `!=`, `in`, `notin`,
-//! `key`, `!key`; field selectors `metadata.name`, `metadata.namespace`), watch
+//! `key`, `!key`; field selectors `metadata.name`, `metadata.namespace`,
+//! `spec.serviceAccountName`, secrets' `type`), watch
 //! (from a resourceVersion, ADDED/MODIFIED/DELETED lines — an object that a
 //! change moves out of a watch's selector is DELETED for it, into it ADDED,
 //! as the watch cache does — 410 Gone `Status` for versions older than its
@@ -532,6 +533,8 @@ fn fields_match(selector: &str, obj: &Value) -> bool {
             "metadata.name" => obj["metadata"]["name"].as_str(),
             "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
             "spec.serviceAccountName" => obj["spec"]["serviceAccountName"].as_str(),
+            // Secrets' `type` (a real server accepts it for secrets only).
+            "type" => obj["type"].as_str(),
             _ => None,
         };
         (got == Some(want)) != negate

@@ -171,18 +171,7 @@ pub fn rbac(audience: &str) -> (ClusterRole, ClusterRoleBinding) {
 }
 
 async fn cluster_registries(context: Option<String>) -> Result<Vec<Vec<String>>> {
-    let options = kube::config::KubeConfigOptions {
-        context,
-        ..Default::default()
-    };
-    let config = match kube::Config::from_kubeconfig(&options).await {
-        Ok(c) => c,
-        Err(_) if options.context.is_none() => kube::Config::infer()
-            .await
-            .context("cannot find a kubeconfig or an in-cluster config")?,
-        Err(e) => return Err(e).context("cannot load the kubeconfig"),
-    };
-    let client = kube::Client::try_from(config)?;
+    let client = super::kube_client(context).await?;
     let api: kube::Api<RegistryCredential> = kube::Api::all(client);
     let list = api
         .list(&Default::default())

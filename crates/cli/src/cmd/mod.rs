@@ -1,3 +1,4 @@
+pub mod audit;
 pub mod can_i;
 pub mod controller;
 pub mod crd;
@@ -9,3 +10,21 @@ pub mod secret;
 pub mod serve;
 pub mod tls_cert;
 pub mod webhook_config;
+
+/// A client as kubectl would make one: KUBECONFIG (or ~/.kube/config) with
+/// `context`, else the in-cluster service account.
+pub async fn kube_client(context: Option<String>) -> anyhow::Result<kube::Client> {
+    use anyhow::Context as _;
+    let options = kube::config::KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    let config = match kube::Config::from_kubeconfig(&options).await {
+        Ok(c) => c,
+        Err(_) if options.context.is_none() => kube::Config::infer()
+            .await
+            .context("cannot find a kubeconfig or an in-cluster config")?,
+        Err(e) => return Err(e).context("cannot load the kubeconfig"),
+    };
+    Ok(kube::Client::try_from(config)?)
+}

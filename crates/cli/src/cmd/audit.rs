@@ -1,0 +1,496 @@
+//! `pullbroker audit`: what is wrong with a cluster's pull secrets and
+//! grants (`core::audit`), read from the API as kubectl would — pages of
+//! 500, Secrets' data only for the docker-config types — and printed
+//! without a secret value.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, ListParams, ObjectList};
+use kube::Resource;
+use pullbroker_core::audit::{
+    self, AccountInfo, CredentialState, Finding, Inputs, PodInfo, Report, SecretInfo, Severity,
+    TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON,
+};
+use pullbroker_core::policy::model::{PullGrant, RegistryCredential};
+use pullbroker_core::policy::{Named, Policy};
+use serde::Serialize;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_long_help = "Findings, each with a severity, the objects involved and the fix:\n\
+  secret.malformed / secret.empty-entry   pull secrets kubelet cannot use\n\
+  secret.expired / secret.expiring        JWT credentials past or near their expiry (--warn-within)\n\
+  secret.copied                           the same credential copied into several namespaces (compared by a keyed hash)\n\
+  serviceaccount.missing-secret           imagePullSecrets naming a Secret that does not exist\n\
+  pod.missing-secret / pod.no-credential  pods likely to fail pulling (pod secrets, then pullbroker's grants, as kubelet tries them)\n\
+  grant.* / credential.unavailable        pullbroker grants wider than needed, static copies, credentials not ready\n\
+  managed.orphan / managed.expired / managed.rotation-overdue   pullbroker's synced secrets\n\n\
+Reads like kubectl (KUBECONFIG, --context, -n/-A); never prints a secret. Exit code 1 when a finding \
+is at or above --fail-on (for CI).\n\n\
+Examples:\n  pullbroker audit -A\n  pullbroker audit -n team-a -o json\n  pullbroker audit -A --fail-on warning"
+)]
+pub struct Args {
+    /// Kubeconfig context.
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
+    /// Only this namespace (default: the context's).
+    #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+    namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// A JWT credential expiring within this is a warning.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    warn_within: Duration,
+    /// Exit 1 when a finding is at or above this severity.
+    #[arg(long, value_enum, value_name = "SEVERITY")]
+    fail_on: Option<Level>,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Level {
+    Info,
+    Warning,
+    Error,
+}
+
+impl From<Level> for Severity {
+    fn from(l: Level) -> Severity {
+        match l {
+            Level::Info => Severity::Info,
+            Level::Warning => Severity::Warning,
+            Level::Error => Severity::Error,
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// What was read, for the summary line.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Scanned {
+    scope: String,
+    secrets: usize,
+    pull_secrets: usize,
+    service_accounts: usize,
+    pods: usize,
+    pull_grants: Option<usize>,
+    registry_credentials: Option<usize>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Out<'a> {
+    scanned: &'a Scanned,
+    counts: BTreeMap<Severity, usize>,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+/// Lists every page (`limit` 500, following `continue`).
+async fn list_all<K>(api: &Api<K>, params: ListParams, progress: &Progress) -> Result<Vec<K>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut p = params.clone().limit(500);
+        if let Some(t) = &token {
+            p = p.continue_token(t);
+        }
+        let page: ObjectList<K> = api.list(&p).await?;
+        out.extend(page.items);
+        progress.set(out.len());
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// A spinner on a terminal's stderr (big clusters take a while), else nothing.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new() -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {pos}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress(Some(bar))
+    }
+    fn stage(&self, what: &'static str) {
+        if let Some(b) = &self.0 {
+            b.set_message(what);
+            b.set_position(0);
+        }
+    }
+    fn set(&self, n: usize) {
+        if let Some(b) = &self.0 {
+            b.set_position(n as u64);
+        }
+    }
+    fn done(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn epoch(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    t.0.as_second()
+}
+
+fn rfc3339(s: Option<&String>) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s?)
+        .ok()
+        .map(|t| t.timestamp())
+}
+
+fn secret_info(s: Secret) -> SecretInfo {
+    let meta = s.metadata;
+    let type_ = s.type_.unwrap_or_default();
+    let key = if type_ == TYPE_DOCKERCFG {
+        ".dockercfg"
+    } else {
+        ".dockerconfigjson"
+    };
+    let annotations = meta.annotations.unwrap_or_default();
+    SecretInfo {
+        namespace: meta.namespace.unwrap_or_default(),
+        name: meta.name.unwrap_or_default(),
+        created: meta.creation_timestamp.as_ref().map(epoch),
+        labels: meta.labels.unwrap_or_default(),
+        issued_at: rfc3339(annotations.get("pullbroker.dev/issued-at")),
+        expires_at: rfc3339(annotations.get("pullbroker.dev/expires-at")),
+        config: s.data.and_then(|mut d| d.remove(key)).map(|b| b.0),
+        type_,
+    }
+}
+
+fn names(refs: Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>) -> Vec<String> {
+    refs.into_iter()
+        .flatten()
+        .map(|r| r.name)
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+async fn read(
+    args: &Args,
+    progress: &Progress,
+) -> Result<(
+    Vec<SecretInfo>,
+    Vec<AccountInfo>,
+    Vec<PodInfo>,
+    Option<Policy>,
+    Vec<CredentialState>,
+    Scanned,
+)> {
+    let client = super::kube_client(args.context.clone()).await?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let scoped = |all: bool| -> Api<Secret> {
+        if all {
+            Api::all(client.clone())
+        } else {
+            Api::namespaced(client.clone(), &namespace)
+        }
+    };
+    let all = args.all_namespaces;
+    let mut scanned = Scanned {
+        scope: if all {
+            "all namespaces".into()
+        } else {
+            format!("namespace {namespace}")
+        },
+        ..Default::default()
+    };
+    let ctx = |what: &str| format!("cannot list {what} (kubectl auth can-i list {what})");
+
+    // Every Secret's metadata (for references), then the data of the pull-secret types only.
+    progress.stage("secrets (metadata)");
+    let secrets_api = scoped(all);
+    let mut metas = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut p = ListParams::default().limit(500);
+        if let Some(t) = &token {
+            p = p.continue_token(t);
+        }
+        let page = secrets_api
+            .list_metadata(&p)
+            .await
+            .with_context(|| ctx("secrets"))?;
+        metas.extend(page.items);
+        progress.set(metas.len());
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    scanned.secrets = metas.len();
+    let mut secrets: BTreeMap<(String, String), SecretInfo> = BTreeMap::new();
+    for m in metas {
+        let info = SecretInfo {
+            namespace: m.metadata.namespace.clone().unwrap_or_default(),
+            name: m.metadata.name.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        secrets.insert((info.namespace.clone(), info.name.clone()), info);
+    }
+    for t in [TYPE_DOCKERCONFIGJSON, TYPE_DOCKERCFG] {
+        progress.stage("pull secrets");
+        let params = ListParams::default().fields(&format!("type={t}"));
+        for s in list_all(&secrets_api, params, progress)
+            .await
+            .with_context(|| ctx("secrets"))?
+        {
+            let info = secret_info(s);
+            scanned.pull_secrets += 1;
+            secrets.insert((info.namespace.clone(), info.name.clone()), info);
+        }
+    }
+
+    progress.stage("service accounts");
+    let sa_api: Api<ServiceAccount> = if all {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), &namespace)
+    };
+    let accounts: Vec<AccountInfo> = list_all(&sa_api, ListParams::default(), progress)
+        .await
+        .with_context(|| ctx("serviceaccounts"))?
+        .into_iter()
+        .map(|a| AccountInfo {
+            namespace: a.metadata.namespace.unwrap_or_default(),
+            name: a.metadata.name.unwrap_or_default(),
+            pull_secrets: names(a.image_pull_secrets),
+        })
+        .collect();
+    scanned.service_accounts = accounts.len();
+
+    progress.stage("pods");
+    let pod_api: Api<Pod> = if all {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), &namespace)
+    };
+    let pods: Vec<PodInfo> = list_all(&pod_api, ListParams::default(), progress)
+        .await
+        .with_context(|| ctx("pods"))?
+        .into_iter()
+        .map(|p| {
+            let spec = p.spec.unwrap_or_default();
+            let images = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+                .filter_map(|c| c.image.clone())
+                .collect();
+            PodInfo {
+                namespace: p.metadata.namespace.unwrap_or_default(),
+                name: p.metadata.name.unwrap_or_default(),
+                service_account: spec
+                    .service_account_name
+                    .unwrap_or_else(|| "default".into()),
+                pull_secrets: names(spec.image_pull_secrets),
+                images,
+            }
+        })
+        .collect();
+    scanned.pods = pods.len();
+
+    // pullbroker's own objects, when its CRDs are installed.
+    progress.stage("pullbroker grants");
+    let grants_api: Api<PullGrant> = Api::all(client.clone());
+    let creds_api: Api<RegistryCredential> = Api::all(client.clone());
+    let (policy, states) = match list_all(&grants_api, ListParams::default(), progress).await {
+        Err(e) if is_not_found(&e) => (None, Vec::new()),
+        Err(e) => return Err(e).context(ctx("pullgrants")),
+        Ok(grants) => {
+            let creds = list_all(&creds_api, ListParams::default(), progress)
+                .await
+                .with_context(|| ctx("registrycredentials"))?;
+            // Namespace labels for namespaceSelector grants; without the
+            // right to list namespaces, such grants select nothing here.
+            let ns_api: Api<Namespace> = Api::all(client.clone());
+            let labels = match ns_api.list_metadata(&ListParams::default()).await {
+                Ok(list) => list
+                    .items
+                    .into_iter()
+                    .map(|n| {
+                        (
+                            n.metadata.name.unwrap_or_default(),
+                            n.metadata.labels.unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+                Err(_) => BTreeMap::new(),
+            };
+            scanned.pull_grants = Some(grants.len());
+            scanned.registry_credentials = Some(creds.len());
+            let states = creds
+                .iter()
+                .map(|c| {
+                    let ready = c
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+                    CredentialState {
+                        name: c.metadata.name.clone().unwrap_or_default(),
+                        ready: ready.map(|r| r.status == "True"),
+                        reason: ready
+                            .map(|r| format!("{}: {}", r.reason, r.message))
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect();
+            let (policy, _problems) = Policy::new(
+                creds
+                    .into_iter()
+                    .map(|c| Named {
+                        name: c.metadata.name.unwrap_or_default(),
+                        spec: c.spec,
+                    })
+                    .collect(),
+                grants
+                    .into_iter()
+                    .map(|g| Named {
+                        name: g.metadata.name.unwrap_or_default(),
+                        spec: g.spec,
+                    })
+                    .collect(),
+                labels,
+            );
+            (Some(policy), states)
+        }
+    };
+    Ok((
+        secrets.into_values().collect(),
+        accounts,
+        pods,
+        policy,
+        states,
+        scanned,
+    ))
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<kube::Error>()
+        .is_some_and(|k| matches!(k, kube::Error::Api(s) if s.code == 404))
+}
+
+fn print_table(report: &Report, scanned: &Scanned, counts: &BTreeMap<Severity, usize>) {
+    for f in &report.findings {
+        let Finding {
+            severity,
+            code,
+            objects,
+            message,
+            fix,
+        } = f;
+        println!(
+            "{:<8} {code}  {}",
+            severity.to_string().to_uppercase(),
+            objects.join(", ")
+        );
+        println!("         {message}");
+        println!("         fix: {fix}");
+    }
+    if !report.findings.is_empty() {
+        println!();
+    }
+    let count = |s| counts.get(&s).copied().unwrap_or(0);
+    println!(
+        "{} findings ({} error, {} warning, {} info) — {}: {} pull secrets of {} secrets, {} service accounts, {} pods{}",
+        report.findings.len(),
+        count(Severity::Error),
+        count(Severity::Warning),
+        count(Severity::Info),
+        scanned.scope,
+        scanned.pull_secrets,
+        scanned.secrets,
+        scanned.service_accounts,
+        scanned.pods,
+        match (scanned.pull_grants, scanned.registry_credentials) {
+            (Some(g), Some(c)) => format!(", {g} PullGrants, {c} RegistryCredentials"),
+            _ => ", pullbroker not installed".into(),
+        }
+    );
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let progress = Progress::new();
+    let (secrets, accounts, pods, policy, states, scanned) =
+        runtime.block_on(read(&args, &progress))?;
+    progress.done();
+    let mut hash_key = [0u8; 32];
+    getrandom::fill(&mut hash_key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let report = audit::audit(&Inputs {
+        secrets: &secrets,
+        accounts: &accounts,
+        pods: &pods,
+        policy: policy.as_ref(),
+        credential_states: &states,
+        now: chrono::Utc::now().timestamp(),
+        warn_within: i64::try_from(args.warn_within.as_secs()).unwrap_or(i64::MAX),
+        hash_key,
+    });
+    let mut counts = BTreeMap::new();
+    for f in &report.findings {
+        *counts.entry(f.severity).or_insert(0) += 1;
+    }
+    match args.output {
+        Output::Table => print_table(&report, &scanned, &counts),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&Out {
+                scanned: &scanned,
+                counts,
+                report: &report
+            })?
+        ),
+        Output::Yaml => print!(
+            "{}",
+            serde_yaml::to_string(&Out {
+                scanned: &scanned,
+                counts,
+                report: &report
+            })?
+        ),
+    }
+    let failing = args
+        .fail_on
+        .is_some_and(|level| report.findings.iter().any(|f| f.severity >= level.into()));
+    Ok(if failing {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,496 @@
+//! `pullbroker audit` against the fake API server holding a cluster of a few
+//! hundred namespaces: every kind of finding present at least once, found
+//! with its severity and objects, and nothing flagged among the clean
+//! objects; `--fail-on` gates; no secret value in any output format.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use pullbroker_core::policy::model::{PullGrant, RegistryCredential};
+use pullbroker_testenv::fakeapi::FakeApi;
+use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
+use serde_json::{json, Value};
+
+const CLEAN: usize = 260;
+const CANARY: &str = "CANARY-audit-7f3e";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn config(registry: &str, user: &str, password: &str) -> String {
+    json!({"auths": {registry: {"username": user, "password": password}}}).to_string()
+}
+
+/// An unsigned JWT-shaped password expiring at `exp` (audit reads expiry unverified).
+fn jwt(exp: i64) -> String {
+    let enc = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.{CANARY}sig",
+        enc(json!({"alg": "RS256"})),
+        enc(json!({"exp": exp, "sub": "ci"}))
+    )
+}
+
+struct Cluster {
+    fake: FakeApi,
+    client: kube::Client,
+}
+
+impl Cluster {
+    async fn ns(&self, name: &str) {
+        Api::<Namespace>::all(self.client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    async fn secret(&self, ns: &str, name: &str, type_: &str, data: Value, meta: Value) {
+        let mut metadata = json!({"name": name});
+        metadata
+            .as_object_mut()
+            .unwrap()
+            .extend(meta.as_object().unwrap().clone());
+        Api::<Secret>::namespaced(self.client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": metadata, "type": type_, "data": data}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    async fn pull_secret(&self, ns: &str, name: &str, text: &str) {
+        self.secret(
+            ns,
+            name,
+            "kubernetes.io/dockerconfigjson",
+            json!({".dockerconfigjson": b64(text)}),
+            json!({}),
+        )
+        .await;
+    }
+    async fn sa(&self, ns: &str, name: &str, secrets: &[&str]) {
+        let refs: Vec<Value> = secrets.iter().map(|s| json!({"name": s})).collect();
+        Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": name}, "imagePullSecrets": refs}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    async fn pod(&self, ns: &str, name: &str, sa: &str, image: &str, secrets: &[&str]) {
+        let refs: Vec<Value> = secrets.iter().map(|s| json!({"name": s})).collect();
+        Api::<Pod>::namespaced(self.client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": name}, "spec": {"serviceAccountName": sa,
+                    "imagePullSecrets": refs, "containers": [{"name": "c", "image": image}]}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn cluster() -> Cluster {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let kube_config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let c = Cluster {
+        client: kube::Client::try_from(kube_config).unwrap(),
+        fake,
+    };
+    let now = chrono::Utc::now().timestamp();
+
+    // Clean namespaces: a pull secret of its own (a credential no one else
+    // has, a JWT far from expiry in some), an Opaque secret, a service
+    // account using the secret, a pod pulling with it and a public image.
+    for i in 0..CLEAN {
+        let ns = format!("clean-{i}");
+        c.ns(&ns).await;
+        let password = if i % 2 == 0 {
+            jwt(now + 90 * 86_400)
+        } else {
+            format!("{CANARY}-{i}")
+        };
+        c.pull_secret(
+            &ns,
+            "pull",
+            &config("registry.corp.example", &format!("user-{i}"), &password),
+        )
+        .await;
+        c.secret(
+            &ns,
+            "app-config",
+            "Opaque",
+            json!({"k": b64("v")}),
+            json!({}),
+        )
+        .await;
+        c.sa(&ns, "app", &["pull"]).await;
+        c.pod(
+            &ns,
+            "app-0",
+            "app",
+            "registry.corp.example/apps/app:1",
+            &["pull"],
+        )
+        .await;
+        c.pod(&ns, "web-0", "default", "nginx:1.27", &[]).await;
+    }
+    // Findings.
+    c.ns("broken").await;
+    c.secret(
+        "broken",
+        "not-json",
+        "kubernetes.io/dockerconfigjson",
+        json!({".dockerconfigjson": b64("{not json")}),
+        json!({}),
+    )
+    .await;
+    c.pull_secret(
+        "broken",
+        "merged",
+        r#"{"auths":{"registry.corp.example":{"username":"","password":"","auth":""}}}"#,
+    )
+    .await;
+    c.pull_secret(
+        "broken",
+        "expired",
+        &config("registry.corp.example", "robot", &jwt(now - 3600)),
+    )
+    .await;
+    c.pull_secret(
+        "broken",
+        "expiring",
+        &config("registry.corp.example", "robot2", &jwt(now + 86_400)),
+    )
+    .await;
+    c.sa("broken", "app", &["does-not-exist"]).await;
+    c.pod("broken", "app-0", "default", "nginx:1.27", &["gone"])
+        .await;
+    for i in 0..3 {
+        let ns = format!("copy-{i}");
+        c.ns(&ns).await;
+        c.pull_secret(
+            &ns,
+            "corp",
+            &config(
+                "registry.corp.example",
+                "shared-bot",
+                &format!("{CANARY}-shared"),
+            ),
+        )
+        .await;
+    }
+    c.ns("lonely").await;
+    c.sa("lonely", "late", &["pull"]).await;
+    c.pull_secret(
+        "lonely",
+        "pull",
+        &config(
+            "registry.corp.example",
+            "lonely-bot",
+            &format!("{CANARY}-lonely"),
+        ),
+    )
+    .await;
+    c.pod(
+        "lonely",
+        "nothing-0",
+        "default",
+        "registry.corp.example/apps/secret:1",
+        &[],
+    )
+    .await;
+    c.pod(
+        "lonely",
+        "raced-0",
+        "late",
+        "registry.corp.example/apps/secret:1",
+        &[],
+    )
+    .await;
+    c.pod(
+        "lonely",
+        "public-0",
+        "default",
+        "docker.io/library/busybox:1",
+        &[],
+    )
+    .await;
+
+    // pullbroker's objects.
+    c.ns("pullbroker-system").await;
+    c.pull_secret(
+        "pullbroker-system",
+        "grants-pull",
+        &config(
+            "grants.corp.example",
+            "central",
+            &format!("{CANARY}-central"),
+        ),
+    )
+    .await;
+    let creds: Api<RegistryCredential> = Api::all(c.client.clone());
+    for (name, ready) in [("corp", false), ("good", true)] {
+        creds
+            .create(&PostParams::default(), &serde_json::from_value(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
+                "metadata": {"name": name}, "spec": {"registries": [format!("{name}.grants.corp.example")], "source": {"secretRef": {"name": "grants-pull"}}}})).unwrap())
+            .await
+            .unwrap();
+        let status = if ready { "True" } else { "False" };
+        creds
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": status,
+                "reason": if ready { "Available" } else { "SourceUnavailable" }, "message": "secret grants-pull: key .dockerconfigjson missing",
+                "lastTransitionTime": "2026-12-01T00:00:00Z"}]}})))
+            .await
+            .unwrap();
+    }
+    let grants: Api<PullGrant> = Api::all(c.client.clone());
+    for (name, spec) in [
+        (
+            "wide",
+            json!({"credential": "corp", "subjects": {"namespaces": ["*"], "serviceAccounts": ["*"]}, "repositories": ["**"], "purposes": ["pull", "sync"], "allowStaticCopy": true}),
+        ),
+        (
+            "team-a",
+            json!({"credential": "good", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["web"]}, "repositories": ["apps/team-a/**"], "purposes": ["pull"]}),
+        ),
+    ] {
+        grants
+            .create(&PostParams::default(), &serde_json::from_value(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "PullGrant", "metadata": {"name": name}, "spec": spec})).unwrap())
+            .await
+            .unwrap();
+    }
+    c.ns("team-a").await;
+    c.sa("team-a", "web", &[]).await;
+    c.pod(
+        "team-a",
+        "web-0",
+        "web",
+        "good.grants.corp.example/apps/team-a/web:1",
+        &[],
+    )
+    .await;
+    let managed = |grant: &str, iat: i64, exp: i64| {
+        let t = |s: i64| {
+            chrono::DateTime::from_timestamp(s, 0)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        };
+        json!({"labels": {"app.kubernetes.io/managed-by": "pullbroker", "pullbroker.dev/grant": grant},
+               "annotations": {"pullbroker.dev/issued-at": t(iat), "pullbroker.dev/expires-at": t(exp)}})
+    };
+    let data = json!({".dockerconfigjson": b64(&config("good.grants.corp.example", "pullbroker", &format!("pbc1.{CANARY}")))});
+    c.secret(
+        "team-a",
+        "pullbroker-gone",
+        "kubernetes.io/dockerconfigjson",
+        data.clone(),
+        managed("gone", now - 60, now + 600),
+    )
+    .await;
+    c.secret(
+        "team-a",
+        "pullbroker-team-a",
+        "kubernetes.io/dockerconfigjson",
+        data.clone(),
+        managed("team-a", now - 60, now + 600),
+    )
+    .await;
+    c.ns("team-b").await;
+    c.secret(
+        "team-b",
+        "pullbroker-wide",
+        "kubernetes.io/dockerconfigjson",
+        data.clone(),
+        managed("wide", now - 1200, now - 60),
+    )
+    .await;
+    c.ns("team-c").await;
+    c.secret(
+        "team-c",
+        "pullbroker-wide",
+        "kubernetes.io/dockerconfigjson",
+        data,
+        managed("wide", now - 900, now + 60),
+    )
+    .await;
+    c
+}
+
+fn audit(c: &Cluster, args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, c.fake.kubeconfig()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+        .arg("audit")
+        .args(args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for text in [&stdout, &stderr] {
+        assert!(
+            !text.contains(CANARY),
+            "a secret value in the output:\n{text}"
+        );
+    }
+    (out.status.code().unwrap(), stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_objects() {
+    let c = cluster().await;
+    let c = tokio::task::spawn_blocking(move || {
+        let (code, json_out) = audit(&c, &["-A", "-o", "json"]);
+        assert_eq!(code, 0, "no --fail-on: informational");
+        let report: Value = serde_json::from_str(&json_out).unwrap();
+        let found: BTreeSet<(String, String, String)> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let objects: Vec<&str> = f["objects"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.as_str().unwrap())
+                    .collect();
+                (
+                    f["severity"].as_str().unwrap().into(),
+                    f["code"].as_str().unwrap().into(),
+                    objects.join(", "),
+                )
+            })
+            .collect();
+        let want: BTreeSet<(String, String, String)> = [
+            ("error", "secret.malformed", "Secret broken/not-json"),
+            ("warning", "secret.empty-entry", "Secret broken/merged"),
+            ("error", "secret.expired", "Secret broken/expired"),
+            ("warning", "secret.expiring", "Secret broken/expiring"),
+            (
+                "warning",
+                "secret.copied",
+                "Secret copy-0/corp, Secret copy-1/corp, Secret copy-2/corp",
+            ),
+            (
+                "warning",
+                "serviceaccount.missing-secret",
+                "ServiceAccount broken/app",
+            ),
+            ("warning", "pod.missing-secret", "Pod broken/app-0"),
+            ("warning", "pod.no-credential", "Pod lonely/nothing-0"),
+            ("warning", "pod.no-credential", "Pod lonely/raced-0"),
+            ("warning", "grant.every-namespace", "PullGrant wide"),
+            ("info", "grant.every-service-account", "PullGrant wide"),
+            ("warning", "grant.every-repository", "PullGrant wide"),
+            ("warning", "grant.static-copy", "PullGrant wide"),
+            ("error", "credential.unavailable", "RegistryCredential corp"),
+            ("warning", "managed.orphan", "Secret team-a/pullbroker-gone"),
+            ("error", "managed.expired", "Secret team-b/pullbroker-wide"),
+            (
+                "warning",
+                "managed.rotation-overdue",
+                "Secret team-c/pullbroker-wide",
+            ),
+        ]
+        .into_iter()
+        .map(|(s, c, o)| (s.to_string(), c.to_string(), o.to_string()))
+        .collect();
+        let missing: Vec<_> = want.difference(&found).collect();
+        let extra: Vec<_> = found.difference(&want).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "missing: {missing:#?}\nunexpected: {extra:#?}"
+        );
+
+        // The race case names the fix: recreate the pod.
+        let raced = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["objects"][0] == "Pod lonely/raced-0")
+            .unwrap();
+        assert!(
+            raced["fix"].as_str().unwrap().contains("recreate the pod"),
+            "{raced}"
+        );
+        let copied = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["code"] == "secret.copied")
+            .unwrap();
+        assert!(
+            copied["fix"].as_str().unwrap().contains("PullGrant"),
+            "{copied}"
+        );
+
+        // What was read, and the inventory (registries and users, no secrets).
+        assert_eq!(report["scanned"]["pods"], CLEAN * 2 + 5);
+        assert!(
+            report["scanned"]["secrets"].as_u64().unwrap() > 500,
+            "paged: {}",
+            report["scanned"]
+        );
+        let inventory = report["pullSecrets"].as_array().unwrap();
+        let expiring = inventory
+            .iter()
+            .find(|s| s["namespace"] == "broken" && s["name"] == "expiring")
+            .unwrap();
+        assert_eq!(expiring["entries"][0]["username"], "robot2");
+        assert!(expiring["entries"][0]["expiresAt"].as_i64().is_some());
+        assert_eq!(report["counts"]["error"], 4);
+
+        // Gating, and the other formats (also canary-checked by `audit`).
+        assert_eq!(audit(&c, &["-A", "--fail-on", "error"]).0, 1);
+        let (code, table) = audit(&c, &["-A", "--warn-within", "1h"]);
+        assert_eq!(code, 0);
+        assert!(
+            !table.contains("secret.expiring"),
+            "1 day away is not within 1h:\n{table}"
+        );
+        assert!(
+            table.contains("ERROR    secret.malformed  Secret broken/not-json"),
+            "{table}"
+        );
+        let (_, yaml) = audit(&c, &["-A", "-o", "yaml"]);
+        assert!(yaml.contains("code: secret.copied"), "{yaml}");
+        // One namespace: its own objects only (the cluster-scoped grant findings stay).
+        let (_, one) = audit(&c, &["-n", "clean-7", "-o", "json"]);
+        let one: Value = serde_json::from_str(&one).unwrap();
+        assert!(
+            one["findings"].as_array().unwrap().iter().all(|f| {
+                let o = f["objects"][0].as_str().unwrap();
+                o.starts_with("PullGrant") || o.starts_with("RegistryCredential")
+            }),
+            "{one}"
+        );
+        assert_eq!(one["scanned"]["pods"], 2);
+        c
+    })
+    .await
+    .unwrap();
+    drop(c);
+}

@@ -1,0 +1,545 @@
+//! `pullbroker audit`'s findings, pure: the cluster's pull secrets, service
+//! accounts and pods, and pullbroker's own grants and managed secrets in;
+//! findings (severity, objects, what is wrong, the fix) and an inventory of
+//! pull secrets out. Never a secret value: credentials are compared by a
+//! keyed hash that is never printed, and messages name entries and users.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::dockerconfig::DockerConfig;
+use crate::jwt::unverified_expiry;
+use crate::policy::{Policy, Purpose, Request, Subject, Target};
+use crate::sync::{GRANT_LABEL, MANAGED_BY};
+use crate::Reference;
+
+pub const TYPE_DOCKERCONFIGJSON: &str = "kubernetes.io/dockerconfigjson";
+pub const TYPE_DOCKERCFG: &str = "kubernetes.io/dockercfg";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable identifier of the kind of finding (`secret.malformed`, …).
+    pub code: &'static str,
+    /// `Kind namespace/name` of each object involved.
+    pub objects: Vec<String>,
+    pub message: String,
+    pub fix: String,
+}
+
+/// A Secret as audit sees it: metadata always, the docker config only for
+/// the two pull-secret types.
+#[derive(Debug, Clone, Default)]
+pub struct SecretInfo {
+    pub namespace: String,
+    pub name: String,
+    pub type_: String,
+    /// Seconds since the epoch.
+    pub created: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    /// A managed secret's `pullbroker.dev/issued-at` and `expires-at`
+    /// annotations, as seconds since the epoch (the adapter parses them).
+    pub issued_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    /// `.dockerconfigjson` or `.dockercfg` bytes (absent: the key is missing).
+    pub config: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AccountInfo {
+    pub namespace: String,
+    pub name: String,
+    pub pull_secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub pull_secrets: Vec<String>,
+    pub images: Vec<String>,
+}
+
+/// A RegistryCredential's `Ready` condition, as its status reports it.
+#[derive(Debug, Clone)]
+pub struct CredentialState {
+    pub name: String,
+    pub ready: Option<bool>,
+    pub reason: String,
+}
+
+/// One pull secret in the inventory (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullSecretSummary {
+    pub namespace: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub entries: Vec<EntrySummary>,
+    pub age_seconds: Option<i64>,
+    pub managed_by_pullbroker: bool,
+    /// Why the docker config cannot be used, when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntrySummary {
+    pub registry: String,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Expiry of a JWT credential (seconds since the epoch), read unverified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+pub struct Inputs<'a> {
+    pub secrets: &'a [SecretInfo],
+    pub accounts: &'a [AccountInfo],
+    pub pods: &'a [PodInfo],
+    /// pullbroker's policy from the cluster (None: CRDs not installed).
+    pub policy: Option<&'a Policy>,
+    pub credential_states: &'a [CredentialState],
+    pub now: i64,
+    /// A JWT credential expiring sooner than this (seconds) is a warning.
+    pub warn_within: i64,
+    /// Key of the hash that groups identical credentials (random per run).
+    pub hash_key: [u8; 32],
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub pull_secrets: Vec<PullSecretSummary>,
+}
+
+/// Where one credential was found: its registry key, user and secrets.
+struct Copies {
+    registry: String,
+    user: Option<String>,
+    holders: BTreeSet<(String, String)>,
+}
+
+fn obj(kind: &str, ns: &str, name: &str) -> String {
+    if ns.is_empty() {
+        format!("{kind} {name}")
+    } else {
+        format!("{kind} {ns}/{name}")
+    }
+}
+
+fn parse(s: &SecretInfo) -> Result<DockerConfig, String> {
+    let bytes = s.config.as_deref().ok_or_else(|| {
+        let key = if s.type_ == TYPE_DOCKERCFG {
+            ".dockercfg"
+        } else {
+            ".dockerconfigjson"
+        };
+        format!("has no {key} key")
+    })?;
+    let parsed = if s.type_ == TYPE_DOCKERCFG {
+        DockerConfig::parse_legacy(bytes)
+    } else {
+        DockerConfig::parse(bytes)
+    };
+    parsed.map_err(|e| e.to_string())
+}
+
+fn duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Everything audit finds, sorted by severity (worst first), then code.
+pub fn audit(inp: &Inputs<'_>) -> Report {
+    let mut findings = Vec::new();
+    let mut summaries = Vec::new();
+    let pull_types = [TYPE_DOCKERCONFIGJSON, TYPE_DOCKERCFG];
+    let existing: BTreeSet<(&str, &str)> = inp
+        .secrets
+        .iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    // Parsed pull secrets by (namespace, name), for the pods' candidates.
+    let mut configs: BTreeMap<(&str, &str), DockerConfig> = BTreeMap::new();
+    // Identical credentials, by keyed hash.
+    let mut copies: BTreeMap<[u8; 32], Copies> = BTreeMap::new();
+
+    for s in inp
+        .secrets
+        .iter()
+        .filter(|s| pull_types.contains(&s.type_.as_str()))
+    {
+        let here = obj("Secret", &s.namespace, &s.name);
+        let managed = s
+            .labels
+            .get(MANAGED_BY.0)
+            .is_some_and(|v| v == MANAGED_BY.1);
+        let mut summary = PullSecretSummary {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            type_: s.type_.clone(),
+            entries: Vec::new(),
+            age_seconds: s.created.map(|c| inp.now - c),
+            managed_by_pullbroker: managed,
+            invalid: None,
+        };
+        match parse(s) {
+            Err(e) if e.contains("has no credentials") => {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    code: "secret.empty-entry",
+                    objects: vec![here.clone()],
+                    message: format!("{e}: an entry with empty username, password and auth (what a merge of two configs leaves behind) makes the whole secret unusable"),
+                    fix: "remove the empty entry, or recreate the secret (pullbroker secret create)".into(),
+                });
+                summary.invalid = Some(e);
+            }
+            Err(e) => {
+                findings.push(Finding {
+                    severity: Severity::Error,
+                    code: "secret.malformed",
+                    objects: vec![here.clone()],
+                    message: format!("not a usable pull secret: {e}"),
+                    fix: "fix or recreate it (pullbroker secret validate names the field)".into(),
+                });
+                summary.invalid = Some(e);
+            }
+            Ok(config) => {
+                for e in config.entries() {
+                    let credential = e.credential();
+                    let expires_at = credential.secret().and_then(unverified_expiry);
+                    match expires_at {
+                        Some(exp) if exp <= inp.now => findings.push(Finding {
+                            severity: Severity::Error,
+                            code: "secret.expired",
+                            objects: vec![here.clone()],
+                            message: format!("the credential for {} expired {} ago", e.key(), duration(inp.now - exp)),
+                            fix: if managed { "the controller reissues it: check that it leads (pullbroker_controller_leader)".into() } else { "rotate it — or let pullbroker mint short-lived credentials instead (a RegistryCredential with tokenIssuer or exec)".into() },
+                        }),
+                        Some(exp) if exp - inp.now <= inp.warn_within => findings.push(Finding {
+                            severity: Severity::Warning,
+                            code: "secret.expiring",
+                            objects: vec![here.clone()],
+                            message: format!("the credential for {} expires in {}", e.key(), duration(exp - inp.now)),
+                            fix: "rotate it before then".into(),
+                        }),
+                        _ => {}
+                    }
+                    if !managed {
+                        let mut h = Sha256::new();
+                        h.update(inp.hash_key);
+                        h.update(e.key().as_bytes());
+                        h.update([0]);
+                        h.update(credential.id().as_bytes());
+                        let entry = copies.entry(h.finalize().into()).or_insert_with(|| Copies {
+                            registry: e.key().to_string(),
+                            user: credential.username().map(String::from),
+                            holders: BTreeSet::new(),
+                        });
+                        entry.holders.insert((s.namespace.clone(), s.name.clone()));
+                    }
+                    summary.entries.push(EntrySummary {
+                        registry: e.key().to_string(),
+                        kind: credential.kind(),
+                        username: credential.username().map(String::from),
+                        expires_at,
+                    });
+                }
+                configs.insert((s.namespace.as_str(), s.name.as_str()), config);
+            }
+        }
+        summaries.push(summary);
+    }
+
+    for Copies {
+        registry,
+        user,
+        holders,
+    } in copies.values()
+    {
+        let namespaces: BTreeSet<&str> = holders.iter().map(|(n, _)| n.as_str()).collect();
+        if namespaces.len() < 2 {
+            continue;
+        }
+        let list: Vec<&str> = namespaces.iter().copied().collect();
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: "secret.copied",
+            objects: holders.iter().map(|(n, s)| obj("Secret", n, s)).collect(),
+            message: format!(
+                "the same credential for {registry}{} is copied into {} namespaces ({}): every tenant there can read it, and rotating it means finding every copy",
+                user.as_deref().map(|u| format!(" (user {u})")).unwrap_or_default(),
+                namespaces.len(),
+                list.join(", ")
+            ),
+            fix: format!(
+                "keep it once in pullbroker-system as a RegistryCredential for {registry} and grant the namespaces instead: PullGrant {{credential: …, subjects: {{namespaces: [{}]}}, repositories: [\"**\"], purposes: [pull]}} — then delete the copies",
+                list.join(", ")
+            ),
+        });
+    }
+
+    // References to secrets that do not exist.
+    for a in inp.accounts {
+        for s in &a.pull_secrets {
+            if !existing.contains(&(a.namespace.as_str(), s.as_str())) {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    code: "serviceaccount.missing-secret",
+                    objects: vec![obj("ServiceAccount", &a.namespace, &a.name)],
+                    message: format!(
+                        "imagePullSecrets names {s:?}, which does not exist in {}",
+                        a.namespace
+                    ),
+                    fix: format!("create Secret {}/{s} or remove the entry", a.namespace),
+                });
+            }
+        }
+    }
+    let accounts: BTreeMap<(&str, &str), &AccountInfo> = inp
+        .accounts
+        .iter()
+        .map(|a| ((a.namespace.as_str(), a.name.as_str()), a))
+        .collect();
+    // Registries some credential is known for: an image elsewhere is public
+    // as far as audit can tell, and its pod is not flagged.
+    let keys: Vec<&crate::dockerconfig::AuthPattern> = configs
+        .values()
+        .flat_map(|c| c.entries().iter().map(|e| e.pattern()))
+        .collect();
+    let patterns: Vec<&str> = inp
+        .policy
+        .iter()
+        .flat_map(|p| p.credentials().values())
+        .flat_map(|c| c.registries.iter().map(String::as_str))
+        .collect();
+    for pod in inp.pods {
+        let here = obj("Pod", &pod.namespace, &pod.name);
+        for s in &pod.pull_secrets {
+            if !existing.contains(&(pod.namespace.as_str(), s.as_str())) {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    code: "pod.missing-secret",
+                    objects: vec![here.clone()],
+                    message: format!("imagePullSecrets names {s:?}, which does not exist in {}", pod.namespace),
+                    fix: format!("create Secret {}/{s} (pods cannot change imagePullSecrets: recreate the pod afterwards)", pod.namespace),
+                });
+            }
+        }
+        let sa = accounts.get(&(pod.namespace.as_str(), pod.service_account.as_str()));
+        for image in &pod.images {
+            let Ok(r) = Reference::parse(image) else {
+                findings.push(Finding {
+                    severity: Severity::Error,
+                    code: "pod.invalid-image",
+                    objects: vec![here.clone()],
+                    message: format!("image {image:?} is not a valid reference"),
+                    fix: "fix the image name in its workload".into(),
+                });
+                continue;
+            };
+            let known = keys.iter().any(|k| k.matches(&r))
+                || patterns
+                    .iter()
+                    .any(|p| crate::policy::glob::registry_matches(p, r.registry()));
+            if !known {
+                continue;
+            }
+            // Kubelet's order: the pod's own secrets (those copied from its
+            // service account at admission included), then the plugin
+            // through pullbroker's grants.
+            let from_pod = pod.pull_secrets.iter().any(|s| {
+                configs
+                    .get(&(pod.namespace.as_str(), s.as_str()))
+                    .is_some_and(|c| !c.candidates(&r).is_empty())
+            });
+            let from_sa = sa.is_some_and(|a| {
+                a.pull_secrets.iter().any(|s| {
+                    configs
+                        .get(&(pod.namespace.as_str(), s.as_str()))
+                        .is_some_and(|c| !c.candidates(&r).is_empty())
+                })
+            });
+            let from_grant = inp.policy.is_some_and(|p| {
+                p.decide(&Request {
+                    subject: &Subject::new(&pod.namespace, &pod.service_account),
+                    purpose: Purpose::Pull,
+                    target: Target::Image {
+                        registry: r.registry(),
+                        repository: r.repository(),
+                    },
+                    on_behalf_of: None,
+                    narrowed_to: None,
+                })
+                .allowed
+            });
+            if from_pod || from_grant {
+                continue;
+            }
+            let (message, fix) = if from_sa {
+                (
+                    format!("image {image}: its service account {:?} has a secret for it now, but the pod was admitted without it", pod.service_account),
+                    "recreate the pod (imagePullSecrets are copied from the service account only at admission)".to_string(),
+                )
+            } else {
+                (
+                    format!("image {image}: no pull secret of the pod or its service account {:?} and no PullGrant covers it, though {} needs credentials elsewhere in this cluster", pod.service_account, r.registry()),
+                    format!("grant it: PullGrant {{subjects: {{namespaces: [{}], serviceAccounts: [{}]}}, repositories: [{}], purposes: [pull]}}", pod.namespace, pod.service_account, r.repository()),
+                )
+            };
+            findings.push(Finding {
+                severity: Severity::Warning,
+                code: "pod.no-credential",
+                objects: vec![here.clone()],
+                message,
+                fix,
+            });
+        }
+    }
+
+    if let Some(policy) = inp.policy {
+        audit_policy(inp, policy, &mut findings);
+    }
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.code.cmp(b.code))
+            .then(a.objects.cmp(&b.objects))
+    });
+    Report {
+        findings,
+        pull_secrets: summaries,
+    }
+}
+
+fn audit_policy(inp: &Inputs<'_>, policy: &Policy, findings: &mut Vec<Finding>) {
+    for g in policy.grants() {
+        let here = obj("PullGrant", "", &g.name);
+        let spec = &g.spec;
+        let static_source = policy
+            .credentials()
+            .get(&spec.credential)
+            .is_some_and(|c| c.source.secret_ref.is_some());
+        if spec.subjects.namespaces.iter().any(|n| n == "*") {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                code: "grant.every-namespace",
+                objects: vec![here.clone()],
+                message: "namespaces: [\"*\"] selects every namespace, including ones created later by anyone allowed to create namespaces".into(),
+                fix: "list the namespaces, or select them by an operator-controlled label (namespaceSelector)".into(),
+            });
+        }
+        if spec.subjects.service_accounts.iter().any(|n| n == "*") {
+            findings.push(Finding {
+                severity: Severity::Info,
+                code: "grant.every-service-account",
+                objects: vec![here.clone()],
+                message: "serviceAccounts: [\"*\"] lets every service account of the selected namespaces pull".into(),
+                fix: "name the service accounts that run the workloads".into(),
+            });
+        }
+        if static_source && spec.repositories.iter().any(|r| r == "**") {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                code: "grant.every-repository",
+                objects: vec![here.clone()],
+                message: format!("repositories: [\"**\"] on credential {:?}, a static password: whoever holds it can pull every repository that account can", spec.credential),
+                fix: "list the repositories the workloads use (apps/team-a/**)".into(),
+            });
+        }
+        if spec.allow_static_copy {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                code: "grant.static-copy",
+                objects: vec![here.clone()],
+                message: format!("allowStaticCopy copies the upstream password of {:?} into every selected namespace", spec.credential),
+                fix: "use KEP-4412 (nothing copied) or a tokenIssuer/exec credential (short-lived copies)".into(),
+            });
+        }
+    }
+    for c in inp.credential_states {
+        if c.ready == Some(false) {
+            findings.push(Finding {
+                severity: Severity::Error,
+                code: "credential.unavailable",
+                objects: vec![obj("RegistryCredential", "", &c.name)],
+                message: format!("not ready: {}", c.reason),
+                fix: "see kubectl describe registrycredential and the controller's log".into(),
+            });
+        }
+    }
+    let grants: BTreeSet<&str> = policy.grants().iter().map(|g| g.name.as_str()).collect();
+    for s in inp.secrets {
+        if s.labels.get(MANAGED_BY.0).is_none_or(|v| v != MANAGED_BY.1) {
+            continue;
+        }
+        let here = obj("Secret", &s.namespace, &s.name);
+        match s.labels.get(GRANT_LABEL) {
+            Some(g) if !grants.contains(g.as_str()) => findings.push(Finding {
+                severity: Severity::Warning,
+                code: "managed.orphan",
+                objects: vec![here.clone()],
+                message: format!(
+                    "made for PullGrant {g:?}, which no longer exists (or is invalid)"
+                ),
+                fix:
+                    "the controller removes it when it runs; if it does not lead, delete the secret"
+                        .into(),
+            }),
+            _ => {}
+        }
+        if let (Some(iat), Some(exp)) = (s.issued_at, s.expires_at) {
+            if exp <= inp.now {
+                findings.push(Finding {
+                    severity: Severity::Error,
+                    code: "managed.expired",
+                    objects: vec![here.clone()],
+                    message: format!("its credential expired {} ago: pulls with it fail", duration(inp.now - exp)),
+                    fix: "check that the controller leads and can write secrets (its log, pullbroker_controller_reconcile_errors_total)".into(),
+                });
+            } else if inp.now > iat + (exp - iat) * 3 / 4 {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    code: "managed.rotation-overdue",
+                    objects: vec![here],
+                    message: format!(
+                        "past its rotation time; expires in {}",
+                        duration(exp - inp.now)
+                    ),
+                    fix: "check that the controller leads (pullbroker_controller_leader)".into(),
+                });
+            }
+        }
+    }
+}
