@@ -7,7 +7,7 @@ mod keychain;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -67,7 +67,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Run as the kubectl plugin, usage and errors name `kubectl pullbroker`.
+    let mut command = Cli::command();
+    if let Ok(name) = std::env::var("PULLBROKER_BIN_NAME") {
+        command = command.bin_name(name);
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let serving = matches!(cli.command, Command::Serve(_) | Command::Controller(_));
     let filter = cli
         .log
