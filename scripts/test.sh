@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive: real registries and real clients (containerd ships ctr).
+# Debian packages the tests drive: real registries and real clients (containerd ships ctr),
+# kubectl (kustomize, plugin lookup) and chromium (the audit page in a real browser).
 source scripts/ensure-tools.sh
-ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd kubectl=kubectl
+ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd kubectl=kubectl chromium=chromium
 # skopeo refuses to run without a signature policy; containers-common ships one.
 if [ ! -f /etc/containers/policy.json ]; then
   mkdir -p /etc/containers

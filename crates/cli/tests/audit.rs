@@ -4,6 +4,7 @@
 //! objects; `--fail-on` gates; no secret value in any output format.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
@@ -488,9 +489,147 @@ async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_ob
             "{one}"
         );
         assert_eq!(one["scanned"]["pods"], 2);
+        page_in_a_browser(&c);
         c
     })
     .await
     .unwrap();
     drop(c);
+}
+
+/// Headless Chromium (`--dump-dom` after the page's script ran), bounded.
+fn chromium(dir: &std::path::Path, args: &[String]) -> String {
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium (scripts/test.sh installs it)");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish in 90 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    reader.join().unwrap()
+}
+
+/// The `--html` page, loaded from disk by a real browser: it renders the
+/// picture (lanes, chips, the curves between them), marks findings, filters
+/// by image from `#q=`, fetches nothing and holds no secret.
+fn page_in_a_browser(c: &Cluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("audit.html");
+    let (_, _) = audit(c, &["-A", "--html", page.to_str().unwrap()]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains(CANARY), "a secret value in the page");
+    for external in ["src=", "href=", "@import", "url("] {
+        assert!(
+            !html.contains(external),
+            "{external} in a self-contained page"
+        );
+    }
+    let url = format!("file://{}", page.display());
+    let dom = chromium(dir.path(), &["--dump-dom".into(), url.clone()]);
+    assert!(
+        dom.contains(r#"data-rendered="true""#),
+        "the script ran: {}",
+        &dom[..dom.len().min(2000)]
+    );
+    let lane = |ns: &str| -> String {
+        let start = dom
+            .find(&format!(r#"data-namespace="{ns}""#))
+            .unwrap_or_else(|| panic!("lane {ns}"));
+        let end = dom[start..].find("</section>").unwrap() + start;
+        dom[start..end].to_string()
+    };
+    let team_a = lane("team-a");
+    for want in [
+        r#"data-id="sa:web""#,
+        r#"data-id="grant:team-a""#,
+        r#"data-id="cred:good""#,
+        "good.grants.corp.example",
+        r#"data-edge="sa:web&gt;grant:team-a""#,
+        r#"data-edge="grant:team-a&gt;cred:good""#,
+    ] {
+        assert!(team_a.contains(want), "{want} in {team_a}");
+    }
+    let broken_start = dom.find(r#"data-namespace="broken""#).unwrap();
+    let broken_tag = &dom[dom[..broken_start].rfind('<').unwrap()..broken_start];
+    assert!(
+        broken_tag.contains("flag-error"),
+        "the broken namespace is marked: {broken_tag}"
+    );
+    assert!(lane("broken").contains("unusable"), "{}", lane("broken"));
+    assert!(
+        lane("clean-3").contains(r#"data-edge="sa:app&gt;secret:pull""#),
+        "a legacy edge"
+    );
+    assert!(dom.contains(r#"data-code="secret.copied""#));
+    assert_eq!(
+        dom.matches("class=\"lane hidden\"").count(),
+        0,
+        "nothing filtered without a query"
+    );
+
+    // Searching an image keeps the namespaces that can pull it.
+    let filtered = chromium(
+        dir.path(),
+        &[
+            "--dump-dom".into(),
+            format!("{url}#q=good.grants.corp.example/apps/team-a/web:1"),
+        ],
+    );
+    // team-a by its grant; team-b and team-c hold synced secrets for that registry.
+    let body = &filtered[filtered.find("<body").unwrap()..][..160];
+    assert!(filtered.contains(r#"data-visible="3""#), "{body}");
+    let tag = |ns: &str| -> String {
+        let at = filtered.find(&format!(r#"data-namespace="{ns}""#)).unwrap();
+        filtered[filtered[..at].rfind('<').unwrap()..at].to_string()
+    };
+    for ns in ["team-a", "team-b", "team-c"] {
+        assert!(!tag(ns).contains("hidden"), "{ns} shown: {}", tag(ns));
+    }
+    assert!(tag("clean-0").contains("hidden"), "{}", tag("clean-0"));
+    assert!(
+        filtered.contains(r#"class="chip grant hit""#),
+        "the covering grant is highlighted"
+    );
+    let by_name = chromium(dir.path(), &["--dump-dom".into(), format!("{url}#q=copy-")]);
+    assert!(by_name.contains(r#"data-visible="3""#));
+
+    // A screenshot, kept as an artifact of the run.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("audit-page.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        dir.path(),
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1400,1000".into(),
+            format!("{url}#q=team-"),
+        ],
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
 }

@@ -52,6 +52,12 @@ pub struct Args {
     fail_on: Option<Level>,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
+    /// Also write one self-contained HTML page (no network, no external
+    /// scripts) showing who can pull what: namespaces and service accounts →
+    /// grants → credentials → registries, legacy pull secrets beside them,
+    /// findings marked; searchable by namespace or image (`FILE#q=…` opens it filtered).
+    #[arg(long, value_name = "FILE")]
+    html: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -462,6 +468,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         warn_within: i64::try_from(args.warn_within.as_secs()).unwrap_or(i64::MAX),
         hash_key,
     });
+    if let Some(file) = &args.html {
+        let page = page(&report, &scanned, &accounts, &pods, policy.as_ref());
+        std::fs::write(file, page).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     let mut counts = BTreeMap::new();
     for f in &report.findings {
         *counts.entry(f.severity).or_insert(0) += 1;
@@ -493,4 +503,134 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The HTML page: the template with the picture's data in it, as JSON in a
+/// `<script type="application/json">` whose `<`, `>` and `&` are escaped,
+/// so no name in the cluster can close the element or run anything. The
+/// page builds itself with `textContent` only.
+fn page(
+    report: &Report,
+    scanned: &Scanned,
+    accounts: &[AccountInfo],
+    pods: &[PodInfo],
+    policy: Option<&Policy>,
+) -> String {
+    use pullbroker_core::policy::glob::name_matches;
+    use serde_json::json;
+    let mut namespaces: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    namespaces.extend(accounts.iter().map(|a| a.namespace.as_str()));
+    namespaces.extend(pods.iter().map(|p| p.namespace.as_str()));
+    namespaces.extend(report.pull_secrets.iter().map(|s| s.namespace.as_str()));
+    let ns_of = |object: &str| -> Option<String> {
+        let (_, rest) = object.split_once(' ')?;
+        rest.split_once('/').map(|(ns, _)| ns.to_string())
+    };
+    let mut flags: BTreeMap<&str, Vec<Severity>> = BTreeMap::new();
+    for f in &report.findings {
+        for o in &f.objects {
+            flags.entry(o.as_str()).or_default().push(f.severity);
+        }
+    }
+    let grants_of = |ns: &str| -> Vec<&str> {
+        policy
+            .map(|p| {
+                p.grants()
+                    .iter()
+                    .filter(|g| p.selects_namespace(&g.spec, ns))
+                    .map(|g| g.name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let lanes: Vec<serde_json::Value> = namespaces
+        .iter()
+        .map(|ns| {
+            let grants = grants_of(ns);
+            let accounts: Vec<serde_json::Value> = accounts
+                .iter()
+                .filter(|a| a.namespace == *ns)
+                .map(|a| {
+                    let covering: Vec<&str> = grants
+                        .iter()
+                        .copied()
+                        .filter(|g| {
+                            policy
+                                .and_then(|p| p.grants().iter().find(|x| x.name == *g))
+                                .is_some_and(|x| {
+                                    x.spec.subjects.service_accounts.is_empty()
+                                        || x.spec.subjects.service_accounts.iter().any(|pat| name_matches(pat, &a.name))
+                                })
+                        })
+                        .collect();
+                    json!({"name": a.name, "grants": covering, "pullSecrets": a.pull_secrets})
+                })
+                .collect();
+            let pull_secrets: Vec<serde_json::Value> = report
+                .pull_secrets
+                .iter()
+                .filter(|s| s.namespace == *ns)
+                .map(|s| {
+                    let mut users: Vec<&str> = s.entries.iter().filter_map(|e| e.username.as_deref()).collect();
+                    users.dedup();
+                    json!({"name": s.name, "registries": s.entries.iter().map(|e| e.registry.as_str()).collect::<Vec<_>>(),
+                        "users": users, "invalid": s.invalid, "managed": s.managed_by_pullbroker})
+                })
+                .collect();
+            let findings: Vec<usize> = report
+                .findings
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.objects.iter().any(|o| ns_of(o).as_deref() == Some(*ns)))
+                .map(|(i, _)| i)
+                .collect();
+            json!({"name": ns, "accounts": accounts, "pullSecrets": pull_secrets, "grants": grants, "findings": findings})
+        })
+        .collect();
+    let grants: serde_json::Map<String, serde_json::Value> = policy
+        .map(|p| {
+            p.grants()
+                .iter()
+                .map(|g| {
+                    (g.name.clone(), json!({"credential": g.spec.credential, "repositories": g.spec.repositories,
+                        "purposes": g.spec.purposes.iter().map(|p| p.to_string()).collect::<Vec<_>>()}))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let credentials: serde_json::Map<String, serde_json::Value> = policy
+        .map(|p| {
+            p.credentials()
+                .iter()
+                .map(|(name, c)| {
+                    let kind = if c.source.token_issuer.is_some() {
+                        "token issuer"
+                    } else if c.source.exec.is_some() {
+                        "exec"
+                    } else {
+                        "static"
+                    };
+                    (
+                        name.clone(),
+                        json!({"registries": c.registries, "kind": kind}),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let data = json!({
+        "scope": scanned.scope,
+        "generated": chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        "namespaces": lanes,
+        "grants": grants,
+        "credentials": credentials,
+        "findings": report.findings,
+        "flags": flags,
+    });
+    let json = serde_json::to_string(&data)
+        .unwrap_or_else(|_| "{}".into())
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
+    include_str!("audit_page.html").replace("__DATA__", &json)
 }
