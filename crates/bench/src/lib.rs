@@ -1,11 +1,12 @@
 //! Shared helpers for the benchmark binaries: CPU accounting, percentiles,
 //! and seeding a registry through the distribution API.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use pullbroker_credentials::keys::SigningKey;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 
@@ -188,4 +189,62 @@ pub fn start_broker(bin: &Path, config: &Path, addr: &str) -> Result<Child> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(child)
+}
+
+/// Spawns `cmd` with `stdin`, waits with wait4; returns (latency, max RSS in KiB, stdout).
+pub fn exec_measured(cmd: &mut Command, stdin: &[u8]) -> Result<(Duration, i64, Vec<u8>)> {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // A plugin that fails early exits before reading its input; its exit status says why.
+    match child.stdin.take().context("stdin")?.write_all(stdin) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().context("stdout")?, &mut out)?;
+    let mut status = 0;
+    // SAFETY: wait4 on our own child with valid out-pointers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let elapsed = started.elapsed();
+    ensure!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "command failed (status {status})"
+    );
+    Ok((elapsed, usage.ru_maxrss, out))
+}
+
+/// The fake API server (`fake-apiserver`, built beside the bench binary) as
+/// a process of its own, so a bench's RSS is not the server's; killed on drop.
+pub struct FakeProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl FakeProcess {
+    pub fn start() -> Result<FakeProcess> {
+        use std::io::BufRead;
+        let bin = std::env::current_exe()?.with_file_name("fake-apiserver");
+        let mut child = Command::new(&bin)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        Ok(FakeProcess {
+            child,
+            url: line.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for FakeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -4,41 +4,13 @@
 //! RSS (from wait4's rusage), and the binary's size; as a peer measured in the
 //! same run, `curl` performing the same exchange. Run with `scripts/bench-plugin.sh`.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use pullbroker_bench::{percentile, start_broker, write_broker_config};
+use pullbroker_bench::{exec_measured, percentile, start_broker, write_broker_config};
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
-
-/// Spawns `cmd` with `stdin`, waits with wait4; returns (latency, max RSS in KiB, stdout).
-fn exec_measured(cmd: &mut Command, stdin: &[u8]) -> Result<(Duration, i64, Vec<u8>)> {
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // A plugin that fails early exits before reading its input; its exit status says why.
-    match child.stdin.take().context("stdin")?.write_all(stdin) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-        _ => {}
-    }
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut child.stdout.take().context("stdout")?, &mut out)?;
-    let mut status = 0;
-    // SAFETY: wait4 on our own child with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    let elapsed = started.elapsed();
-    ensure!(
-        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "command failed (status {status})"
-    );
-    Ok((elapsed, usage.ru_maxrss, out))
-}
 
 fn main() -> Result<()> {
     let runs: usize = std::env::args()

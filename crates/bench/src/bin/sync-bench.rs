@@ -11,45 +11,17 @@
 //! `scripts/bench-sync.sh [NAMESPACES] [SERVICE_ACCOUNTS]` (10000 2).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures::{stream, StreamExt};
 use pullbroker_controller::{Metrics, Settings};
 use pullbroker_credentials::keys::SigningKey;
 use serde_json::{json, Value};
 
 const CONCURRENCY: usize = 32;
-
-struct Fake {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_fake() -> Result<Fake> {
-    let bin = std::env::current_exe()?.with_file_name("fake-apiserver");
-    let mut child = Command::new(&bin)
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    Ok(Fake {
-        child,
-        url: line.trim().to_string(),
-    })
-}
 
 async fn send(
     http: &reqwest::Client,
@@ -198,12 +170,12 @@ async fn main() -> Result<()> {
         .build()?;
 
     // Peer first, on its own server.
-    let peer = start_fake()?;
+    let peer = pullbroker_bench::FakeProcess::start()?;
     seed(&http, &peer.url, n, s).await?;
     let peer_time = raw_writes(&http, &peer.url, n, s).await?;
     drop(peer);
 
-    let fake = start_fake()?;
+    let fake = pullbroker_bench::FakeProcess::start()?;
     let t = Instant::now();
     seed(&http, &fake.url, n, s).await?;
     eprintln!(
