@@ -155,6 +155,28 @@ async fn cluster() -> Cluster {
         .await;
         c.pod(&ns, "web-0", "default", "nginx:1.27", &[]).await;
     }
+    // A legacy kubernetes.io/dockercfg secret (the auths map at top level),
+    // used by its pod: clean too.
+    c.ns("legacy").await;
+    let legacy =
+        json!({"registry.corp.example": {"auth": b64(&format!("old-bot:{CANARY}-legacy"))}})
+            .to_string();
+    c.secret(
+        "legacy",
+        "old",
+        "kubernetes.io/dockercfg",
+        json!({".dockercfg": b64(&legacy)}),
+        json!({}),
+    )
+    .await;
+    c.pod(
+        "legacy",
+        "old-0",
+        "default",
+        "registry.corp.example/apps/old:1",
+        &["old"],
+    )
+    .await;
     // Findings.
     c.ns("broken").await;
     c.secret(
@@ -449,7 +471,15 @@ async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_ob
         );
 
         // What was read, and the inventory (registries and users, no secrets).
-        assert_eq!(report["scanned"]["pods"], CLEAN * 2 + 5);
+        assert_eq!(report["scanned"]["pods"], CLEAN * 2 + 6);
+        let old = report["pullSecrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "old")
+            .unwrap();
+        assert_eq!(old["type"], "kubernetes.io/dockercfg");
+        assert_eq!(old["entries"][0]["username"], "old-bot");
         assert!(
             report["scanned"]["secrets"].as_u64().unwrap() > 500,
             "paged: {}",
