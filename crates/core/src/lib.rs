@@ -20,12 +20,14 @@
 //! - [`admission`]: AdmissionReview digest pinning — kinds, pod specs, which
 //!   images to pin, the JSON Patch (the broker's webhook decides and resolves).
 //! - [`policy`]: `RegistryCredential`, `PullGrant` and the decision function.
+//! - [`diagnose`]: why a pull failed, from kubelet's and containerd's messages.
 //! - [`audit`]: `pullbroker audit`'s findings from pull secrets, service
 //!   accounts, pods and the policy.
 
 pub mod admission;
 pub mod audit;
 pub mod credential;
+pub mod diagnose;
 pub mod digest;
 pub mod dockerconfig;
 pub mod jwt;
