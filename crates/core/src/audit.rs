@@ -334,10 +334,13 @@ pub fn audit(inp: &Inputs<'_>) -> Report {
         .collect();
     // Registries some credential is known for: an image elsewhere is public
     // as far as audit can tell, and its pod is not flagged.
-    let keys: Vec<&crate::dockerconfig::AuthPattern> = configs
+    // One pattern per distinct key (thousands of secrets share a handful),
+    // and one answer per distinct image (pods share images).
+    let keys: BTreeMap<&str, &crate::dockerconfig::AuthPattern> = configs
         .values()
-        .flat_map(|c| c.entries().iter().map(|e| e.pattern()))
+        .flat_map(|c| c.entries().iter().map(|e| (e.key(), e.pattern())))
         .collect();
+    let mut known_images: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
     let patterns: Vec<&str> = inp
         .policy
         .iter()
@@ -369,10 +372,12 @@ pub fn audit(inp: &Inputs<'_>) -> Report {
                 });
                 continue;
             };
-            let known = keys.iter().any(|k| k.matches(&r))
-                || patterns
-                    .iter()
-                    .any(|p| crate::policy::glob::registry_matches(p, r.registry()));
+            let known = *known_images.entry(image.as_str()).or_insert_with(|| {
+                keys.values().any(|k| k.matches(&r))
+                    || patterns
+                        .iter()
+                        .any(|p| crate::policy::glob::registry_matches(p, r.registry()))
+            });
             if !known {
                 continue;
             }

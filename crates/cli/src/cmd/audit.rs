@@ -106,8 +106,14 @@ struct Out<'a> {
     report: &'a Report,
 }
 
-/// Lists every page (`limit` 500, following `continue`).
-async fn list_all<K>(api: &Api<K>, params: ListParams, progress: &Progress) -> Result<Vec<K>>
+/// Lists every page (`limit` 500, following `continue`), keeping only what
+/// `keep` takes of each object: a page at a time is all that is held whole.
+async fn list_all<K, T>(
+    api: &Api<K>,
+    params: ListParams,
+    progress: &Progress,
+    keep: impl Fn(K) -> T,
+) -> Result<Vec<T>>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -119,7 +125,7 @@ where
             p = p.continue_token(t);
         }
         let page: ObjectList<K> = api.list(&p).await?;
-        out.extend(page.items);
+        out.extend(page.items.into_iter().map(&keep));
         progress.set(out.len());
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(t) => token = Some(t),
@@ -269,11 +275,10 @@ async fn read(
     for t in [TYPE_DOCKERCONFIGJSON, TYPE_DOCKERCFG] {
         progress.stage("pull secrets");
         let params = ListParams::default().fields(&format!("type={t}"));
-        for s in list_all(&secrets_api, params, progress)
+        for info in list_all(&secrets_api, params, progress, secret_info)
             .await
             .with_context(|| ctx("secrets"))?
         {
-            let info = secret_info(s);
             scanned.pull_secrets += 1;
             secrets.insert((info.namespace.clone(), info.name.clone()), info);
         }
@@ -285,16 +290,18 @@ async fn read(
     } else {
         Api::namespaced(client.clone(), &namespace)
     };
-    let accounts: Vec<AccountInfo> = list_all(&sa_api, ListParams::default(), progress)
-        .await
-        .with_context(|| ctx("serviceaccounts"))?
-        .into_iter()
-        .map(|a| AccountInfo {
+    let accounts: Vec<AccountInfo> = list_all(
+        &sa_api,
+        ListParams::default(),
+        progress,
+        |a: ServiceAccount| AccountInfo {
             namespace: a.metadata.namespace.unwrap_or_default(),
             name: a.metadata.name.unwrap_or_default(),
             pull_secrets: names(a.image_pull_secrets),
-        })
-        .collect();
+        },
+    )
+    .await
+    .with_context(|| ctx("serviceaccounts"))?;
     scanned.service_accounts = accounts.len();
 
     progress.stage("pods");
@@ -303,41 +310,39 @@ async fn read(
     } else {
         Api::namespaced(client.clone(), &namespace)
     };
-    let pods: Vec<PodInfo> = list_all(&pod_api, ListParams::default(), progress)
-        .await
-        .with_context(|| ctx("pods"))?
-        .into_iter()
-        .map(|p| {
-            let spec = p.spec.unwrap_or_default();
-            let images = spec
-                .init_containers
-                .iter()
-                .flatten()
-                .chain(spec.containers.iter())
-                .filter_map(|c| c.image.clone())
-                .collect();
-            PodInfo {
-                namespace: p.metadata.namespace.unwrap_or_default(),
-                name: p.metadata.name.unwrap_or_default(),
-                service_account: spec
-                    .service_account_name
-                    .unwrap_or_else(|| "default".into()),
-                pull_secrets: names(spec.image_pull_secrets),
-                images,
-            }
-        })
-        .collect();
+    let pods: Vec<PodInfo> = list_all(&pod_api, ListParams::default(), progress, |p: Pod| {
+        let spec = p.spec.unwrap_or_default();
+        let images = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .filter_map(|c| c.image.clone())
+            .collect();
+        PodInfo {
+            namespace: p.metadata.namespace.unwrap_or_default(),
+            name: p.metadata.name.unwrap_or_default(),
+            service_account: spec
+                .service_account_name
+                .unwrap_or_else(|| "default".into()),
+            pull_secrets: names(spec.image_pull_secrets),
+            images,
+        }
+    })
+    .await
+    .with_context(|| ctx("pods"))?;
     scanned.pods = pods.len();
 
     // pullbroker's own objects, when its CRDs are installed.
     progress.stage("pullbroker grants");
     let grants_api: Api<PullGrant> = Api::all(client.clone());
     let creds_api: Api<RegistryCredential> = Api::all(client.clone());
-    let (policy, states) = match list_all(&grants_api, ListParams::default(), progress).await {
+    let (policy, states) = match list_all(&grants_api, ListParams::default(), progress, |g| g).await
+    {
         Err(e) if is_not_found(&e) => (None, Vec::new()),
         Err(e) => return Err(e).context(ctx("pullgrants")),
         Ok(grants) => {
-            let creds = list_all(&creds_api, ListParams::default(), progress)
+            let creds = list_all(&creds_api, ListParams::default(), progress, |c| c)
                 .await
                 .with_context(|| ctx("registrycredentials"))?;
             // Namespace labels for namespaceSelector grants; without the
