@@ -487,6 +487,43 @@ impl RegistryClient {
         Err(refused.expect("at least one credential is tried"))
     }
 
+    /// Whether `image`'s repository exists, asked with `credential`: a
+    /// manifest 404 does not tell an unknown tag from an unknown repository
+    /// (distribution answers `MANIFEST_UNKNOWN` for both), but the tags list
+    /// of an unknown repository is `NAME_UNKNOWN`. `None` when the registry
+    /// does not say (it refused, or answered otherwise).
+    pub async fn repository_exists(
+        &self,
+        image: &Reference,
+        credential: &Credential,
+    ) -> Result<Option<bool>, RegistryError> {
+        let ep = self.endpoint(image.registry()).await?;
+        let repository = image.repository();
+        let url = format!("{}/v2/{repository}/tags/list?n=1", ep.base);
+        let http = self.http(ep.verify_tls);
+        let (auth, _) = self.authorize(&ep, repository, credential).await?;
+        let resp = self
+            .send(&ep.registry, || {
+                let r = http.get(&url);
+                match &auth {
+                    Some(a) => r.header(AUTHORIZATION, a.clone()),
+                    None => r,
+                }
+            })
+            .await?;
+        let status = resp.status();
+        let body = read_limited(resp, 64 << 10, &ep.registry, self.inner.settings.timeout)
+            .await
+            .ok();
+        Ok(match status {
+            StatusCode::OK => Some(true),
+            StatusCode::NOT_FOUND => registry_error_detail(body.as_deref())
+                .filter(|d| d.starts_with("NAME_UNKNOWN"))
+                .map(|_| false),
+            _ => None,
+        })
+    }
+
     /// One manifest request. Returns `None` info for a HEAD without digest.
     async fn fetch_manifest(
         &self,
