@@ -57,6 +57,8 @@ enum Command {
     WebhookConfig(cmd::webhook_config::Args),
     /// Find what is wrong with a cluster's pull secrets and grants (never printing a secret).
     Audit(cmd::audit::Args),
+    /// Why a pod cannot pull its images (pod, deployment or ksvc): the cause, the credential that applies, the fix.
+    Diagnose(cmd::diagnose::Args),
     /// Print the kubelet's CredentialProviderConfig for the KEP-4412 plugin (or, with --rbac, the nodes' RBAC).
     KubeletConfig(cmd::kubelet_config::Args),
     /// Resolve image references to digests (IMAGE@sha256:…).
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::WebhookConfig(args) => cmd::webhook_config::run(args),
         Command::KubeletConfig(args) => cmd::kubelet_config::run(args),
         Command::Audit(args) => cmd::audit::run(args),
+        Command::Diagnose(args) => cmd::diagnose::run(args),
         Command::Resolve(args) => cmd::resolve::run(args),
         Command::Secret(c) => cmd::secret::run(c),
     };

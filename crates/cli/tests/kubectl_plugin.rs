@@ -1,5 +1,5 @@
 //! The kubectl plugin: with `kubectl-pullbroker` on `PATH`, kubectl finds
-//! it and `kubectl pullbroker audit|can-i …` behave as `pullbroker …`,
+//! it and `kubectl pullbroker audit|diagnose|can-i …` behave as `pullbroker …`,
 //! usage lines naming `kubectl pullbroker`.
 
 use std::path::Path;
@@ -104,7 +104,7 @@ async fn kubectl_pullbroker_audit_reads_the_cluster_kubectl_points_at() {
         .await
         .unwrap();
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(client, "team-a");
+        kube::Api::namespaced(client.clone(), "team-a");
     let bad = base64::engine::general_purpose::STANDARD.encode("{not json");
     secrets
         .create(
@@ -113,25 +113,55 @@ async fn kubectl_pullbroker_audit_reads_the_cluster_kubectl_points_at() {
         )
         .await
         .unwrap();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "team-a");
+    pods.create(
+        &Default::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "web"}, "spec": {"imagePullSecrets": [{"name": "bad"}],
+            "containers": [{"name": "app", "image": "registry.corp.example/apps/web:1"}]}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        kubectl(
-            &[
-                "pullbroker",
-                "audit",
-                "-A",
-                "-o",
-                "json",
-                "--fail-on",
-                "error",
-            ],
-            Some(&kubeconfig),
+    let (out, diagnosed) = tokio::task::spawn_blocking(move || {
+        (
+            kubectl(
+                &[
+                    "pullbroker",
+                    "audit",
+                    "-A",
+                    "-o",
+                    "json",
+                    "--fail-on",
+                    "error",
+                ],
+                Some(&kubeconfig),
+            ),
+            kubectl(
+                &[
+                    "pullbroker",
+                    "diagnose",
+                    "pod",
+                    "team-a/web",
+                    "--no-network",
+                ],
+                Some(&kubeconfig),
+            ),
         )
     })
     .await
     .unwrap();
+    let text = String::from_utf8_lossy(&diagnosed.stdout);
+    assert_eq!(
+        diagnosed.status.code(),
+        Some(0),
+        "no pull failure reported: {text}"
+    );
+    assert!(text.contains("imagePullSecrets: bad is unusable"), "{text}");
     assert_eq!(
         out.status.code(),
         Some(1),

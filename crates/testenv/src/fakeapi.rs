@@ -4,7 +4,8 @@
 //!
 //! What it does: get, list (label selectors `=`, `==`, `!=`, `in`, `notin`,
 //! `key`, `!key`; field selectors `metadata.name`, `metadata.namespace`,
-//! `spec.serviceAccountName`, secrets' `type`), watch
+//! `spec.serviceAccountName`, secrets' `type`, events' `involvedObject.kind`,
+//! `.name`, `.namespace`, `.uid`), watch
 //! (from a resourceVersion, ADDED/MODIFIED/DELETED lines — an object that a
 //! change moves out of a watch's selector is DELETED for it, into it ADDED,
 //! as the watch cache does — 410 Gone `Status` for versions older than its
@@ -35,7 +36,9 @@
 //!   resourceVersion (which every page reports);
 //! - resources must be registered ([`FakeApi::RESOURCES`] lists the built-in ones);
 //! - watch history keeps the last 10,000 events; older versions get 410;
-//! - garbage collection is immediate and foreground-like, not by a controller.
+//! - garbage collection is immediate and foreground-like, not by a controller;
+//! - no other controllers either: a Deployment makes no ReplicaSet or Pod, a
+//!   Pod never runs (tests write its `status` as a kubelet would).
 
 // Helpers return a ready `Response` as their error (the axum idiom); it is
 // built once per request, so its size does not matter here.
@@ -245,6 +248,20 @@ impl FakeApi {
             version: "v1",
             plural: "events",
             kind: "Event",
+            namespaced: true,
+        },
+        ResourceType {
+            group: "apps",
+            version: "v1",
+            plural: "deployments",
+            kind: "Deployment",
+            namespaced: true,
+        },
+        ResourceType {
+            group: "serving.knative.dev",
+            version: "v1",
+            plural: "services",
+            kind: "Service",
             namespaced: true,
         },
         ResourceType {
@@ -533,6 +550,11 @@ fn fields_match(selector: &str, obj: &Value) -> bool {
             "metadata.name" => obj["metadata"]["name"].as_str(),
             "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
             "spec.serviceAccountName" => obj["spec"]["serviceAccountName"].as_str(),
+            // Core Events' involved object (the fields kubectl describe uses).
+            "involvedObject.kind" => obj["involvedObject"]["kind"].as_str(),
+            "involvedObject.name" => obj["involvedObject"]["name"].as_str(),
+            "involvedObject.namespace" => obj["involvedObject"]["namespace"].as_str(),
+            "involvedObject.uid" => obj["involvedObject"]["uid"].as_str(),
             // Secrets' `type` (a real server accepts it for secrets only).
             "type" => obj["type"].as_str(),
             _ => None,

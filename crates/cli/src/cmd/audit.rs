@@ -9,15 +9,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
-use kube::api::{Api, ListParams, ObjectList};
-use kube::Resource;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use kube::api::{Api, ListParams};
+
+use super::cluster::list_all;
 use pullbroker_core::audit::{
     self, AccountInfo, CredentialState, Finding, Inputs, PodInfo, Report, SecretInfo, Severity,
     TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON,
 };
-use pullbroker_core::policy::model::{PullGrant, RegistryCredential};
-use pullbroker_core::policy::{Named, Policy};
+use pullbroker_core::policy::Policy;
 use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
@@ -104,34 +104,6 @@ struct Out<'a> {
     counts: BTreeMap<Severity, usize>,
     #[serde(flatten)]
     report: &'a Report,
-}
-
-/// Lists every page (`limit` 500, following `continue`), keeping only what
-/// `keep` takes of each object: a page at a time is all that is held whole.
-async fn list_all<K, T>(
-    api: &Api<K>,
-    params: ListParams,
-    progress: &Progress,
-    keep: impl Fn(K) -> T,
-) -> Result<Vec<T>>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut p = params.clone().limit(500);
-        if let Some(t) = &token {
-            p = p.continue_token(t);
-        }
-        let page: ObjectList<K> = api.list(&p).await?;
-        out.extend(page.items.into_iter().map(&keep));
-        progress.set(out.len());
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(t) => token = Some(t),
-            None => return Ok(out),
-        }
-    }
 }
 
 /// A spinner on a terminal's stderr (big clusters take a while), else nothing.
@@ -239,7 +211,7 @@ async fn read(
         },
         ..Default::default()
     };
-    let ctx = |what: &str| format!("cannot list {what} (kubectl auth can-i list {what})");
+    let ctx = super::cluster::cannot_list;
 
     // Every Secret's metadata (for references), then the data of the pull-secret types only.
     progress.stage("secrets (metadata)");
@@ -275,7 +247,7 @@ async fn read(
     for t in [TYPE_DOCKERCONFIGJSON, TYPE_DOCKERCFG] {
         progress.stage("pull secrets");
         let params = ListParams::default().fields(&format!("type={t}"));
-        for info in list_all(&secrets_api, params, progress, secret_info)
+        for info in list_all(&secrets_api, params, &|n| progress.set(n), secret_info)
             .await
             .with_context(|| ctx("secrets"))?
         {
@@ -293,7 +265,7 @@ async fn read(
     let accounts: Vec<AccountInfo> = list_all(
         &sa_api,
         ListParams::default(),
-        progress,
+        &|n| progress.set(n),
         |a: ServiceAccount| AccountInfo {
             namespace: a.metadata.namespace.unwrap_or_default(),
             name: a.metadata.name.unwrap_or_default(),
@@ -310,93 +282,42 @@ async fn read(
     } else {
         Api::namespaced(client.clone(), &namespace)
     };
-    let pods: Vec<PodInfo> = list_all(&pod_api, ListParams::default(), progress, |p: Pod| {
-        let spec = p.spec.unwrap_or_default();
-        let images = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .filter_map(|c| c.image.clone())
-            .collect();
-        PodInfo {
-            namespace: p.metadata.namespace.unwrap_or_default(),
-            name: p.metadata.name.unwrap_or_default(),
-            service_account: spec
-                .service_account_name
-                .unwrap_or_else(|| "default".into()),
-            pull_secrets: names(spec.image_pull_secrets),
-            images,
-        }
-    })
+    let pods: Vec<PodInfo> = list_all(
+        &pod_api,
+        ListParams::default(),
+        &|n| progress.set(n),
+        |p: Pod| {
+            let spec = p.spec.unwrap_or_default();
+            let images = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+                .filter_map(|c| c.image.clone())
+                .collect();
+            PodInfo {
+                namespace: p.metadata.namespace.unwrap_or_default(),
+                name: p.metadata.name.unwrap_or_default(),
+                service_account: spec
+                    .service_account_name
+                    .unwrap_or_else(|| "default".into()),
+                pull_secrets: names(spec.image_pull_secrets),
+                images,
+            }
+        },
+    )
     .await
     .with_context(|| ctx("pods"))?;
     scanned.pods = pods.len();
 
     // pullbroker's own objects, when its CRDs are installed.
     progress.stage("pullbroker grants");
-    let grants_api: Api<PullGrant> = Api::all(client.clone());
-    let creds_api: Api<RegistryCredential> = Api::all(client.clone());
-    let (policy, states) = match list_all(&grants_api, ListParams::default(), progress, |g| g).await
-    {
-        Err(e) if is_not_found(&e) => (None, Vec::new()),
-        Err(e) => return Err(e).context(ctx("pullgrants")),
-        Ok(grants) => {
-            let creds = list_all(&creds_api, ListParams::default(), progress, |c| c)
-                .await
-                .with_context(|| ctx("registrycredentials"))?;
-            // Namespace labels for namespaceSelector grants; without the
-            // right to list namespaces, such grants select nothing here.
-            let ns_api: Api<Namespace> = Api::all(client.clone());
-            let labels = match ns_api.list_metadata(&ListParams::default()).await {
-                Ok(list) => list
-                    .items
-                    .into_iter()
-                    .map(|n| {
-                        (
-                            n.metadata.name.unwrap_or_default(),
-                            n.metadata.labels.unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-                Err(_) => BTreeMap::new(),
-            };
-            scanned.pull_grants = Some(grants.len());
-            scanned.registry_credentials = Some(creds.len());
-            let states = creds
-                .iter()
-                .map(|c| {
-                    let ready = c
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-                    CredentialState {
-                        name: c.metadata.name.clone().unwrap_or_default(),
-                        ready: ready.map(|r| r.status == "True"),
-                        reason: ready
-                            .map(|r| format!("{}: {}", r.reason, r.message))
-                            .unwrap_or_default(),
-                    }
-                })
-                .collect();
-            let (policy, _problems) = Policy::new(
-                creds
-                    .into_iter()
-                    .map(|c| Named {
-                        name: c.metadata.name.unwrap_or_default(),
-                        spec: c.spec,
-                    })
-                    .collect(),
-                grants
-                    .into_iter()
-                    .map(|g| Named {
-                        name: g.metadata.name.unwrap_or_default(),
-                        spec: g.spec,
-                    })
-                    .collect(),
-                labels,
-            );
-            (Some(policy), states)
+    let (policy, states) = match super::cluster::policy(&client, &|n| progress.set(n)).await? {
+        None => (None, Vec::new()),
+        Some(c) => {
+            scanned.pull_grants = Some(c.grants);
+            scanned.registry_credentials = Some(c.credentials);
+            (Some(c.policy), c.states)
         }
     };
     Ok((
@@ -407,11 +328,6 @@ async fn read(
         states,
         scanned,
     ))
-}
-
-fn is_not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<kube::Error>()
-        .is_some_and(|k| matches!(k, kube::Error::Api(s) if s.code == 404))
 }
 
 fn print_table(report: &Report, scanned: &Scanned, counts: &BTreeMap<Severity, usize>) {

@@ -1,8 +1,10 @@
 pub mod audit;
 pub mod can_i;
+pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod dev_token;
+pub mod diagnose;
 pub mod keygen;
 pub mod kubelet_config;
 pub mod resolve;
