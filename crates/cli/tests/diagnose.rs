@@ -489,6 +489,25 @@ async fn diagnose_names_the_cause_the_candidate_and_the_fix_for_each_real_failur
         assert_eq!(ok["candidates"][0]["source"], json!({"kind": "plugin", "grant": "team-ok-web", "credential": "corp"}));
         assert!(s(&ok["verdict"]["cause"]).contains("RegistryCredential corp is not ready"), "{ok}");
 
+        // The same answer from `can-i --from-cluster`.
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, c.fake.kubeconfig()).unwrap();
+        let can_i = |ns: &str| {
+            Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+                .args(["can-i", "--from-cluster", "--as", &format!("system:serviceaccount:{ns}:web"), "pull", &good])
+                .env("KUBECONFIG", &kubeconfig)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .output()
+                .unwrap()
+        };
+        let yes = can_i("team-ok");
+        assert_eq!(yes.status.code(), Some(0), "{yes:?}");
+        assert!(String::from_utf8_lossy(&yes.stdout).starts_with("yes — allowed by PullGrant \"team-ok-web\""), "{yes:?}");
+        let no = can_i("team-none");
+        assert_eq!(no.status.code(), Some(1), "{no:?}");
+        assert!(String::from_utf8_lossy(&no.stdout).starts_with("no — "), "{no:?}");
+
         // The text a person reads.
         let (code, text, _) = diagnose(&c, &["pod/p", "-n", "wrong-password"]);
         assert_eq!(code, 1);

@@ -12,7 +12,8 @@ use pullbroker_core::Reference;
 #[command(
     after_long_help = "Exit code 0 when allowed, 1 when denied.\n\nExamples:\n  \
 pullbroker can-i --as system:serviceaccount:team-a:web pull registry.corp.example/apps/team-a/web:1.0\n  \
-pullbroker can-i --as system:serviceaccount:knative-serving:controller --on-behalf-of team-a resolve registry.corp.example/apps/team-a/web:1.0"
+pullbroker can-i --as system:serviceaccount:knative-serving:controller --on-behalf-of team-a resolve registry.corp.example/apps/team-a/web:1.0\n  \
+pullbroker can-i --from-cluster --as system:serviceaccount:team-a:web pull registry.corp.example/apps/team-a/web:1.0"
 )]
 pub struct Args {
     /// The service account asking: system:serviceaccount:NAMESPACE:NAME.
@@ -35,6 +36,14 @@ pub struct Args {
         default_value = "/etc/pullbroker/config.yaml"
     )]
     config: PathBuf,
+    /// Decide from the cluster's PullGrants and RegistryCredentials (the
+    /// kubeconfig's, as kubectl finds it) instead of --config: the answer
+    /// the in-cluster broker gives.
+    #[arg(long, conflicts_with = "config")]
+    from_cluster: bool,
+    /// Kubeconfig context (with --from-cluster).
+    #[arg(long, value_name = "NAME", requires = "from_cluster")]
+    context: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Output,
 }
@@ -48,12 +57,27 @@ enum Output {
 pub fn run(args: Args) -> Result<ExitCode> {
     let subject = Subject::parse_username(&args.as_user).map_err(|e| anyhow!("--as: {e}"))?;
     let image = Reference::parse(&args.image)?;
-    let snapshot = config::load(&args.config).map_err(anyhow::Error::msg)?;
+    let policy = if args.from_cluster {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = super::kube_client(args.context.clone()).await?;
+            super::cluster::policy(&client, &|_| {})
+                .await?
+                .map(|c| c.policy)
+                .ok_or_else(|| anyhow!("pullbroker's CRDs are not installed in this cluster"))
+        })?
+    } else {
+        config::load(&args.config)
+            .map_err(anyhow::Error::msg)?
+            .policy
+    };
     let narrowed: Option<Vec<String>> = args
         .narrowed_to
         .as_deref()
         .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
-    let decision = snapshot.policy.decide(&Request {
+    let decision = policy.decide(&Request {
         subject: &subject,
         purpose: args.purpose,
         target: Target::Image {
