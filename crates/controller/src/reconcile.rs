@@ -271,21 +271,8 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
                     }
                 }
             }
-            Action::DeleteSecret { namespace, name } => {
-                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-                match api.delete(name, &DeleteParams::default()).await {
-                    Ok(_) => {
-                        ctx.metrics.secret_deletes.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    Err(e) => Err(Error::Kube("delete secret", e)),
-                }
-                .inspect(|_| {
-                    ctx.mark("secret", namespace, name, None, Written::SecretDeleted);
-                    tracing::info!(namespace = %namespace, secret = %name, "removed pull secret");
-                })
-            }
+            // After the reference changes below (`Plan::deletions`).
+            Action::DeleteSecret { .. } => Ok(()),
             Action::AddReference {
                 service_account,
                 secret,
@@ -308,6 +295,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
             first_error.get_or_insert(e);
         }
     }
+    let mut failed_removals: BTreeSet<(&str, &str)> = BTreeSet::new();
     for (sa, (mut add, remove)) in refs {
         // Never point an account at a secret that could not be written.
         add.retain(|n| !not_issued.contains(n));
@@ -319,7 +307,31 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
             .unwrap_or_default();
         let rv = rvs.get(sa).cloned().flatten();
         if let Err(e) = update_references(&ctx, &name, sa, current, rv, &add, &remove).await {
+            tracing::warn!(namespace = %name, service_account = %sa, error = %e, "reference update failed; keeping the secrets it still points at");
+            failed_removals.extend(remove.iter().map(|s| (name.as_str(), *s)));
             first_error.get_or_insert(e);
+        }
+    }
+    // Only now, and only secrets no account may still point at.
+    for (namespace, secret) in plan.deletions(&failed_removals) {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let deleted = match api.delete(secret, &DeleteParams::default()).await {
+            Ok(_) => {
+                ctx.metrics.secret_deletes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(Error::Kube("delete secret", e)),
+        };
+        match deleted {
+            Ok(()) => {
+                ctx.mark("secret", namespace, secret, None, Written::SecretDeleted);
+                tracing::info!(namespace = %namespace, secret = %secret, "removed pull secret");
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %name, error = %e, "action failed");
+                first_error.get_or_insert(e);
+            }
         }
     }
     if let Some(e) = first_error {

@@ -382,3 +382,44 @@ async fn a_service_account_patch_that_loses_a_race_is_redone_on_a_fresh_read() {
     );
     replica.stop().await;
 }
+
+/// Revocation whose reference removal fails (a 500 from the API server) keeps
+/// the secret until a later pass has removed the reference: the entry never
+/// points at a deleted secret, which could not be told from a user's own.
+#[tokio::test]
+async fn a_failed_reference_removal_keeps_the_secret_until_the_reference_is_gone() {
+    let c = Cluster::start(REGISTRY, None).await;
+    c.tenant("team-a", &[("app", &["user-own"])]).await;
+    c.grant(
+        "team-a",
+        json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
+               "repositories": ["apps/team-a/**"], "purposes": ["sync"]}),
+    )
+    .await;
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
+    eventually("the reference", WAIT, || async {
+        has_ref(&c, "team-a", "app").await.then_some(())
+    })
+    .await;
+    c.fake.fail_next("patch", "serviceaccounts", 500);
+    Api::<PullGrant>::all(c.client.clone())
+        .delete("team-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the secret removed", WAIT, || async {
+        c.secret("team-a", SECRET).await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.pull_secrets("team-a", "app").await,
+        ["user-own"],
+        "the reference went first"
+    );
+    let writes = c.fake.writes();
+    assert_eq!(
+        writes.get("patch serviceaccounts"),
+        Some(&2),
+        "the reference added, then removed on the retry after the refused patch: {writes:?}"
+    );
+    replica.stop().await;
+}

@@ -227,7 +227,10 @@ pub struct DesiredSecret {
     pub static_copy: bool,
 }
 
-/// One step towards the desired state.
+/// One step towards the desired state. The variants are declared in the
+/// order they must be carried out (the plan is sorted by it): a secret is
+/// issued before an account points at it, and deleted only after every
+/// reference to it is gone — see [`Plan::deletions`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
     /// Create or refresh the secret's content (new credential).
@@ -272,6 +275,30 @@ pub struct GrantReport {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub grants: BTreeMap<String, GrantReport>,
+}
+
+impl Plan {
+    /// The secrets to delete once the reference changes have been carried
+    /// out, given the `(namespace, secret)` pairs of removals that failed.
+    /// A secret still referenced must stay: deleted, its entry would dangle
+    /// in the account for good, since the plan removes a reference only
+    /// while its managed secret exists (after that it cannot be told from a
+    /// user's own). The next pass removes the reference, then deletes.
+    pub fn deletions<'a>(
+        &'a self,
+        failed_removals: &BTreeSet<(&str, &str)>,
+    ) -> Vec<(&'a str, &'a str)> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeleteSecret { namespace, name } => {
+                    Some((namespace.as_str(), name.as_str()))
+                }
+                _ => None,
+            })
+            .filter(|key| !failed_removals.contains(key))
+            .collect()
+    }
 }
 
 fn grant_selects_sa(grant: &PullGrantSpec, sa: &str) -> bool {
@@ -508,6 +535,33 @@ mod tests {
 
     /// Carries out a plan on the observed state, as the controller would.
     fn apply(observed: &mut Observed, plan: &Plan, now: i64, lifetime: i64) {
+        apply_failing(observed, plan, now, lifetime, None)
+    }
+
+    /// As the controller carries a plan out: issues, then reference changes
+    /// (those of `failing`, a namespace's account, fail as a refused patch
+    /// would), then the deletions [`Plan::deletions`] still allows.
+    fn apply_failing(
+        observed: &mut Observed,
+        plan: &Plan,
+        now: i64,
+        lifetime: i64,
+        failing: Option<(&str, &str)>,
+    ) {
+        let mut failed = BTreeSet::new();
+        for a in &plan.actions {
+            if let Action::RemoveReference {
+                namespace,
+                service_account,
+                secret,
+            } = a
+            {
+                if failing == Some((namespace.as_str(), service_account.as_str())) {
+                    failed.insert((namespace.as_str(), secret.as_str()));
+                }
+            }
+        }
+        let deletions = plan.deletions(&failed);
         for a in &plan.actions {
             match a {
                 Action::IssueSecret {
@@ -530,9 +584,23 @@ mod tests {
                         damaged: false,
                     });
                 }
-                Action::DeleteSecret { namespace, name } => observed
-                    .managed_secrets
-                    .retain(|s| !(s.namespace == *namespace && s.name == *name)),
+                Action::DeleteSecret { namespace, name } => {
+                    if deletions.contains(&(namespace.as_str(), name.as_str())) {
+                        observed
+                            .managed_secrets
+                            .retain(|s| !(s.namespace == *namespace && s.name == *name))
+                    }
+                }
+                Action::AddReference {
+                    namespace,
+                    service_account,
+                    ..
+                }
+                | Action::RemoveReference {
+                    namespace,
+                    service_account,
+                    ..
+                } if failing == Some((namespace.as_str(), service_account.as_str())) => {}
                 Action::AddReference {
                     namespace,
                     service_account,
@@ -981,6 +1049,41 @@ mod tests {
             prop_assert!(plan(&p, &o, 101, 0.5).actions.is_empty());
             let after: Vec<Vec<String>> = o.service_accounts.iter().map(|s| s.image_pull_secrets.iter().filter(|n| !n.starts_with("pullbroker-")).cloned().collect()).collect();
             prop_assert_eq!(before, after);
+        }
+
+        /// A reference removal that fails between the plan and the delete
+        /// never leaves an entry pointing at a deleted managed secret, and
+        /// the next pass, once the API answers again, converges.
+        #[test]
+        fn a_failed_removal_keeps_its_secret_and_the_next_pass_converges(
+            refs in proptest::collection::vec(proptest::collection::vec(0usize..3, 0..3), 3),
+            failing in 0usize..3,
+        ) {
+            let names = ["team-a", "team-b", "other"];
+            let p = policy(&[("g", "credential: corp\nsubjects: {namespaces: [team-a], serviceAccounts: [app]}\nrepositories: ['**']\npurposes: [sync]\n")], &[]);
+            let pool = ["user-own", "pullbroker-g", "pullbroker-old"];
+            let managed = |ns: &str, name: &str, grant: &str| ObservedSecret { namespace: ns.into(), name: name.into(), grant: grant.into(), issued_at: 0, expires_at: 600, source_version: String::new(), static_copy: false, damaged: false };
+            let mut o = Observed {
+                namespaces: ns(&names),
+                service_accounts: names.iter().zip(&refs).map(|(n, r)| sa(n, "app", &r.iter().map(|i| pool[*i]).collect::<Vec<_>>())).collect(),
+                // Every namespace holds both: `pullbroker-old` is wanted by no
+                // grant, `pullbroker-g` only in team-a.
+                managed_secrets: names.iter().flat_map(|n| [managed(n, "pullbroker-old", "old"), managed(n, "pullbroker-g", "g")]).collect(),
+                ..Default::default()
+            };
+            let first = plan(&p, &o, 100, 0.5);
+            apply_failing(&mut o, &first, 100, 600, Some((names[failing], "app")));
+            for a in &o.service_accounts {
+                for r in a.image_pull_secrets.iter().filter(|r| r.starts_with("pullbroker-")) {
+                    prop_assert!(
+                        o.managed_secrets.iter().any(|s| s.namespace == a.namespace && &s.name == r),
+                        "{}/{} points at deleted {}", a.namespace, a.name, r
+                    );
+                }
+            }
+            let second = plan(&p, &o, 101, 0.5);
+            apply(&mut o, &second, 101, 600);
+            prop_assert!(plan(&p, &o, 102, 0.5).actions.is_empty());
         }
     }
 }
