@@ -24,6 +24,7 @@ use crate::satoken::{IssuerSettings, JwksSource};
 pub use pullbroker_credentials::runtime::{
     assemble, credential_runtime, CredentialRuntime, Secrets,
 };
+pub use pullbroker_credentials::source::Refreshers;
 
 /// The broker's own settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -160,7 +161,9 @@ pub struct TokenReviewSpec {
     pub negative_cache_ttl: Option<String>,
 }
 
-/// Everything the broker serves from, swapped whole on reload.
+/// Everything the broker serves from, swapped whole on reload. `Clone` so
+/// a swap can be retried on a fresh current value (`ArcSwap::rcu`).
+#[derive(Clone)]
 pub struct Snapshot {
     pub policy: Policy,
     pub credentials: BTreeMap<String, CredentialRuntime>,
@@ -176,6 +179,9 @@ pub struct Snapshot {
     pub admission_skip_registries: Vec<String>,
     /// Files whose change triggers a reload.
     pub watched: Vec<PathBuf>,
+    /// The exec-source refreshers `credentials` were built with; a reload
+    /// builds with the same ones ([`load_with`]), keeping current credentials.
+    pub refreshers: std::sync::Arc<Refreshers>,
 }
 
 impl Snapshot {
@@ -215,16 +221,31 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Loads and validates a standalone config file.
+/// Loads and validates a standalone config file (once: its exec sources
+/// get refreshers of their own).
 pub fn load(path: &Path) -> Result<Snapshot, String> {
+    load_with(path, &Default::default())
+}
+
+/// Loads and validates a standalone config file, its exec sources served
+/// by `refreshers` (a running broker's, kept across reloads).
+pub fn load_with(path: &Path, refreshers: &std::sync::Arc<Refreshers>) -> Result<Snapshot, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse(&text, path)
+    parse_with(&text, path, refreshers)
 }
 
 /// Validates config `text` as if read from `path` (files it names are
 /// resolved against `path`'s directory and read; nothing is written).
 pub fn parse(text: &str, path: &Path) -> Result<Snapshot, String> {
+    parse_with(text, path, &Default::default())
+}
+
+fn parse_with(
+    text: &str,
+    path: &Path,
+    refreshers: &std::sync::Arc<Refreshers>,
+) -> Result<Snapshot, String> {
     let base = path.parent().unwrap_or(Path::new("."));
     let mut problems: Vec<String> = Vec::new();
     let mut broker: Option<BrokerConfigSpec> = None;
@@ -368,6 +389,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Snapshot, String> {
         &secrets,
         namespaces,
         exec_dir.as_deref(),
+        refreshers,
     );
     problems.extend(policy_problems);
 
@@ -442,6 +464,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Snapshot, String> {
         },
         admission_skip_registries: broker.admission.skip_registries.clone(),
         watched,
+        refreshers: refreshers.clone(),
     })
 }
 

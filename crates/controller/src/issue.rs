@@ -46,7 +46,6 @@ pub fn issue(
     namespace: &str,
     now: i64,
     upstream: Option<&Upstream>,
-    exec_dir: Option<&std::path::Path>,
 ) -> Result<Issued, String> {
     let g = policy
         .grants()
@@ -59,7 +58,9 @@ pub fn issue(
         .ok_or_else(|| format!("RegistryCredential {:?} does not exist", g.spec.credential))?;
     let ttl = g.spec.ttl().as_secs() as i64;
     let expires_at = now + ttl;
-    let runtime = credential_runtime(&g.spec.credential, spec, central, exec_dir)
+    // An exec source's credential arrives as `upstream` (refreshed by the
+    // caller's refreshers): the runtime built here is only for the others.
+    let runtime = credential_runtime(&g.spec.credential, spec, central, None, &Default::default())
         .map_err(|e| format!("RegistryCredential {:?}: {e}", g.spec.credential))?;
     let dockerconfigjson = match runtime {
         CredentialRuntime::TokenIssuer { keys, .. } => {

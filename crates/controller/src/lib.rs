@@ -161,6 +161,8 @@ pub struct Context {
     recorder: Recorder,
     /// How many caches have completed their first list.
     listed: tokio::sync::watch::Sender<usize>,
+    /// Exec sources' current credentials, shared by reconciles and statuses.
+    refreshers: pullbroker_credentials::source::Refreshers,
 }
 
 /// Namespaces, service accounts, managed secrets, grants, credentials, central secrets.
@@ -398,6 +400,7 @@ pub async fn run_leader(
         status_dirty: Notify::new(),
         recorder,
         listed: tokio::sync::watch::channel(0).0,
+        refreshers: Default::default(),
     });
 
     // Nothing here reads managedFields; not caching them saves memory.

@@ -30,6 +30,8 @@ struct Caches {
     grants: Store<PullGrant>,
     secrets: Store<Secret>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Exec sources' current credentials, kept across installs.
+    refreshers: pullbroker_credentials::source::Refreshers,
 }
 
 impl Caches {
@@ -48,8 +50,14 @@ impl Caches {
             .map(|n| (n.name_any(), n.labels().clone()))
             .collect();
         let exec_dir = sink.exec_source_dir();
-        let (policy, runtimes, problems) =
-            assemble(credentials, grants, &secrets, labels, exec_dir.as_deref());
+        let (policy, runtimes, problems) = assemble(
+            credentials,
+            grants,
+            &secrets,
+            labels,
+            exec_dir.as_deref(),
+            &self.refreshers,
+        );
         if problems != *last_problems {
             for p in &problems {
                 tracing::warn!(problem = %p, "policy document left out");
@@ -145,6 +153,7 @@ async fn round(
         grants,
         secrets,
         namespaces,
+        refreshers: Default::default(),
     };
     // Each stream says which cache changed and whether it finished a list.
     fn tag<K: Send + 'static>(

@@ -389,6 +389,7 @@ async fn issue_secret(
                 spec,
                 &central,
                 ctx.settings.exec_source_dir.as_deref(),
+                &ctx.refreshers,
             )
             .map_err(fail)?;
             let pullbroker_credentials::runtime::CredentialRuntime::Refreshing { source } = rt
@@ -404,16 +405,8 @@ async fn issue_secret(
         }
         _ => None,
     };
-    let issued = crate::issue::issue(
-        policy,
-        &central,
-        grant,
-        namespace,
-        now,
-        upstream.as_deref(),
-        ctx.settings.exec_source_dir.as_deref(),
-    )
-    .map_err(fail)?;
+    let issued = crate::issue::issue(policy, &central, grant, namespace, now, upstream.as_deref())
+        .map_err(fail)?;
     let mut annotations = BTreeMap::from([
         (ISSUED_AT.to_string(), rfc3339(issued.issued_at)),
         (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),

@@ -207,6 +207,7 @@ async fn write_all(ctx: &Context) {
                 &c.spec,
                 &central,
                 ctx.settings.exec_source_dir.as_deref(),
+                &ctx.refreshers,
             ) {
                 Ok(CredentialRuntime::Refreshing { source }) if source.last_error().is_some() => (
                     false,

@@ -13,6 +13,7 @@ use pullbroker_core::policy::{Named, Policy, PullGrantSpec, RegistryCredentialSp
 use pullbroker_core::DockerConfig;
 
 use crate::keys::{IssuerKeys, SigningKey};
+use crate::source::Refreshers;
 
 /// Central secrets by name: (namespace if given, key → bytes).
 pub type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
@@ -44,6 +45,7 @@ pub fn assemble(
     secrets: &Secrets,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     exec_dir: Option<&Path>,
+    refreshers: &Refreshers,
 ) -> (Policy, BTreeMap<String, CredentialRuntime>, Vec<String>) {
     let mut problems = Vec::new();
     // Credentials need their secrets.
@@ -53,7 +55,7 @@ pub fn assemble(
             problems.push(format!("RegistryCredential {:?}: {e}", c.name));
             continue;
         }
-        match credential_runtime(&c.name, &c.spec, secrets, exec_dir) {
+        match credential_runtime(&c.name, &c.spec, secrets, exec_dir, refreshers) {
             Ok(rt) => {
                 runtimes.insert(c.name.clone(), rt);
             }
@@ -90,6 +92,7 @@ pub fn credential_runtime(
     spec: &RegistryCredentialSpec,
     secrets: &Secrets,
     exec_dir: Option<&Path>,
+    refreshers: &Refreshers,
 ) -> Result<CredentialRuntime, String> {
     if let Some(e) = &spec.source.exec {
         let registry = spec
@@ -98,7 +101,7 @@ pub fn credential_runtime(
             .map(String::as_str)
             .unwrap_or_default();
         return Ok(CredentialRuntime::Refreshing {
-            source: crate::source::Refresher::for_credential(name, e, registry, exec_dir),
+            source: refreshers.get(name, e, registry, exec_dir),
         });
     }
     if let Some(r) = &spec.source.secret_ref {

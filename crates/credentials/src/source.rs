@@ -146,18 +146,33 @@ impl fmt::Debug for Refresher {
     }
 }
 
-/// Refreshers by credential name and spec, with their last use. Kept alive
-/// here: the cached credential must outlive the callers that used it. One
-/// whose credential has a newer spec goes once unused for [`STALE`].
-type Registry = Mutex<HashMap<String, (String, std::time::Instant, Arc<Refresher>)>>;
-const STALE: Duration = Duration::from_secs(600);
-static REFRESHERS: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::default);
+/// The live exec-source refreshers of one broker or controller, by
+/// credential name and spec, with their last use. Owned by the value that
+/// builds credential runtimes (a broker, a controller, a policy source) and
+/// handed to [`crate::runtime::assemble`]: the cached credential must
+/// outlive the runtimes built from one reload or one reconcile, but two
+/// brokers in one process must not share it. One whose credential has a
+/// newer spec goes once unused for [`STALE`].
+#[derive(Default)]
+pub struct Refreshers(Mutex<HashMap<String, Live>>);
 
-impl Refresher {
+/// A refresher with its credential's name and its last use.
+type Live = (String, std::time::Instant, Arc<Refresher>);
+const STALE: Duration = Duration::from_secs(600);
+
+impl fmt::Debug for Refreshers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("Refreshers").field("live", &n).finish()
+    }
+}
+
+impl Refreshers {
     /// The refresher for a credential: the same one while its spec is
     /// unchanged, so neither a reload nor the end of a reconcile throws the
     /// current credential away.
-    pub fn for_credential(
+    pub fn get(
+        &self,
         name: &str,
         spec: &ExecSource,
         registry: &str,
@@ -165,9 +180,10 @@ impl Refresher {
     ) -> Arc<Refresher> {
         let key = format!(
             "{name}\0{registry}\0{dir:?}\0{}",
+            // A struct of strings and lists of strings always serializes.
             serde_json::to_string(spec).expect("serializable")
         );
-        let mut all = REFRESHERS.lock().expect("poisoned");
+        let mut all = self.0.lock().expect("poisoned");
         let now = std::time::Instant::now();
         if let Some((_, used, r)) = all.get_mut(&key) {
             *used = now;
@@ -185,7 +201,9 @@ impl Refresher {
         all.insert(key, (name.to_string(), now, r.clone()));
         r
     }
+}
 
+impl Refresher {
     /// The current credential, refreshed first once `refresh_after` (a
     /// fraction) of its lifetime has passed.
     pub async fn current(&self, now: i64, refresh_after: f64) -> Result<Arc<Upstream>, String> {
@@ -315,18 +333,25 @@ mod tests {
     #[test]
     fn a_refresher_outlives_its_callers_until_its_spec_changes() {
         let spec: ExecSource = serde_json::from_value(json!({"command": "x"})).unwrap();
-        let first = Refresher::for_credential("keep", &spec, "r.example", None);
+        let refreshers = Refreshers::default();
+        let first = refreshers.get("keep", &spec, "r.example", None);
         let ptr = Arc::as_ptr(&first);
         drop(first);
-        let again = Refresher::for_credential("keep", &spec, "r.example", None);
+        let again = refreshers.get("keep", &spec, "r.example", None);
         assert_eq!(
             Arc::as_ptr(&again),
             ptr,
             "the cached credential is not thrown away"
         );
         let changed: ExecSource = serde_json::from_value(json!({"command": "y"})).unwrap();
-        let other = Refresher::for_credential("keep", &changed, "r.example", None);
+        let other = refreshers.get("keep", &changed, "r.example", None);
         assert_ne!(Arc::as_ptr(&other), ptr, "a new spec gets a new refresher");
+        let elsewhere = Refreshers::default().get("keep", &spec, "r.example", None);
+        assert_ne!(
+            Arc::as_ptr(&elsewhere),
+            ptr,
+            "another broker in the process has its own"
+        );
     }
 
     #[test]

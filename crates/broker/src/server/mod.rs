@@ -206,20 +206,12 @@ impl Broker {
         policy: pullbroker_core::policy::Policy,
         credentials: std::collections::BTreeMap<String, config::CredentialRuntime>,
     ) {
-        let current = self.state.snapshot.load();
-        self.state.snapshot.store(Arc::new(Snapshot {
-            policy,
-            credentials,
-            exec_source_dir: current.exec_source_dir.clone(),
-            policy_source: current.policy_source,
-            system_namespace: current.system_namespace.clone(),
-            issuer: current.issuer.clone(),
-            token_review: current.token_review.clone(),
-            offline_verification: current.offline_verification,
-            listeners: current.listeners.clone(),
-            admission_skip_registries: current.admission_skip_registries.clone(),
-            watched: current.watched.clone(),
-        }));
+        // rcu: a reload storing at the same moment is retried on, never undone by, this.
+        self.state.snapshot.rcu(|current| Snapshot {
+            policy: policy.clone(),
+            credentials: credentials.clone(),
+            ..Snapshot::clone(current)
+        });
         self.state.cluster_policy.store(true, Ordering::Relaxed);
         let mut status = self.state.reload.lock().expect("poisoned");
         status.generation += 1;
@@ -236,20 +228,28 @@ impl Broker {
             return Ok(());
         };
         let result = async {
-            let mut snapshot = config::load(path)?;
-            if snapshot.policy_source == config::PolicySource::Kubernetes {
-                // The policy comes from the cluster; the file only from here.
-                let current = st.snapshot.load();
-                snapshot.policy = current.policy.clone();
-                snapshot.credentials = current.credentials.clone();
-            }
+            let refreshers = st.snapshot.load().refreshers.clone();
+            let snapshot = config::load_with(path, &refreshers)?;
             let fp = issuer_fingerprint(&snapshot);
             if *st.issuer_fingerprint.lock().expect("poisoned") != fp {
                 let verifier = build_verifier(&snapshot, st.reviewer_override.clone()).await?;
                 st.verifier.store(verifier);
                 *st.issuer_fingerprint.lock().expect("poisoned") = fp;
             }
-            st.snapshot.store(Arc::new(snapshot));
+            // The cluster's policy is taken at the moment of the swap, not
+            // before the await above: one installed meanwhile is kept.
+            let from_cluster = snapshot.policy_source == config::PolicySource::Kubernetes;
+            st.snapshot.rcu(|current| {
+                if from_cluster {
+                    Snapshot {
+                        policy: current.policy.clone(),
+                        credentials: current.credentials.clone(),
+                        ..snapshot.clone()
+                    }
+                } else {
+                    snapshot.clone()
+                }
+            });
             Ok::<(), String>(())
         }
         .await;
