@@ -1,28 +1,51 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, as client-go's
-//! leaderelection does it: the holder renews `renewTime`; anyone may take the
-//! lease once `renewTime + leaseDurationSeconds` has passed; every write is a
+//! leaderelection does it: the holder renews `renewTime`; every write is a
 //! replace guarded by `resourceVersion`, so two candidates cannot both win.
+//!
+//! Whether another replica's lease is still valid is judged on the local
+//! monotonic clock, never by comparing its `renewTime` with ours: a lease is
+//! expired once `leaseDurationSeconds` have passed since we last *observed*
+//! its record change (client-go's `observedTime`). A holder whose clock is
+//! skewed by an hour is then neither robbed nor trusted for longer. The
+//! leader's side of the bargain — stop writing before anyone may take over —
+//! is [`RENEW_DEADLINE`] in `crate::lead`.
 //!
 //! Written here rather than taken from a crate: the maintained lease crates
 //! pin other kube versions, and the protocol is a few optimistic updates.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::Client;
-use serde_json::json;
+use tokio::time::Instant;
+
+/// The fraction of the lease duration within which the leader must have
+/// renewed, or stop (client-go: 10 s of 15 s). The rest is the margin in
+/// which its writes stop before a standby may take over.
+pub const RENEW_DEADLINE: f64 = 2.0 / 3.0;
+
+/// What we last saw of the lease, and when (monotonic).
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<Timestamp>,
+    transitions: Option<i32>,
+    duration: Option<i32>,
+}
 
 pub struct LeaseLock {
     api: Api<Lease>,
     name: String,
     identity: String,
     duration: Duration,
-}
-
-fn micro_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    /// The wall-clock offset of this replica (zero but in tests): only what
+    /// it writes, since validity never reads the wall clock.
+    skew: SignedDuration,
+    observed: Mutex<Option<(Record, Instant)>>,
 }
 
 impl LeaseLock {
@@ -38,53 +61,98 @@ impl LeaseLock {
             name: name.into(),
             identity: identity.into(),
             duration,
+            skew: SignedDuration::ZERO,
+            observed: Mutex::new(None),
         }
+    }
+
+    /// This replica's wall clock runs `skew` off (for tests of clock skew).
+    pub fn with_clock_skew(mut self, skew: SignedDuration) -> Self {
+        self.skew = skew;
+        self
     }
 
     pub fn identity(&self) -> &str {
         &self.identity
     }
 
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    fn now(&self) -> MicroTime {
+        let t = Timestamp::now();
+        MicroTime(t.checked_add(self.skew).unwrap_or(t))
+    }
+
+    /// Notes the record we just read; true when its holder's term is over:
+    /// no change seen for the record's own duration.
+    fn expired(&self, record: &Record) -> bool {
+        let mut observed = self.observed.lock().expect("poisoned");
+        let now = Instant::now();
+        let since = match observed.as_ref() {
+            Some((seen, at)) if seen == record => *at,
+            _ => {
+                *observed = Some((record.clone(), now));
+                now
+            }
+        };
+        let duration = record
+            .duration
+            .and_then(|d| u64::try_from(d).ok())
+            .map(Duration::from_secs)
+            .unwrap_or(self.duration);
+        now.duration_since(since) >= duration
+    }
+
     /// One attempt to take or renew the lease: `Ok(true)` while we hold it.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
-        let now = Utc::now();
-        let secs = self.duration.as_secs().max(1) as i64;
+        let secs = i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let Some(current) = self.api.get_opt(&self.name).await? else {
-            let lease: Lease = serde_json::from_value(json!({
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name},
-                "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": secs,
-                         "acquireTime": micro_time(now), "renewTime": micro_time(now), "leaseTransitions": 0}
-            }))
-            .expect("valid lease");
+            let now = self.now();
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(secs),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                 Err(e) => Err(e),
             };
         };
-        let spec = serde_json::to_value(&current.spec).unwrap_or_default();
-        let holder = spec["holderIdentity"].as_str().unwrap_or("");
-        let duration = spec["leaseDurationSeconds"].as_i64().unwrap_or(secs);
-        let renewed = spec["renewTime"]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc));
-        let ours = holder == self.identity;
-        let expired = renewed.is_none_or(|r| r + chrono::Duration::seconds(duration) < now);
-        if !ours && !holder.is_empty() && !expired {
+        let spec = current.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let record = Record {
+            holder: holder.clone(),
+            renew_time: spec.renew_time.as_ref().map(|t| t.0),
+            transitions: spec.lease_transitions,
+            duration: spec.lease_duration_seconds,
+        };
+        let ours = holder.as_deref() == Some(self.identity.as_str());
+        let expired = self.expired(&record);
+        if !ours && holder.is_some() && !expired {
             return Ok(false);
         }
-        let transitions = spec["leaseTransitions"].as_i64().unwrap_or(0);
-        let mut next = serde_json::to_value(&current).expect("serializable");
-        next["spec"]["holderIdentity"] = json!(self.identity);
-        next["spec"]["leaseDurationSeconds"] = json!(secs);
-        next["spec"]["renewTime"] = json!(micro_time(now));
+        let now = self.now();
+        let mut next = current;
+        let s = next.spec.get_or_insert_with(Default::default);
+        s.holder_identity = Some(self.identity.clone());
+        s.lease_duration_seconds = Some(secs);
+        s.renew_time = Some(now.clone());
         if !ours {
-            next["spec"]["acquireTime"] = json!(micro_time(now));
-            next["spec"]["leaseTransitions"] = json!(transitions + 1);
+            s.acquire_time = Some(now);
+            s.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
         }
-        let next: Lease = serde_json::from_value(next).expect("valid lease");
         match self
             .api
             .replace(&self.name, &PostParams::default(), &next)
@@ -99,23 +167,19 @@ impl LeaseLock {
 
     /// Gives the lease up (on shutdown) so a standby takes over at once.
     pub async fn release(&self) -> Result<(), kube::Error> {
-        let Some(current) = self.api.get_opt(&self.name).await? else {
+        let Some(mut current) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
-        if current
-            .spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_deref())
-            != Some(self.identity.as_str())
-        {
+        let Some(spec) = current.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
         }
-        let mut next = serde_json::to_value(&current).expect("serializable");
-        next["spec"]["holderIdentity"] = serde_json::Value::Null;
-        let next: Lease = serde_json::from_value(next).expect("valid lease");
+        spec.holder_identity = None;
         match self
             .api
-            .replace(&self.name, &PostParams::default(), &next)
+            .replace(&self.name, &PostParams::default(), &current)
             .await
         {
             Ok(_) => Ok(()),

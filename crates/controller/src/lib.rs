@@ -526,27 +526,43 @@ pub async fn run(
         &settings.identity,
         settings.lease_duration,
     ));
-    let retry = settings.lease_duration / 3;
+    // client-go's proportions: retry every 2 s of a 15 s lease, renew within 10 s.
+    let retry = settings.lease_duration / 6;
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let deadline_after = settings.lease_duration.mul_f64(lease::RENEW_DEADLINE);
     loop {
-        loop {
-            match attempt_lease(&lock, &metrics).await {
-                Ok(true) => break,
-                Ok(false) => tracing::debug!(
+        let acquired = loop {
+            // The term counts from before the write: its answer may be late.
+            let started = tokio::time::Instant::now();
+            match tokio::time::timeout(deadline_after, attempt_lease(&lock, &metrics)).await {
+                Ok(Ok(true)) => break started,
+                Ok(Ok(false)) => tracing::debug!(
                     identity = lock.identity(),
                     "standing by: another replica leads"
                 ),
-                Err(e) => tracing::warn!(error = %e, "cannot read the leader lease"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the leader lease"),
+                Err(_) => tracing::warn!("the leader lease did not answer in time"),
             }
             tokio::select! {
                 _ = shutdown.clone() => return Ok(()),
                 _ = tokio::time::sleep(retry) => {}
             }
-        }
+        };
         tracing::info!(identity = lock.identity(), "leading");
         metrics.leading.store(true, Ordering::SeqCst);
         metrics.terms.fetch_add(1, Ordering::Relaxed);
-        let lost = lead(&client, &settings, &metrics, &lock, retry, shutdown.clone()).await;
+        let lost = lead(
+            &client,
+            &settings,
+            &metrics,
+            Term {
+                lock: &lock,
+                acquired,
+                retry,
+            },
+            shutdown.clone(),
+        )
+        .await;
         metrics.leading.store(false, Ordering::SeqCst);
         if !lost {
             if let Err(e) = lock.release().await {
@@ -571,54 +587,87 @@ async fn attempt_lease(lock: &lease::LeaseLock, metrics: &Metrics) -> Result<boo
     attempt
 }
 
+/// A term as leader: the lease, when the write that took it started, and
+/// how often to renew.
+struct Term<'a> {
+    lock: &'a Arc<lease::LeaseLock>,
+    acquired: tokio::time::Instant,
+    retry: Duration,
+}
+
 /// One term as leader: the leader's work runs while a renewer keeps the
-/// lease. Returns whether the lease was lost (rather than `shutdown`).
+/// lease, and stops once a renewal has not succeeded within
+/// [`lease::RENEW_DEADLINE`] of the lease duration (a hung API included) —
+/// before any standby may take over. Returns whether the lease was lost
+/// (rather than `shutdown`).
 async fn lead(
     client: &Client,
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    lock: &Arc<lease::LeaseLock>,
-    retry: Duration,
+    term: Term<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> bool {
+    let Term {
+        lock,
+        acquired,
+        retry,
+    } = term;
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let renewer = {
         let (lock, metrics) = (lock.clone(), metrics.clone());
+        let mut renewed = acquired;
+        let deadline_after = lock.duration().mul_f64(lease::RENEW_DEADLINE);
         Owned(tokio::spawn(async move {
-            let mut failing_since: Option<tokio::time::Instant> = None;
             loop {
-                tokio::time::sleep(retry).await;
-                match attempt_lease(&lock, &metrics).await {
-                    Ok(true) => failing_since = None,
-                    Ok(false) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the leader lease");
-                        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                        // Stop before the lease can expire under us.
-                        if since.elapsed() >= retry * 2 {
-                            break;
-                        }
+                let deadline = renewed + deadline_after;
+                tokio::time::sleep_until((tokio::time::Instant::now() + retry).min(deadline)).await;
+                // The renewTime written is taken when the attempt starts, so
+                // a standby's clock for it starts no earlier than this.
+                let started = tokio::time::Instant::now();
+                if started >= deadline {
+                    tracing::warn!(identity = lock.identity(), "renew deadline passed");
+                    break;
+                }
+                // A hung API server must not keep us leading past the deadline.
+                match tokio::time::timeout_at(deadline, attempt_lease(&lock, &metrics)).await {
+                    Ok(Ok(true)) => renewed = started,
+                    Ok(Ok(false)) => break,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+                    Err(_) => {
+                        tracing::warn!(
+                            identity = lock.identity(),
+                            "renewal hung past the renew deadline"
+                        );
+                        break;
                     }
                 }
             }
             let _ = lost_tx.send(());
         }))
     };
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let _forward = {
-        let lost = lost.clone();
-        Owned(tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = lost_rx => lost.store(true, Ordering::SeqCst),
+    let mut lost_rx = lost_rx;
+    // A lost lease drops the work at once — in-flight reconciles included —
+    // rather than draining it: nothing may be written once a standby could
+    // lead. Only a shutdown drains (and releases the lease after).
+    let lost = {
+        let work = run_leader(client.clone(), settings.clone(), metrics.clone(), stop);
+        tokio::pin!(work);
+        tokio::select! {
+            _ = &mut work => false,
+            _ = &mut lost_rx => true,
+            _ = shutdown => {
+                let _ = stop_tx.send(true);
+                tokio::select! {
+                    _ = &mut work => false,
+                    _ = &mut lost_rx => true,
+                }
             }
-            let _ = stop_tx.send(true);
-        }))
+        }
     };
-    run_leader(client.clone(), settings.clone(), metrics.clone(), stop).await;
     drop(renewer);
-    lost.load(Ordering::SeqCst)
+    metrics.caches_synced.store(false, Ordering::SeqCst);
+    lost
 }
 
 #[cfg(test)]

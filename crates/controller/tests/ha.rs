@@ -3,10 +3,12 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::SignedDuration;
 use kube::api::Api;
+use pullbroker_controller::lease::LeaseLock;
 use serde_json::json;
 use support::*;
 
@@ -188,4 +190,81 @@ async fn an_api_outage_longer_than_the_lease_is_survived_by_the_same_process() {
     );
     assert_eq!(holder(&c).await.as_deref(), Some("r1"));
     replica.stop().await;
+}
+
+/// Validity is judged on the local clock from when a change of the lease
+/// was last seen (client-go's observed time), never by comparing another
+/// replica's `renewTime` with ours: a holder whose clock runs an hour behind
+/// keeps its lease while it renews, and loses it one lease duration after
+/// its last renewal was seen — not sooner.
+#[tokio::test]
+async fn a_holder_with_a_skewed_clock_is_neither_robbed_nor_trusted_longer() {
+    let c = Cluster::start(REGISTRY, None).await;
+    let duration = Duration::from_secs(2);
+    let lock = |identity: &str, hours: i64| {
+        LeaseLock::new(c.controller.clone(), SYSTEM, "skewed", identity, duration)
+            .with_clock_skew(SignedDuration::from_hours(hours))
+    };
+    let (behind, ahead) = (lock("behind", -1), lock("ahead", 1));
+    assert!(behind.try_acquire_or_renew().await.unwrap());
+    for round in 0..5 {
+        assert!(
+            !ahead.try_acquire_or_renew().await.unwrap(),
+            "round {round}: a renewTime two hours old by my clock, but renewed"
+        );
+        assert!(behind.try_acquire_or_renew().await.unwrap());
+    }
+    // The holder stops renewing.
+    let last_renewal = Instant::now();
+    let taken = eventually("taken once expired", WAIT, || async {
+        ahead
+            .try_acquire_or_renew()
+            .await
+            .unwrap()
+            .then(Instant::now)
+    })
+    .await;
+    assert!(
+        taken - last_renewal >= duration,
+        "taken {:?} after the last renewal, before the lease ran out",
+        taken - last_renewal
+    );
+    // The one behind sees a renewTime two hours ahead of its clock: it
+    // waits a lease duration for it just the same.
+    assert!(!behind.try_acquire_or_renew().await.unwrap());
+}
+
+/// A leader whose renewals hang (an overloaded or partitioned API server)
+/// stops leading within the renew deadline — before a standby, one lease
+/// duration after the last renewal it saw, could take over.
+#[tokio::test]
+async fn a_leader_whose_api_hangs_stops_before_its_lease_runs_out() {
+    let c = Cluster::start(REGISTRY, None).await;
+    let lease = Duration::from_secs(6);
+    let replica = Replica::start(
+        c.controller.clone(),
+        Settings {
+            lease_duration: lease,
+            ..settings("r1")
+        },
+    );
+    eventually("leading", WAIT, || async {
+        replica.metrics.leading.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    c.fake.set_hung(true);
+    let hung_at = Instant::now();
+    eventually("stepped down", lease * 2, || async {
+        (!replica.metrics.leading.load(Ordering::SeqCst)).then_some(())
+    })
+    .await;
+    assert!(
+        hung_at.elapsed() < lease,
+        "stepped down {:?} after the API hung: a standby may lead after {lease:?}",
+        hung_at.elapsed()
+    );
+    assert!(!replica.task.is_finished(), "still a candidate");
+    c.fake.set_hung(false);
+    // Dropped (aborted): a graceful stop right after the hang is not what is tested here.
+    drop(replica);
 }

@@ -22,7 +22,8 @@
 //! verdict in `status`; a token whose service account or bound pod is gone is
 //! refused — after [`TOKEN_AUTH_CACHE`], since successes are cached ~10 s as
 //! on a real server), OIDC discovery and JWKS, outages
-//! ([`FakeApi::set_down`]) and injected failures ([`FakeApi::fail_next`]).
+//! ([`FakeApi::set_down`]), a server that answers nothing
+//! ([`FakeApi::set_hung`]) and injected failures ([`FakeApi::fail_next`]).
 //! Errors are `Status` objects.
 //!
 //! Where it differs from Kubernetes, on purpose or not yet:
@@ -117,6 +118,8 @@ struct Inner {
     issuer: TestIssuer,
     url: String,
     requests: crate::api_log::Recorder,
+    /// `true` while requests hang (see [`FakeApi::set_hung`]).
+    hung: tokio::sync::watch::Sender<bool>,
 }
 
 /// The running fake API server.
@@ -316,6 +319,7 @@ impl FakeApi {
             issuer,
             url: url.clone(),
             requests: crate::api_log::Recorder::new(addr.port()),
+            hung: tokio::sync::watch::channel(false).0,
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -385,6 +389,14 @@ impl FakeApi {
     /// restart) or brings it back with its state intact.
     pub fn set_down(&self, down: bool) {
         self.down.send_replace(down);
+    }
+
+    /// Makes the server hang (`true`): connections are accepted and
+    /// requests read, but none is answered until `set_hung(false)`, as an
+    /// overloaded or partitioned API server behaves. Held requests are then
+    /// answered.
+    pub fn set_hung(&self, hung: bool) {
+        self.inner.hung.send_replace(hung);
     }
 
     /// Drops watch history older than the newest event, as etcd compaction
@@ -696,6 +708,9 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // A hung server holds every request until it is released.
+    let mut hung = inner.hung.subscribe();
+    let _ = hung.wait_for(|h| !*h).await;
     let path = uri.path().to_string();
     record(&inner, &method, &uri, &headers);
     match (method.as_str(), path.as_str()) {
