@@ -202,8 +202,14 @@ async fn a_holder_with_a_skewed_clock_is_neither_robbed_nor_trusted_longer() {
     let c = Cluster::start(REGISTRY, None).await;
     let duration = Duration::from_secs(2);
     let lock = |identity: &str, hours: i64| {
-        LeaseLock::new(c.controller.clone(), SYSTEM, "skewed", identity, duration)
-            .with_clock_skew(SignedDuration::from_hours(hours))
+        LeaseLock::new(
+            c.controller.clone(),
+            SYSTEM,
+            "pullbroker-controller",
+            identity,
+            duration,
+        )
+        .with_clock_skew(SignedDuration::from_hours(hours))
     };
     let (behind, ahead) = (lock("behind", -1), lock("ahead", 1));
     assert!(behind.try_acquire_or_renew().await.unwrap());
