@@ -153,21 +153,29 @@ fn obj(kind: &str, ns: &str, name: &str) -> String {
     }
 }
 
-fn parse(s: &SecretInfo) -> Result<DockerConfig, String> {
-    let bytes = s.config.as_deref().ok_or_else(|| {
-        let key = if s.type_ == TYPE_DOCKERCFG {
-            ".dockercfg"
-        } else {
-            ".dockerconfigjson"
-        };
-        format!("has no {key} key")
-    })?;
-    let parsed = if s.type_ == TYPE_DOCKERCFG {
+/// The data key holding a pull secret's docker config, by the Secret's type.
+pub fn config_key(type_: &str) -> &'static str {
+    if type_ == TYPE_DOCKERCFG {
+        ".dockercfg"
+    } else {
+        ".dockerconfigjson"
+    }
+}
+
+/// A pull secret's docker config from its type and the bytes under
+/// [`config_key`] (`None`: the key is missing), or why kubelet cannot use it.
+pub fn pull_secret_config(type_: &str, bytes: Option<&[u8]>) -> Result<DockerConfig, String> {
+    let bytes = bytes.ok_or_else(|| format!("has no {} key", config_key(type_)))?;
+    let parsed = if type_ == TYPE_DOCKERCFG {
         DockerConfig::parse_legacy(bytes)
     } else {
         DockerConfig::parse(bytes)
     };
     parsed.map_err(|e| e.to_string())
+}
+
+fn parse(s: &SecretInfo) -> Result<DockerConfig, String> {
+    pull_secret_config(&s.type_, s.config.as_deref())
 }
 
 fn duration(secs: i64) -> String {

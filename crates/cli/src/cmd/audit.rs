@@ -153,11 +153,7 @@ fn rfc3339(s: Option<&String>) -> Option<i64> {
 fn secret_info(s: Secret) -> SecretInfo {
     let meta = s.metadata;
     let type_ = s.type_.unwrap_or_default();
-    let key = if type_ == TYPE_DOCKERCFG {
-        ".dockercfg"
-    } else {
-        ".dockerconfigjson"
-    };
+    let key = audit::config_key(&type_);
     let annotations = meta.annotations.unwrap_or_default();
     SecretInfo {
         namespace: meta.namespace.unwrap_or_default(),

@@ -13,7 +13,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod, Secret, ServiceAccount};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use pullbroker_core::audit::{TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON};
+use kube::core::Selector;
+use pullbroker_core::audit::{
+    config_key, pull_secret_config, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON,
+};
 use pullbroker_core::diagnose::{
     classify, verdict, Candidate, Check, Facts, PluginAnswer, PullFailure, SecretProblem, Source,
     Verdict,
@@ -181,23 +184,32 @@ fn pull_failing(p: &Pod) -> bool {
         .any(|r| PULL_REASONS.contains(&r))
 }
 
-/// The pod to look at among a workload's: one failing to pull, else one
-/// not running, else the first.
-fn pick(mut pods: Vec<Pod>, what: &str) -> Result<Pod> {
-    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+/// The pod to look at among a workload's (`what`, its pods selected by
+/// `selector`): one failing to pull, else one not running, else the first;
+/// with a line saying which was picked.
+async fn pick(pods: &Api<Pod>, selector: &str, what: &str) -> Result<(Pod, Option<String>)> {
+    let mut found = cluster::list_all(pods, ListParams::default().labels(selector), &|_| {}, |p| p)
+        .await
+        .with_context(|| cluster::cannot_list("pods"))?;
+    found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let running = |p: &Pod| {
         p.status
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|ph| ph == "Running" || ph == "Succeeded")
     };
-    let i = pods
+    let i = found
         .iter()
         .position(pull_failing)
-        .or_else(|| pods.iter().position(|p| !running(p)))
-        .or((!pods.is_empty()).then_some(0))
+        .or_else(|| found.iter().position(|p| !running(p)))
+        .or((!found.is_empty()).then_some(0))
         .ok_or_else(|| anyhow!("{what} has no pods"))?;
-    Ok(pods.swap_remove(i))
+    let pod = found.swap_remove(i);
+    let picked = format!(
+        "pod {} of {what}",
+        pod.metadata.name.as_deref().unwrap_or("")
+    );
+    Ok((pod, Some(picked)))
 }
 
 async fn find_pod(
@@ -207,20 +219,6 @@ async fn find_pod(
     name: &str,
 ) -> Result<(Pod, Option<String>)> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = |selector: String| {
-        let pods = pods.clone();
-        async move {
-            let found = cluster::list_all(
-                &pods,
-                ListParams::default().labels(&selector),
-                &|_| {},
-                |p| p,
-            )
-            .await
-            .with_context(|| cluster::cannot_list("pods"))?;
-            Ok::<_, anyhow::Error>((found, selector))
-        }
-    };
     match kind {
         Kind::Pod => {
             let pod = pods
@@ -240,29 +238,15 @@ async fn find_pod(
                 .spec
                 .map(|s| s.selector)
                 .ok_or_else(|| anyhow!("deployment {ns}/{name} has no spec"))?;
-            let mut parts: Vec<String> = selector
-                .match_labels
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            for e in selector.match_expressions.unwrap_or_default() {
-                let values = e.values.unwrap_or_default().join(",");
-                parts.push(match e.operator.as_str() {
-                    "In" => format!("{} in ({values})", e.key),
-                    "NotIn" => format!("{} notin ({values})", e.key),
-                    "Exists" => e.key,
-                    _ => format!("!{}", e.key),
-                });
-            }
-            let (found, selector) = list(parts.join(",")).await?;
-            let what = format!("deployment {ns}/{name} (selector {selector})");
-            let pod = pick(found, &what)?;
-            let picked = format!(
-                "pod {} of {what}",
-                pod.metadata.name.as_deref().unwrap_or("")
-            );
-            Ok((pod, Some(picked)))
+            let selector = Selector::try_from(selector)
+                .map_err(|e| anyhow!("deployment {ns}/{name}: its selector: {e}"))?
+                .to_string();
+            pick(
+                &pods,
+                &selector,
+                &format!("deployment {ns}/{name} (selector {selector})"),
+            )
+            .await
         }
         Kind::KnativeService => {
             let ar = ApiResource::from_gvk_with_plural(
@@ -276,14 +260,13 @@ async fn find_pod(
                     format!("cannot get ksvc {ns}/{name} (is Knative Serving installed?)")
                 })?
                 .ok_or_else(|| anyhow!("ksvc {ns}/{name} not found"))?;
-            let (found, selector) = list(format!("serving.knative.dev/service={name}")).await?;
-            let what = format!("ksvc {ns}/{name} (pods {selector})");
-            let pod = pick(found, &what)?;
-            let picked = format!(
-                "pod {} of {what}",
-                pod.metadata.name.as_deref().unwrap_or("")
-            );
-            Ok((pod, Some(picked)))
+            let selector = format!("serving.knative.dev/service={name}");
+            pick(
+                &pods,
+                &selector,
+                &format!("ksvc {ns}/{name} (pods {selector})"),
+            )
+            .await
         }
     }
 }
@@ -381,22 +364,11 @@ fn failure_of(e: &RegistryError) -> PullFailure {
 /// The docker config of a pull secret, or why it is not one.
 fn config_of(secret: &Secret) -> Result<DockerConfig, String> {
     let type_ = secret.type_.as_deref().unwrap_or("Opaque");
-    let (key, legacy) = match type_ {
-        TYPE_DOCKERCONFIGJSON => (".dockerconfigjson", false),
-        TYPE_DOCKERCFG => (".dockercfg", true),
-        other => return Err(format!("type {other}, not {TYPE_DOCKERCONFIGJSON}")),
-    };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .ok_or_else(|| format!("has no {key} key"))?;
-    let parsed = if legacy {
-        DockerConfig::parse_legacy(&bytes.0)
-    } else {
-        DockerConfig::parse(&bytes.0)
-    };
-    parsed.map_err(|e| e.to_string())
+    if type_ != TYPE_DOCKERCONFIGJSON && type_ != TYPE_DOCKERCFG {
+        return Err(format!("type {type_}, not {TYPE_DOCKERCONFIGJSON}"));
+    }
+    let bytes = secret.data.as_ref().and_then(|d| d.get(config_key(type_)));
+    pull_secret_config(type_, bytes.map(|b| b.0.as_slice()))
 }
 
 /// What the cluster says about one image before any network check.
@@ -685,6 +657,7 @@ async fn diagnose(args: &Args) -> Result<Report> {
             _ if pulling => Some(PullFailure::Unknown),
             _ => None,
         };
+        // An invalid reference has no candidates: kubelet never pulls it.
         let mut gathered = Gathered {
             candidates: Vec::new(),
             secret_problems: Vec::new(),
@@ -701,24 +674,22 @@ async fn diagnose(args: &Args) -> Result<Report> {
                 &subject,
                 policy.as_ref(),
             );
-            let why = match (&registry, reported) {
-                (None, _) => Some("--no-network"),
-                (_, None) => Some("no pull failure reported"),
+            let client = match (&registry, reported) {
+                (None, _) => Err("--no-network"),
+                (_, None) => Err("no pull failure reported"),
                 (_, Some(PullFailure::InvalidImageName | PullFailure::NotAPullFailure)) => {
-                    Some("not a registry problem")
+                    Err("not a registry problem")
                 }
-                _ => None,
+                (Some(client), _) => Ok(client),
             };
-            match (why, &registry) {
-                (None, Some(client)) => {
+            match client {
+                Ok(client) => {
                     repository_exists = check(client, &r, &mut gathered.candidates).await;
                 }
-                (why, _) => {
+                Err(why) => {
                     for (cand, credential) in &mut gathered.candidates {
                         if credential.is_some() {
-                            cand.check = Check::NotChecked {
-                                why: why.unwrap_or("not checked").into(),
-                            };
+                            cand.check = Check::NotChecked { why: why.into() };
                         }
                     }
                 }
