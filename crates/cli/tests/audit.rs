@@ -107,14 +107,8 @@ impl Cluster {
 
 async fn cluster() -> Cluster {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
-    let kube_config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
     let c = Cluster {
-        client: kube::Client::try_from(kube_config).unwrap(),
+        client: fake.client().await,
         fake,
     };
     let now = chrono::Utc::now().timestamp();

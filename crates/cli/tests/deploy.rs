@@ -457,14 +457,8 @@ async fn kubelet_config_reads_the_registries_from_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
     let api: kube::Api<pullbroker_core::policy::model::RegistryCredential> =
-        kube::Api::all(kube::Client::try_from(config).unwrap());
+        kube::Api::all(fake.client().await);
     for (name, registries) in [
         (
             "corp",

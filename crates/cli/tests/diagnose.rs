@@ -78,14 +78,8 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Cluster {
         let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
         Cluster {
-            client: kube::Client::try_from(config).unwrap(),
+            client: fake.client().await,
             fake,
         }
     }

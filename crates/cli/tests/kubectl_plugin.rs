@@ -87,13 +87,7 @@ fn kubectl_finds_the_plugin_and_runs_pullbroker_through_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_pullbroker_audit_reads_the_cluster_kubectl_points_at() {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
+    let client = fake.client().await;
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
         kube::Api::all(client.clone());
     namespaces

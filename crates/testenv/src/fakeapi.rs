@@ -364,6 +364,26 @@ impl FakeApi {
         self.kubeconfig_with(&format!("{{token: \"{user}\"}}"))
     }
 
+    /// A `kube` client for this server, as [`FakeApi::kubeconfig`] (the
+    /// tests' own set-up, not recorded).
+    pub async fn client(&self) -> kube::Client {
+        Self::client_of(&self.kubeconfig()).await
+    }
+
+    /// A `kube` client identifying as `user`, as [`FakeApi::kubeconfig_as`].
+    pub async fn client_as(&self, user: &str) -> kube::Client {
+        Self::client_of(&self.kubeconfig_as(user)).await
+    }
+
+    async fn client_of(kubeconfig: &str) -> kube::Client {
+        let kubeconfig =
+            kube::config::Kubeconfig::from_yaml(kubeconfig).expect("our own kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("our own kubeconfig");
+        kube::Client::try_from(config).expect("a client for loopback HTTP")
+    }
+
     fn kubeconfig_with(&self, user: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {user}\n",

@@ -8,20 +8,15 @@ use k8s_openapi::api::authentication::v1::{
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use pullbroker_core::policy::model::{PullGrant, PullGrantStatus};
 use pullbroker_testenv::fakeapi::FakeApi;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use serde_json::json;
 
 async fn client(api: &FakeApi) -> Client {
-    let kubeconfig = Kubeconfig::from_yaml(&api.kubeconfig()).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
+    api.client().await
 }
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {

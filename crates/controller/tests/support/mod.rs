@@ -12,8 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Client;
 pub use pullbroker_controller::{Metrics, Settings};
 use pullbroker_credentials::keys::{IssuerKeys, SigningKey};
 use pullbroker_testenv::api_log;
@@ -37,20 +36,12 @@ pub struct Cluster {
 }
 
 pub async fn client(fake: &FakeApi) -> Client {
-    client_of(&fake.kubeconfig()).await
+    fake.client().await
 }
 
 /// A client that identifies as `user` (see `pullbroker_testenv::api_log`).
 pub async fn client_as(fake: &FakeApi, user: &str) -> Client {
-    client_of(&fake.kubeconfig_as(user)).await
-}
-
-async fn client_of(kubeconfig: &str) -> Client {
-    let kubeconfig = Kubeconfig::from_yaml(kubeconfig).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
+    fake.client_as(user).await
 }
 
 pub fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
