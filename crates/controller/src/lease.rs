@@ -76,10 +76,6 @@ impl LeaseLock {
         &self.identity
     }
 
-    pub fn duration(&self) -> Duration {
-        self.duration
-    }
-
     fn now(&self) -> MicroTime {
         let t = Timestamp::now();
         MicroTime(t.checked_add(self.skew).unwrap_or(t))

@@ -559,6 +559,7 @@ pub async fn run(
                 lock: &lock,
                 acquired,
                 retry,
+                deadline_after,
             },
             shutdown.clone(),
         )
@@ -587,12 +588,13 @@ async fn attempt_lease(lock: &lease::LeaseLock, metrics: &Metrics) -> Result<boo
     attempt
 }
 
-/// A term as leader: the lease, when the write that took it started, and
-/// how often to renew.
+/// A term as leader: the lease, when the write that took it started, how
+/// often to renew, and within what of the last renewal it must succeed.
 struct Term<'a> {
     lock: &'a Arc<lease::LeaseLock>,
     acquired: tokio::time::Instant,
     retry: Duration,
+    deadline_after: Duration,
 }
 
 /// One term as leader: the leader's work runs while a renewer keeps the
@@ -611,12 +613,12 @@ async fn lead(
         lock,
         acquired,
         retry,
+        deadline_after,
     } = term;
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let renewer = {
         let (lock, metrics) = (lock.clone(), metrics.clone());
         let mut renewed = acquired;
-        let deadline_after = lock.duration().mul_f64(lease::RENEW_DEADLINE);
         Owned(tokio::spawn(async move {
             loop {
                 let deadline = renewed + deadline_after;

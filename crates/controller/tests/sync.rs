@@ -19,6 +19,16 @@ async fn has_ref(c: &Cluster, ns: &str, sa: &str) -> bool {
     c.pull_secrets(ns, sa).await.iter().any(|s| s == SECRET)
 }
 
+/// The sync grant `team-a` for team-a's `app`, repositories `apps/team-a/**`.
+async fn grant_team_a_app(c: &Cluster) {
+    c.grant(
+        "team-a",
+        json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
+               "repositories": ["apps/team-a/**"], "purposes": ["sync"]}),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn grant_lifecycle_creates_follows_and_cleans_up() {
     let c = Cluster::start(REGISTRY, None).await;
@@ -279,12 +289,7 @@ async fn pods_admitted_before_the_secret_get_an_event_and_owned_ones_are_recreat
     use k8s_openapi::api::events::v1::Event;
     let c = Cluster::start(REGISTRY, None).await;
     c.tenant("team-a", &[("app", &[])]).await;
-    c.grant(
-        "team-a",
-        json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
-               "repositories": ["apps/team-a/**"], "purposes": ["sync"]}),
-    )
-    .await;
+    grant_team_a_app(&c).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "team-a");
     // Created before the controller ran: admitted without our secret.
     for (name, image, owned) in [
@@ -361,12 +366,7 @@ async fn pods_admitted_before_the_secret_get_an_event_and_owned_ones_are_recreat
 async fn a_service_account_patch_that_loses_a_race_is_redone_on_a_fresh_read() {
     let c = Cluster::start(REGISTRY, None).await;
     c.tenant("team-a", &[("app", &["user-own"])]).await;
-    c.grant(
-        "team-a",
-        json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
-               "repositories": ["apps/team-a/**"], "purposes": ["sync"]}),
-    )
-    .await;
+    grant_team_a_app(&c).await;
     c.fake.fail_next("patch", "serviceaccounts", 409);
     let replica = Replica::start(c.controller.clone(), settings("r1"));
     eventually("the reference, after the conflict", WAIT, || async {
@@ -390,12 +390,7 @@ async fn a_service_account_patch_that_loses_a_race_is_redone_on_a_fresh_read() {
 async fn a_failed_reference_removal_keeps_the_secret_until_the_reference_is_gone() {
     let c = Cluster::start(REGISTRY, None).await;
     c.tenant("team-a", &[("app", &["user-own"])]).await;
-    c.grant(
-        "team-a",
-        json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
-               "repositories": ["apps/team-a/**"], "purposes": ["sync"]}),
-    )
-    .await;
+    grant_team_a_app(&c).await;
     let replica = Replica::start(c.controller.clone(), settings("r1"));
     eventually("the reference", WAIT, || async {
         has_ref(&c, "team-a", "app").await.then_some(())
