@@ -106,13 +106,29 @@ async fn grant_lifecycle_creates_follows_and_cleans_up() {
         ("True", "Synced")
     );
     assert_eq!(status.observed_generation, Some(1));
-    // The credential's status: its source, and rotation times from the secrets.
+    // The credential's status: its source, and rotation times from the
+    // secrets — the latest issue, and the earliest due (half of the 10m ttl
+    // after the earliest issue; the two secrets may be a second apart).
+    let mut issued = Vec::new();
+    for ns in ["team-a", "team-a-dev"] {
+        let s = c.secret(ns, SECRET).await.expect("secret exists");
+        let at = &s.annotations()["pullbroker.dev/issued-at"];
+        issued.push(chrono::DateTime::parse_from_rfc3339(at).unwrap());
+    }
+    let latest = *issued.iter().max().unwrap();
+    let due = *issued.iter().min().unwrap() + chrono::Duration::seconds(300);
     let cred = eventually("credential status", WAIT, || async {
         let c = Api::<RegistryCredential>::all(c.client.clone())
             .get("corp")
             .await
             .unwrap();
-        c.status.filter(|s| s.next_rotation.is_some())
+        let parse = |t: &Option<String>| {
+            t.as_deref()
+                .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+        };
+        c.status.filter(|s| {
+            parse(&s.last_rotation) == Some(latest) && parse(&s.next_rotation) == Some(due)
+        })
     })
     .await;
     assert_eq!(
@@ -122,11 +138,6 @@ async fn grant_lifecycle_creates_follows_and_cleans_up() {
         ),
         ("True", "SourceAvailable")
     );
-    let last =
-        chrono::DateTime::parse_from_rfc3339(cred.last_rotation.as_deref().unwrap()).unwrap();
-    let next =
-        chrono::DateTime::parse_from_rfc3339(cred.next_rotation.as_deref().unwrap()).unwrap();
-    assert_eq!((next - last).num_seconds(), 300, "half of the 10m ttl");
     c.create::<RegistryCredential>(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
         "metadata": {"name": "keyless"}, "spec": {"registries": ["other.example"], "source": {"tokenIssuer": {
         "signingKeySecretRef": {"name": "no-such-secret"}, "service": "s", "issuer": "i"}}}}))
