@@ -18,6 +18,7 @@ use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pullbroker_core::policy::Subject;
+use pullbroker_core::time::secs;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -427,7 +428,7 @@ impl Verifier {
         }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = self.verified.lock().expect("poisoned").get(&hash).cloned();
-        let leeway = self.settings.leeway.as_secs() as i64;
+        let leeway = secs(self.settings.leeway);
         let verified = match cached {
             // Still valid, and its key is still the issuer's.
             Some((v, kid))
@@ -527,7 +528,7 @@ impl Verifier {
         let data =
             jsonwebtoken::decode::<Claims>(token, &key.1, &validation).map_err(map_jwt_error)?;
         let claims = data.claims;
-        let leeway = self.settings.leeway.as_secs() as i64;
+        let leeway = secs(self.settings.leeway);
         if claims
             .iat
             .is_some_and(|iat| iat > now.saturating_add(leeway))

@@ -187,7 +187,7 @@ fn secret_inspect_shows_kinds_users_and_jwt_expiry_never_secrets() {
     );
     // exp 1795344431 = 2026-11-22T10:47:11Z, already past.
     assert!(
-        shown.contains("2026-11-22T10:47:11+00:00 (expired)"),
+        shown.contains("2026-11-22T10:47:11Z (expired)"),
         "JWT expiry shown: {shown}"
     );
     assert_no_secret(&out, jwt);

@@ -15,6 +15,7 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use pullbroker_core::policy::Policy;
+use pullbroker_core::time::UnixTime;
 use pullbroker_credentials::mint::{BrokerCredential, BROKER_USERNAME};
 use pullbroker_credentials::runtime::{credential_runtime, CredentialRuntime, Secrets};
 use pullbroker_credentials::source::Upstream;
@@ -56,8 +57,7 @@ pub fn issue(
         .credentials()
         .get(&g.spec.credential)
         .ok_or_else(|| format!("RegistryCredential {:?} does not exist", g.spec.credential))?;
-    let ttl = g.spec.ttl().as_secs() as i64;
-    let expires_at = now + ttl;
+    let expires_at = UnixTime(now).plus(g.spec.ttl()).0;
     // An exec source's credential arrives as `upstream` (refreshed by the
     // caller's refreshers): the runtime built here is only for the others.
     let runtime = credential_runtime(&g.spec.credential, spec, central, None, &Default::default())

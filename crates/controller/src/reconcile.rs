@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
@@ -22,6 +21,7 @@ use pullbroker_core::sync::{
     self, Action, Observed, ObservedNamespace, ObservedSecret, ObservedServiceAccount,
     SealedContent, GRANT_LABEL, MANAGED_BY, SEAL,
 };
+use pullbroker_core::time::UnixTime;
 use serde_json::json;
 
 use crate::{Context, Error};
@@ -52,20 +52,19 @@ pub(crate) struct Mark {
 
 pub(crate) type Marks = std::collections::HashMap<(&'static str, String, String), Mark>;
 
+/// The controller's clock (wall time, seconds): the one every pass, status
+/// and annotation reads.
 pub fn now() -> i64 {
-    Utc::now().timestamp()
+    UnixTime::from_system(std::time::SystemTime::now()).0
 }
 
-fn rfc3339(t: i64) -> String {
-    DateTime::<Utc>::from_timestamp(t, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
+pub(crate) fn rfc3339(t: i64) -> String {
+    UnixTime(t).rfc3339()
 }
 
 fn parse_time(s: Option<&String>) -> i64 {
-    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.timestamp())
-        .unwrap_or(0)
+    s.and_then(|s| UnixTime::parse_rfc3339(s).ok())
+        .map_or(0, |t| t.0)
 }
 
 /// A managed secret as the plan sees it. Its times are trusted only because
@@ -346,7 +345,11 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
         .reconciles
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(match next_due {
-        Some(at) => Requeue::requeue(Duration::from_secs((at - now).clamp(1, 3600) as u64)),
+        Some(at) => Requeue::requeue(
+            UnixTime(now)
+                .until(UnixTime(at))
+                .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+        ),
         None => Requeue::await_change(),
     })
 }

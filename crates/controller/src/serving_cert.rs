@@ -321,7 +321,7 @@ mod tests {
 
     fn info(nb: i64, na: i64, subject: &[u8], issuer: &[u8], hosts: &[&str]) -> CertInfo {
         CertInfo {
-            not_before: nb - pki::BACKDATE.as_secs() as i64,
+            not_before: nb - pullbroker_core::time::secs(pki::BACKDATE),
             not_after: na,
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             is_ca: subject == issuer,

@@ -18,18 +18,12 @@ use pullbroker_core::sync::{self, Observed, ObservedNamespace};
 use pullbroker_credentials::runtime::{credential_runtime, CredentialRuntime};
 use serde_json::json;
 
-use crate::reconcile::{now, observe_secret, CREDENTIAL};
+use crate::reconcile::{now, observe_secret, rfc3339, CREDENTIAL};
 use crate::Context;
 
 const QUIET: Duration = Duration::from_millis(300);
 /// Rotation times move without any watch event; refresh them this often.
 const REFRESH: Duration = Duration::from_secs(60);
-
-fn rfc3339(t: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp(t, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
 
 /// A Ready condition that keeps its transition time while nothing changes.
 fn ready(old: &[Condition], verdict: &Ready<'_>, generation: Option<i64>) -> Condition {

@@ -23,6 +23,8 @@
 //! - [`diagnose`]: why a pull failed, from kubelet's and containerd's messages.
 //! - [`audit`]: `pullbroker audit`'s findings from pull secrets, service
 //!   accounts, pods and the policy.
+//! - [`time`]: [`UnixTime`](time::UnixTime), instants as RFC 3339 with
+//!   saturating arithmetic.
 
 pub mod admission;
 pub mod audit;
@@ -37,6 +39,7 @@ pub mod policy;
 pub mod reference;
 pub mod secret;
 pub mod sync;
+pub mod time;
 
 pub use credential::Credential;
 pub use digest::Digest;

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pullbroker_core::time::{secs, UnixTime};
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -48,7 +50,7 @@ impl CertInfo {
     /// When it was made: certificates made here are backdated by
     /// [`BACKDATE`], which is not part of the lifetime they were given.
     pub fn issued(&self) -> i64 {
-        self.not_before.saturating_add(BACKDATE.as_secs() as i64)
+        self.not_before.saturating_add(secs(BACKDATE))
     }
 
     /// When `fraction` (0..1) of the lifetime it was given has passed.
@@ -66,11 +68,6 @@ impl CertInfo {
     pub fn expired(&self, now: i64) -> bool {
         now >= self.not_after
     }
-}
-
-fn epoch(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Reads the first certificate of `pem`.
@@ -177,7 +174,7 @@ pub fn issue_serving(
 
 /// Seconds since the epoch, now.
 pub fn now() -> i64 {
-    epoch(SystemTime::now())
+    UnixTime::from_system(SystemTime::now()).0
 }
 
 #[cfg(test)]

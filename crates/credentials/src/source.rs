@@ -23,6 +23,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use pullbroker_core::policy::model::{parse_duration, ExecSource};
+use pullbroker_core::time::UnixTime;
 use pullbroker_core::DockerConfig;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -126,6 +127,14 @@ pub fn parse_response(out: &[u8]) -> Result<(DockerConfig, Vec<u8>, Option<Durat
     Ok((config, raw, lifetime))
 }
 
+/// When `fraction` of the lifetime from `issued_at` to `expires_at` has
+/// passed. Total for any inputs: `f64 as i64` saturates and so does the sum,
+/// so an executable's absurd `cacheDuration` means "far future", not a panic.
+fn refresh_due(issued_at: i64, expires_at: i64, fraction: f64) -> i64 {
+    let life = expires_at.saturating_sub(issued_at) as f64;
+    issued_at.saturating_add((life * fraction) as i64)
+}
+
 /// Keeps one exec source's current credential.
 pub struct Refresher {
     name: String,
@@ -209,8 +218,7 @@ impl Refresher {
     pub async fn current(&self, now: i64, refresh_after: f64) -> Result<Arc<Upstream>, String> {
         let mut current = self.current.lock().await;
         if let Some(u) = current.as_ref() {
-            let due = u.issued_at + ((u.expires_at - u.issued_at) as f64 * refresh_after) as i64;
-            if now < due {
+            if now < refresh_due(u.issued_at, u.expires_at, refresh_after) {
                 return Ok(u.clone());
             }
         }
@@ -291,7 +299,13 @@ impl Refresher {
             config,
             dockerconfigjson,
             issued_at: now,
-            expires_at: now + lifetime.unwrap_or(default_lifetime).as_secs().max(1) as i64,
+            expires_at: UnixTime(now)
+                .plus(
+                    lifetime
+                        .unwrap_or(default_lifetime)
+                        .max(Duration::from_secs(1)),
+                )
+                .0,
         })
     }
 }
@@ -299,6 +313,28 @@ impl Refresher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn refresh_due_is_total_and_within_the_lifetime(issued in proptest::prelude::any::<i64>(),
+                                                         expires in proptest::prelude::any::<i64>(),
+                                                         fraction in 0.0f64..=1.0) {
+            let due = refresh_due(issued, expires, fraction);
+            if expires >= issued {
+                proptest::prop_assert!(issued <= due, "{due} before {issued}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_lifetimes_do_not_overflow() {
+        let (_, _, lifetime) = parse_response(br#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"277777h","auth":{"r.io":{"username":"u","password":"p"}}}"#).unwrap();
+        let now = i64::MAX - 10;
+        let expires = UnixTime(now).plus(lifetime.unwrap()).0;
+        assert_eq!(expires, i64::MAX);
+        assert_eq!(refresh_due(now, expires, 0.8), now + 8);
+        assert!(refresh_due(i64::MIN, i64::MAX, 0.5) < 0);
+    }
     use proptest::prelude::*;
 
     proptest! {

@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use pullbroker_core::time::UnixTime;
 use pullbroker_core::{Credential, Digest, Reference};
 use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -420,10 +421,7 @@ impl RegistryClient {
             self.inner.settings.timeout,
         )
         .await?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = UnixTime::from_system(SystemTime::now()).0;
         serde_json::from_slice::<TokenResponse>(&body)
             .ok()
             .and_then(|r| r.into_token(now))

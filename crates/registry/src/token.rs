@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pullbroker_core::credential::CredentialId;
+use pullbroker_core::time::{secs, UnixTime};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -50,18 +51,13 @@ impl TokenResponse {
         let expires_in = self
             .expires_in
             .filter(|&s| s > 0)
-            .map(|s| {
-                s.clamp(
-                    DEFAULT_LIFETIME.as_secs() as i64,
-                    MAX_LIFETIME.as_secs() as i64,
-                )
-            })
-            .unwrap_or(DEFAULT_LIFETIME.as_secs() as i64);
+            .map(|s| s.clamp(secs(DEFAULT_LIFETIME), secs(MAX_LIFETIME)))
+            .unwrap_or(secs(DEFAULT_LIFETIME));
         let issued = self
             .issued_at
             .as_deref()
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.timestamp());
+            .and_then(|s| UnixTime::parse_rfc3339(s).ok())
+            .map(|t| t.0);
         let remaining = match issued {
             // Trust issued_at only when it is in the past and not absurdly so.
             Some(t) if t <= now_unix && now_unix.saturating_sub(t) < expires_in => {
@@ -71,7 +67,8 @@ impl TokenResponse {
         };
         Some(Token {
             value: SecretString::from(value),
-            lifetime: Duration::from_secs(remaining as u64),
+            // In 0..=MAX_LIFETIME by the clamp and the guard above.
+            lifetime: Duration::from_secs(u64::try_from(remaining).unwrap_or(0)),
         })
     }
 }

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pullbroker_core::policy::{Purpose, Request, Target};
+use pullbroker_core::time::UnixTime;
 use pullbroker_core::{Credential, Keychain, Reference};
 use pullbroker_credentials::mint::{BrokerCredential, BROKER_USERNAME};
 use serde::Deserialize;
@@ -111,7 +112,7 @@ async fn exchange_inner(
         .clone()
         .expect("an allow names its credential");
     let now = now();
-    let mut expires_at = (now + decision.ttl.as_secs() as i64).min(verified.expires_at);
+    let mut expires_at = UnixTime(now).plus(decision.ttl).0.min(verified.expires_at);
     let (username, password, kind) = match snapshot.credentials.get(&name) {
         Some(CredentialRuntime::TokenIssuer { keys, .. }) => {
             let c = BrokerCredential {

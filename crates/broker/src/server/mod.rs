@@ -28,6 +28,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use pullbroker_core::policy::{Decision, Request, Target};
+use pullbroker_core::time::UnixTime;
 use pullbroker_registry::{ClientSettings, RegistryClient};
 use serde_json::json;
 
@@ -77,17 +78,13 @@ pub struct Broker {
     pub state: Arc<AppState>,
 }
 
+/// The broker's clock: wall time in seconds, as token claims count it.
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    UnixTime::from_system(SystemTime::now()).0
 }
 
 fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    UnixTime(t).rfc3339()
 }
 
 /// What the verifier is built from, by value: Debug redacts the fetch token,

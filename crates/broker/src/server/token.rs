@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use axum::Json;
 use pullbroker_core::policy::{Purpose, Request, Subject, Target};
+use pullbroker_core::time::secs;
 use pullbroker_credentials::mint::{
     self, Access, BrokerCredential, BROKER_CREDENTIAL_PREFIX, BROKER_USERNAME,
 };
@@ -156,7 +157,7 @@ async fn issue_registry_token(
         }
     };
     let mut access = Vec::new();
-    let mut lifetime = token_ttl.as_secs() as i64;
+    let mut lifetime = secs(*token_ttl);
     for scope in scopes {
         let Some((kind, name, actions)) = parse_scope(scope) else {
             continue;
@@ -187,7 +188,7 @@ async fn issue_registry_token(
             },
         );
         if d.allowed {
-            lifetime = lifetime.min(d.ttl.as_secs() as i64);
+            lifetime = lifetime.min(secs(d.ttl));
             access.push(Access {
                 kind: "repository".into(),
                 name: name.to_string(),

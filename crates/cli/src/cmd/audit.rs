@@ -18,6 +18,7 @@ use pullbroker_core::audit::{
     TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON,
 };
 use pullbroker_core::policy::Policy;
+use pullbroker_core::time::UnixTime;
 use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
@@ -145,9 +146,7 @@ fn epoch(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
 }
 
 fn rfc3339(s: Option<&String>) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s?)
-        .ok()
-        .map(|t| t.timestamp())
+    UnixTime::parse_rfc3339(s?).ok().map(|t| t.0)
 }
 
 fn secret_info(s: Secret) -> SecretInfo {
@@ -381,7 +380,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         pods: &pods,
         policy: policy.as_ref(),
         credential_states: &states,
-        now: chrono::Utc::now().timestamp(),
+        now: UnixTime::from_system(std::time::SystemTime::now()).0,
         warn_within: i64::try_from(args.warn_within.as_secs()).unwrap_or(i64::MAX),
         hash_key,
     });

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use pullbroker_core::policy::model::parse_duration;
+use pullbroker_core::time::UnixTime;
 use pullbroker_credentials::dev_issuer::{DevIssuer, DevToken};
 
 #[derive(clap::Args, Debug)]
@@ -72,10 +73,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         println!("{}", issuer.jwks());
         return Ok(ExitCode::SUCCESS);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_secs() as i64;
+    let now = UnixTime::from_system(std::time::SystemTime::now()).0;
     let token = issuer
         .token(
             &DevToken {

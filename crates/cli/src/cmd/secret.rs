@@ -10,6 +10,7 @@ use pullbroker_core::jwt::unverified_expiry;
 use pullbroker_core::secret::{
     render_pull_secret, ManifestFormat, PullSecret, TYPE_DOCKERCONFIGJSON,
 };
+use pullbroker_core::time::UnixTime;
 use pullbroker_core::{Credential, DockerConfig};
 use serde::Serialize;
 
@@ -164,7 +165,7 @@ struct EntryView {
 
 fn inspect(args: InspectArgs) -> Result<ExitCode> {
     let loaded = load(&args.file).with_context(|| format!("{}", args.file.display()))?;
-    let now = chrono::Utc::now().timestamp();
+    let now = UnixTime::from_system(std::time::SystemTime::now()).0;
     let entries: Vec<EntryView> = loaded
         .config
         .entries()
@@ -176,9 +177,7 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
                 registry: e.key().to_string(),
                 kind: c.kind(),
                 username: c.username().map(str::to_string),
-                expires: exp
-                    .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-                    .map(|t| t.to_rfc3339()),
+                expires: exp.map(|t| UnixTime(t).rfc3339()),
                 expired: exp.map(|t| t <= now),
             }
         })

@@ -325,7 +325,10 @@ pub struct PullGrantStatus {
     pub static_copy: bool,
 }
 
-/// Parses `15m`, `1h30m`, `90s`.
+/// The longest duration any setting takes (ten years); longer is refused.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses `15m`, `1h30m`, `90s` (at most [`MAX_DURATION`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = 0u64;
     let mut num = String::new();
@@ -346,8 +349,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ('s', _) => 1,
             _ => return Err(format!("invalid duration {s:?} (use e.g. 90s, 15m, 1h30m)")),
         };
-        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        total = total.saturating_add(n.saturating_mul(unit));
+        // Checked, not saturating: `u64::MAX` seconds later wraps to `-1` as an
+        // i64 lifetime, so an absurd value is refused here with its name.
+        let too_large = || format!("duration {s:?} is too large");
+        let n: u64 = num.parse().map_err(|_| too_large())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .filter(|t| *t <= MAX_DURATION.as_secs())
+            .ok_or_else(too_large)?;
         num.clear();
         saw_unit = true;
     }
@@ -357,6 +367,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs(total))
+}
+
+/// The longest an exec source may run before it is killed.
+pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The longest `exec.defaultLifetime`: a day, twice a cloud token's 12 h.
+pub const MAX_SOURCE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// An optional duration setting between 1 s and `max`.
+fn bounded(field: &str, value: &Option<String>, max: Duration) -> Result<(), String> {
+    let Some(v) = value else { return Ok(()) };
+    let d = parse_duration(v).map_err(|e| format!("{field}: {e}"))?;
+    if d < Duration::from_secs(1) || d > max {
+        return Err(format!(
+            "{field} {v:?} must be between 1s and {}",
+            human(max)
+        ));
+    }
+    Ok(())
+}
+
+/// `12h`, `10m`, `90s`: how the bounds read in errors.
+fn human(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 impl RegistryCredentialSpec {
@@ -385,17 +422,18 @@ impl RegistryCredentialSpec {
                     "exec.command {c:?} must be a file name in the exec source directory, not a path"
                 ));
             }
-            for d in [&e.default_lifetime, &e.timeout].into_iter().flatten() {
-                parse_duration(d)?;
-            }
+            bounded("exec.timeout", &e.timeout, MAX_EXEC_TIMEOUT)?;
+            bounded(
+                "exec.defaultLifetime",
+                &e.default_lifetime,
+                MAX_SOURCE_LIFETIME,
+            )?;
         }
         if let Some(t) = &self.source.token_issuer {
             if t.service.is_empty() || t.issuer.is_empty() {
                 return Err("tokenIssuer.service and tokenIssuer.issuer are required".into());
             }
-            if let Some(ttl) = &t.token_ttl {
-                parse_duration(ttl)?;
-            }
+            bounded("tokenIssuer.tokenTtl", &t.token_ttl, MAX_TTL)?;
         }
         Ok(())
     }
@@ -435,12 +473,7 @@ impl PullGrantSpec {
                 return Err(format!("resolver {r:?} must be namespace/serviceaccount"));
             }
         }
-        if let Some(ttl) = &self.ttl {
-            let d = parse_duration(ttl)?;
-            if d.is_zero() || d > MAX_TTL {
-                return Err(format!("ttl {ttl:?} must be between 1s and 12h"));
-            }
-        }
+        bounded("ttl", &self.ttl, MAX_TTL)?;
         Ok(())
     }
 
@@ -528,5 +561,56 @@ mod tests {
                 .contains("without a path")
         );
         assert!(cred("registries: [r.io]\nsource: {secretRef: {name: s}}\n").is_ok());
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_not_saturated() {
+        // u64::MAX seconds used to saturate and become a tokenTtl of -1 s.
+        for d in [
+            "18446744073709551615s",
+            "5124095576030431h",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(d).unwrap_err().contains("too large"), "{d}");
+        }
+        assert_eq!(parse_duration("87600h").unwrap(), MAX_DURATION);
+        assert!(parse_duration("87600h1s").is_err());
+
+        let issuer = |ttl: &str| {
+            serde_yaml::from_str::<RegistryCredentialSpec>(&format!(
+                "registries: [r.io]\nsource: {{tokenIssuer: {{service: r.io, issuer: i, tokenTtl: {ttl}, signingKeySecretRef: {{name: k}}}}}}\n"
+            ))
+            .unwrap()
+            .validate()
+        };
+        assert!(issuer("5m").is_ok());
+        assert!(issuer("5124095576030431h")
+            .unwrap_err()
+            .contains("tokenTtl"));
+        assert!(issuer("13h").unwrap_err().contains("between 1s and 12h"));
+        assert!(issuer("0s").is_err());
+        let exec = |field: &str, v: &str| {
+            serde_yaml::from_str::<RegistryCredentialSpec>(&format!(
+                "registries: [r.io]\nsource: {{exec: {{command: c, {field}: {v}}}}}\n"
+            ))
+            .unwrap()
+            .validate()
+        };
+        assert!(exec("defaultLifetime", "12h").is_ok());
+        assert!(exec("defaultLifetime", "25h")
+            .unwrap_err()
+            .contains("exec.defaultLifetime"));
+        assert!(exec("timeout", "2h")
+            .unwrap_err()
+            .contains("between 1s and 10m"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_duration_is_total_and_bounded(s in "[0-9]{0,25}[hms]?([0-9]{0,25}[hms])?(ms)?") {
+            if let Ok(d) = parse_duration(&s) {
+                proptest::prop_assert!(d <= MAX_DURATION);
+            }
+        }
     }
 }
