@@ -142,10 +142,32 @@ pub struct Refresher {
     registry: String,
     /// Where executables live (kubelet's `--image-credential-provider-bin-dir`).
     dir: Option<PathBuf>,
-    current: tokio::sync::Mutex<Option<Arc<Upstream>>>,
+    /// Held across a run: callers arriving meanwhile wait for its outcome.
+    state: tokio::sync::Mutex<State>,
     /// Why the last run failed, until one succeeds (for statuses).
     last_error: Mutex<Option<String>>,
 }
+
+#[derive(Default)]
+struct State {
+    current: Option<Arc<Upstream>>,
+    failure: Option<Failure>,
+}
+
+/// A failed run, kept so that the callers queued behind it (and those that
+/// follow until `retry_at`) share its outcome instead of each re-running a
+/// failing executable for up to its timeout.
+struct Failure {
+    error: String,
+    retry_at: i64,
+    streak: u32,
+}
+
+/// Seconds to wait after the `streak`-th failure in a row: 1, 2, 4 … 60.
+fn backoff(streak: u32) -> i64 {
+    (1i64 << streak.saturating_sub(1).min(6)).min(MAX_BACKOFF)
+}
+const MAX_BACKOFF: i64 = 60;
 
 impl fmt::Debug for Refresher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,7 +226,7 @@ impl Refreshers {
             spec: spec.clone(),
             registry: registry.into(),
             dir: dir.map(PathBuf::from),
-            current: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::default(),
             last_error: Mutex::new(None),
         });
         all.insert(key, (name.to_string(), now, r.clone()));
@@ -214,25 +236,43 @@ impl Refreshers {
 
 impl Refresher {
     /// The current credential, refreshed first once `refresh_after` (a
-    /// fraction) of its lifetime has passed.
+    /// fraction) of its lifetime has passed. A failed refresh is retried
+    /// only after a backoff (1 s doubling to 60 s, on the caller's clock
+    /// `now`); meanwhile, and whenever a refresh fails, a credential that
+    /// has not expired yet is still served.
     pub async fn current(&self, now: i64, refresh_after: f64) -> Result<Arc<Upstream>, String> {
-        let mut current = self.current.lock().await;
-        if let Some(u) = current.as_ref() {
+        let mut state = self.state.lock().await;
+        let unexpired = state.current.clone().filter(|u| now < u.expires_at);
+        if let Some(u) = &state.current {
             if now < refresh_due(u.issued_at, u.expires_at, refresh_after) {
                 return Ok(u.clone());
             }
         }
-        let fresh = match self.run(now).await {
-            Ok(u) => Arc::new(u),
-            Err(e) => {
-                *self.last_error.lock().expect("poisoned") = Some(e.clone());
-                return Err(e);
+        if let Some(f) = state.failure.as_ref().filter(|f| now < f.retry_at) {
+            return unexpired.ok_or_else(|| f.error.clone());
+        }
+        match self.run(now).await {
+            Ok(u) => {
+                let fresh = Arc::new(u);
+                *self.last_error.lock().expect("poisoned") = None;
+                tracing::info!(credential = %self.name, expires_at = fresh.expires_at, "exec source refreshed");
+                state.current = Some(fresh.clone());
+                state.failure = None;
+                Ok(fresh)
             }
-        };
-        *self.last_error.lock().expect("poisoned") = None;
-        tracing::info!(credential = %self.name, expires_at = fresh.expires_at, "exec source refreshed");
-        *current = Some(fresh.clone());
-        Ok(fresh)
+            Err(error) => {
+                *self.last_error.lock().expect("poisoned") = Some(error.clone());
+                let streak = state.failure.as_ref().map_or(0, |f| f.streak) + 1;
+                let retry_at = now.saturating_add(backoff(streak));
+                tracing::warn!(credential = %self.name, %error, retry_at, serving_cached = unexpired.is_some(), "exec source refresh failed");
+                state.failure = Some(Failure {
+                    error: error.clone(),
+                    retry_at,
+                    streak,
+                });
+                unexpired.ok_or(error)
+            }
+        }
     }
 
     /// Why the last refresh failed, if it did (never the executable's output).
