@@ -429,3 +429,44 @@ async fn a_failed_reference_removal_keeps_the_secret_until_the_reference_is_gone
     );
     replica.stop().await;
 }
+
+/// A status write that keeps failing (a grant deleted a moment ago answers
+/// 404 while the cache still lists it) does not hold back the other grants'
+/// statuses: each write stands alone.
+#[tokio::test]
+async fn a_status_write_that_keeps_failing_does_not_hold_back_the_others() {
+    let c = Cluster::start(REGISTRY, None).await;
+    let names = ["one", "two", "three", "four"];
+    for name in names {
+        c.grant(
+            name,
+            json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
+                   "repositories": ["apps/**"], "purposes": ["pull"]}),
+        )
+        .await;
+    }
+    // The first grant whose status is written fails, then and ever after.
+    c.fake.fail_object_of_next("patch", "pullgrants", 404);
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
+    let grants = Api::<PullGrant>::all(c.client.clone());
+    let written = eventually("three of the four statuses", WAIT, || async {
+        let mut with = Vec::new();
+        for name in names {
+            let g = grants.get(name).await.unwrap();
+            if g.status.is_some_and(|s| !s.conditions.is_empty()) {
+                with.push(name);
+            }
+        }
+        (with.len() == 3).then_some(with)
+    })
+    .await;
+    let credential = Api::<RegistryCredential>::all(c.client.clone())
+        .get("corp")
+        .await
+        .unwrap();
+    assert!(
+        credential.status.is_some_and(|s| !s.conditions.is_empty()),
+        "the credential's status was written too ({written:?} had theirs)"
+    );
+    replica.stop().await;
+}

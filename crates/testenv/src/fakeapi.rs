@@ -107,8 +107,18 @@ struct Store {
     requests: BTreeMap<String, usize>,
     /// Successful token authentications, cached as the real server does.
     auth_cache: HashMap<ReviewKey, (std::time::Instant, Reviewed)>,
-    /// Injected failures: (verb, plural, HTTP code), each answering once.
-    faults: Vec<(String, String, u16)>,
+    /// Injected failures, in the order they were asked for.
+    faults: Vec<Fault>,
+}
+
+/// An injected failure ([`FakeApi::fail_next`], [`FakeApi::fail_object_of_next`]).
+struct Fault {
+    verb: String,
+    plural: String,
+    code: u16,
+    /// `None`: answers once. `Some(None)`: the first hit pins the object,
+    /// `Some(Some(name))`: every request on that object fails.
+    object: Option<Option<String>>,
 }
 
 struct Inner {
@@ -401,7 +411,25 @@ impl FakeApi {
     /// touching anything, as a lost race or a failing server would.
     pub fn fail_next(&self, verb: &str, plural: &str, code: u16) {
         let mut s = self.inner.store.lock().expect("poisoned");
-        s.faults.push((verb.into(), plural.into(), code));
+        s.faults.push(Fault {
+            verb: verb.into(),
+            plural: plural.into(),
+            code,
+            object: None,
+        });
+    }
+
+    /// Makes the next `verb` on `plural` answer `code`, and every later
+    /// `verb` on the same object too: an object deleted a moment ago answers
+    /// each write with 404 while a client's cache still lists it.
+    pub fn fail_object_of_next(&self, verb: &str, plural: &str, code: u16) {
+        let mut s = self.inner.store.lock().expect("poisoned");
+        s.faults.push(Fault {
+            verb: verb.into(),
+            plural: plural.into(),
+            code,
+            object: Some(None),
+        });
     }
 
     /// Takes the server down (every connection cut, new ones closed at
@@ -761,11 +789,27 @@ async fn handle(
     let verb = crate::api_log::verb(method.as_str(), r.name.is_some(), watching);
     let fault = {
         let mut s = inner.store.lock().expect("poisoned");
-        let hit = s
-            .faults
-            .iter()
-            .position(|(v, p, _)| v == verb && p == r.resource.plural);
-        hit.map(|i| s.faults.remove(i).2)
+        let hit = s.faults.iter().position(|f| {
+            f.verb == verb
+                && f.plural == r.resource.plural
+                && match &f.object {
+                    Some(Some(name)) => r.name.as_ref() == Some(name),
+                    _ => true,
+                }
+        });
+        hit.map(|i| {
+            let f = &mut s.faults[i];
+            let code = f.code;
+            match &mut f.object {
+                None => {
+                    s.faults.remove(i);
+                }
+                Some(pinned) => {
+                    pinned.get_or_insert_with(|| r.name.clone().unwrap_or_default());
+                }
+            }
+            code
+        })
     };
     if let Some(code) = fault {
         let reason = match code {
