@@ -68,6 +68,58 @@ pub struct BrokerConfigSpec {
     /// Admission pinning settings.
     #[serde(default)]
     pub admission: AdmissionSpec,
+    /// Bounds on the work requests may cause (read at start).
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Longest a request may take before it is answered 503 (default 30s).
+    #[serde(default)]
+    pub request_timeout: Option<String>,
+    /// Requests served at once; more are answered 503 at once (default 1024).
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+}
+
+/// How much work the API endpoints take on (`/healthz`, `/readyz` and
+/// `/metrics` are never limited, so probes still answer under load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+fn limits(spec: &LimitsSpec) -> Result<Limits, String> {
+    let mut l = Limits::default();
+    if let Some(t) = &spec.request_timeout {
+        l.request_timeout = parse_duration(t).map_err(|e| format!("limits.requestTimeout: {e}"))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&l.request_timeout) {
+            return Err(format!(
+                "limits.requestTimeout {t:?} must be between 1s and 10m"
+            ));
+        }
+    }
+    if let Some(n) = spec.max_concurrent_requests {
+        if !(1..=65_536).contains(&n) {
+            return Err(format!(
+                "limits.maxConcurrentRequests {n} must be between 1 and 65536"
+            ));
+        }
+        l.max_concurrent_requests = n;
+    }
+    Ok(l)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -177,6 +229,7 @@ pub struct Snapshot {
     pub listeners: Listeners,
     /// Registries admission never pins.
     pub admission_skip_registries: Vec<String>,
+    pub limits: Limits,
     /// Files whose change triggers a reload.
     pub watched: Vec<PathBuf>,
     /// The exec-source refreshers `credentials` were built with; a reload
@@ -444,6 +497,7 @@ fn parse_with(
             _ => {}
         }
     }
+    let limits = limits(&broker.limits).map_err(|e| problems.push(e));
     if !problems.is_empty() {
         return Err(report(path, problems));
     }
@@ -463,6 +517,7 @@ fn parse_with(
             plain_http,
         },
         admission_skip_registries: broker.admission.skip_registries.clone(),
+        limits: limits.expect("no problems"),
         watched,
         refreshers: refreshers.clone(),
     })

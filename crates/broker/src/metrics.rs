@@ -37,6 +37,15 @@ pub struct Metrics {
     pub issuer_keys: Gauge,
     /// Seconds since the issuer's keys were last fetched (-1: never; static keys: 0).
     pub issuer_keys_age_seconds: Gauge,
+    /// API requests being served now (within `limits.maxConcurrentRequests`).
+    pub in_flight_requests: Gauge,
+    /// API requests answered 503 by the limits, by reason (`overloaded`, `timeout`).
+    pub limited_requests: Family<LimitLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -51,6 +60,8 @@ impl Default for Metrics {
             policy_stale_seconds: Gauge::default(),
             issuer_keys: Gauge::default(),
             issuer_keys_age_seconds: Gauge::default(),
+            in_flight_requests: Gauge::default(),
+            limited_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -92,6 +103,16 @@ impl Default for Metrics {
             "issuer_keys_age_seconds",
             "Seconds since the issuer keys were last fetched (-1: never)",
             m.issuer_keys_age_seconds.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "API requests being served now",
+            m.in_flight_requests.clone(),
+        );
+        registry.register(
+            "limited_requests",
+            "API requests answered 503 by the broker's limits, by reason",
+            m.limited_requests.clone(),
         );
         Metrics { registry, ..m }
     }

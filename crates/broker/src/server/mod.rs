@@ -171,8 +171,27 @@ impl Broker {
         })
     }
 
+    /// The broker's routes. The API ones are bounded by the snapshot's
+    /// [`config::Limits`] as it is now (a change takes a restart, like the
+    /// listeners): beyond `maxConcurrentRequests` a request is answered 503
+    /// at once, past `requestTimeout` it is answered 503 and its work (an
+    /// exec source's run, a registry call) is dropped. Probes and metrics
+    /// stay outside the limits.
     pub fn router(&self) -> Router {
-        Router::new()
+        let limits = self.snapshot().limits;
+        let state = self.state.clone();
+        let bounded = tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                move |e: tower::BoxError| limited(state.clone(), e),
+            ))
+            .load_shed()
+            .concurrency_limit(limits.max_concurrent_requests)
+            .timeout(limits.request_timeout)
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                in_flight,
+            ));
+        let api = Router::new()
             .route("/v1/exchange", post(exchange::exchange))
             .route("/token", get(token::token_get).post(token::token_post))
             .route("/v1/resolve", post(resolve::resolve))
@@ -185,6 +204,9 @@ impl Broker {
                 "/v1/credentials/{name}/rootcertbundle",
                 get(ops::root_cert_bundle),
             )
+            .layer(bounded);
+        Router::new()
+            .merge(api)
             .route("/healthz", get(ops::healthz))
             .route("/readyz", get(ops::readyz))
             .route("/metrics", get(ops::metrics))
@@ -330,6 +352,45 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<String> {
             Err(_) => format!("{}:missing", p.display()),
         })
         .collect()
+}
+
+/// Counts a request while its handler runs (inside the limits).
+async fn in_flight(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    struct Counted<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Counted<'_> {
+        // Also when the timeout drops the handler mid-way.
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    st.metrics.in_flight_requests.inc();
+    let _counted = Counted(&st.metrics.in_flight_requests);
+    next.run(req).await
+}
+
+/// The answer to a request the limits refused: 503 with `Retry-After`, as
+/// registries and the kubelet plugin retry those.
+async fn limited(st: Arc<AppState>, e: tower::BoxError) -> Response {
+    let (reason, message) = if e.is::<tower::timeout::error::Elapsed>() {
+        ("timeout", "the request took too long")
+    } else if e.is::<tower::load_shed::error::Overloaded>() {
+        ("overloaded", "too many requests at once")
+    } else {
+        ("error", "the request could not be served")
+    };
+    st.metrics
+        .limited_requests
+        .get_or_create(&crate::metrics::LimitLabels { reason })
+        .inc();
+    tracing::warn!(reason, "request refused by the broker's limits");
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
 }
 
 fn error(status: StatusCode, class: &str, message: impl std::fmt::Display) -> Response {
