@@ -169,6 +169,40 @@ pub struct Context {
 const CACHES: usize = 6;
 
 impl Context {
+    /// Drops what is kept per namespace (its failure count, the secrets we
+    /// trust there) once it is gone: on its delete event, and after a
+    /// re-list for any whose delete the watch missed. Nothing reconciles a
+    /// deleted namespace, so nothing else would.
+    fn forget_deleted_namespaces(&self, ev: &watcher::Event<Namespace>) {
+        let gone: Box<dyn Fn(&str) -> bool> = match ev {
+            watcher::Event::Delete(ns) => {
+                let name = ns.name_any();
+                Box::new(move |n| n == name)
+            }
+            watcher::Event::InitDone => Box::new(|n| {
+                self.namespaces
+                    .get(&kube::runtime::reflector::ObjectRef::new(n))
+                    .is_none()
+            }),
+            _ => return,
+        };
+        self.update_failures(|f| f.retain(|n, _| !gone(n)));
+        self.intact
+            .lock()
+            .expect("poisoned")
+            .retain(|(n, _), _| !gone(n));
+    }
+
+    /// Changes the per-namespace failure counts, keeping the gauge true.
+    pub(crate) fn update_failures<T>(&self, f: impl FnOnce(&mut HashMap<String, u32>) -> T) -> T {
+        let mut failures = self.failures.lock().expect("poisoned");
+        let out = f(&mut failures);
+        self.metrics
+            .backing_off
+            .store(failures.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        out
+    }
+
     /// Waits until every cache has listed once.
     async fn wait_ready(&self) {
         let mut rx = self.listed.subscribe();
@@ -409,6 +443,10 @@ pub async fn run_leader(
         .modify(strip)
         .reflect(ns_writer)
         .inspect_ok(ctx.listed_once())
+        .inspect_ok({
+            let ctx = ctx.clone();
+            move |ev| ctx.forget_deleted_namespaces(ev)
+        })
         .applied_objects();
     let sa_stream = {
         let idx = service_accounts.clone();

@@ -35,6 +35,8 @@ pub struct Metrics {
     /// How far past its rotation time the most overdue managed secret is
     /// (0: none overdue), as of the last status pass.
     pub rotation_lag_seconds: AtomicI64,
+    /// Namespaces whose last reconcile failed (waiting out their backoff).
+    pub backing_off: AtomicI64,
 }
 
 impl Metrics {
@@ -126,6 +128,12 @@ impl Metrics {
             "counter",
             "Namespace reconciles that failed (retried with backoff)",
             &[("", n(&self.failures))],
+        );
+        one(
+            "namespaces_backing_off",
+            "gauge",
+            "Namespaces whose last reconcile failed, waiting to be retried",
+            &[("", self.backing_off.load(Ordering::Relaxed))],
         );
         one(
             "reconciles_in_flight",

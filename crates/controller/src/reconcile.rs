@@ -340,7 +340,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
     if !plan.actions.is_empty() {
         ctx.status_dirty.notify_one();
     }
-    ctx.failures.lock().expect("poisoned").remove(&name);
+    ctx.update_failures(|f| f.remove(&name));
     ctx.metrics
         .reconciles
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -585,10 +585,21 @@ async fn update_references(
 /// Backoff on errors: 1 s doubling to 5 min, per namespace.
 pub fn error_policy(ns: Arc<Namespace>, err: &Error, ctx: Arc<Context>) -> Requeue {
     let name = ns.name_any();
-    let mut failures = ctx.failures.lock().expect("poisoned");
-    let n = failures.entry(name.clone()).or_default();
-    *n = n.saturating_add(1);
-    let delay = Duration::from_secs((1u64 << (*n - 1).min(9)).min(300));
+    // A reconcile that was running when its namespace went is not counted:
+    // the delete event that would forget the count has passed already.
+    let exists = ctx
+        .namespaces
+        .get(&kube::runtime::reflector::ObjectRef::new(&name))
+        .is_some();
+    let n = ctx.update_failures(|f| {
+        if !exists {
+            return f.remove(&name).unwrap_or(0) + 1;
+        }
+        let n = f.entry(name.clone()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    });
+    let delay = Duration::from_secs((1u64 << (n - 1).min(9)).min(300));
     tracing::warn!(namespace = %name, error = %err, retry_in = ?delay, "reconcile failed");
     ctx.metrics.failed();
     Requeue::requeue(delay)

@@ -24,19 +24,13 @@ use crate::Context;
 
 const STUCK: [&str; 2] = ["ErrImagePull", "ImagePullBackOff"];
 
-/// The managed secret a stuck pod is missing, if that is why it is stuck.
-pub fn missing_secret(policy: &Policy, pod: &Pod) -> Option<String> {
-    let ns = pod.namespace()?;
-    let spec = pod.spec.as_ref()?;
-    let sa = spec.service_account_name.as_deref().unwrap_or("default");
-    let has: HashSet<&str> = spec
-        .image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|r| r.name.as_str())
-        .collect();
-    let statuses = pod.status.as_ref()?;
-    let stuck_images = statuses
+/// The images a pod's containers are stuck pulling (most pods: none, and
+/// then no policy needs to be built for them).
+pub fn stuck_images(pod: &Pod) -> Vec<&str> {
+    let Some(statuses) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    statuses
         .container_statuses
         .iter()
         .flatten()
@@ -48,10 +42,24 @@ pub fn missing_secret(policy: &Policy, pod: &Pod) -> Option<String> {
                 .and_then(|w| w.reason.as_deref())
                 .is_some_and(|r| STUCK.contains(&r))
         })
-        .map(|c| c.image.clone());
+        .map(|c| c.image.as_str())
+        .collect()
+}
+
+/// The managed secret a stuck pod is missing, if that is why it is stuck.
+pub fn missing_secret(policy: &Policy, pod: &Pod) -> Option<String> {
+    let ns = pod.namespace()?;
+    let spec = pod.spec.as_ref()?;
+    let sa = spec.service_account_name.as_deref().unwrap_or("default");
+    let has: HashSet<&str> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
     let subject = Subject::new(&ns, sa);
-    for image in stuck_images {
-        let Ok(r) = Reference::parse(&image) else {
+    for image in stuck_images(pod) {
+        let Ok(r) = Reference::parse(image) else {
             continue;
         };
         let d = policy.decide(&Request {
@@ -74,18 +82,72 @@ pub fn missing_secret(policy: &Policy, pod: &Pod) -> Option<String> {
     None
 }
 
+/// The pods already reported, by UID: each is reported once, and forgotten
+/// when it is deleted (or, after a re-list, when it was not listed), so the
+/// set holds at most the pods that exist.
+#[derive(Debug, Default)]
+pub(crate) struct Reported {
+    uids: HashSet<String>,
+    /// During a re-list: the UIDs listed so far.
+    listing: Option<HashSet<String>>,
+}
+
+impl Reported {
+    /// Follows the watch; returns the pod to look at, if the event brings one.
+    pub fn on_event(&mut self, ev: watcher::Event<Pod>) -> Option<Pod> {
+        match ev {
+            watcher::Event::Init => {
+                self.listing = Some(HashSet::new());
+                None
+            }
+            watcher::Event::InitApply(pod) => {
+                if let (Some(listing), Some(uid)) = (self.listing.as_mut(), pod.uid()) {
+                    listing.insert(uid);
+                }
+                Some(pod)
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.listing.take() {
+                    self.uids.retain(|u| listed.contains(u));
+                }
+                None
+            }
+            watcher::Event::Apply(pod) => Some(pod),
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = pod.uid() {
+                    self.uids.remove(&uid);
+                }
+                None
+            }
+        }
+    }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.uids.contains(uid)
+    }
+
+    pub fn insert(&mut self, uid: String) {
+        self.uids.insert(uid);
+    }
+}
+
 pub async fn run(ctx: Arc<Context>) {
     ctx.wait_ready().await;
-    let mut handled: HashSet<String> = HashSet::new();
+    let mut reported = Reported::default();
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let mut stream = watcher(pods, watcher::Config::default())
         .default_backoff()
-        .applied_objects()
         .boxed();
     while let Some(next) = stream.next().await {
-        let Ok(pod) = next else { continue };
+        let Ok(ev) = next else { continue };
+        let Some(pod) = reported.on_event(ev) else {
+            continue;
+        };
         let Some(uid) = pod.uid() else { continue };
-        if handled.contains(&uid) || pod.metadata.deletion_timestamp.is_some() {
+        if reported.contains(&uid)
+            || pod.metadata.deletion_timestamp.is_some()
+            || stuck_images(&pod).is_empty()
+        {
             continue;
         }
         let Some(ns) = ctx.namespaces.get(&ObjectRef::<Namespace>::new(
@@ -97,7 +159,7 @@ pub async fn run(ctx: Arc<Context>) {
         let Some(secret) = missing_secret(&policy, &pod) else {
             continue;
         };
-        handled.insert(uid);
+        reported.insert(uid);
         let sa = pod
             .spec
             .as_ref()
@@ -135,5 +197,59 @@ pub async fn run(ctx: Arc<Context>) {
                 tracing::warn!(error = %e, "cannot delete stuck pod");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, waiting: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": uid, "namespace": "team-a", "uid": uid},
+            "spec": {"containers": [{"name": "c", "image": "r.example/app:v1"}]},
+            "status": {"containerStatuses": [{
+                "name": "c", "image": "r.example/app:v1", "imageID": "", "ready": false, "restartCount": 0,
+                "state": waiting.map_or(serde_json::json!({"running": {}}), |r| serde_json::json!({"waiting": {"reason": r}}))
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_pods_waiting_on_a_pull_are_stuck() {
+        assert_eq!(
+            stuck_images(&pod("a", Some("ImagePullBackOff"))),
+            ["r.example/app:v1"]
+        );
+        assert_eq!(
+            stuck_images(&pod("a", Some("ErrImagePull"))),
+            ["r.example/app:v1"]
+        );
+        assert!(stuck_images(&pod("a", Some("ContainerCreating"))).is_empty());
+        assert!(stuck_images(&pod("a", None)).is_empty());
+    }
+
+    #[test]
+    fn reported_pods_are_forgotten_when_deleted_or_not_listed_again() {
+        let mut r = Reported::default();
+        for uid in ["a", "b", "c"] {
+            assert!(r.on_event(watcher::Event::Apply(pod(uid, None))).is_some());
+            r.insert(uid.into());
+        }
+        assert!(r.on_event(watcher::Event::Delete(pod("a", None))).is_none());
+        assert!(!r.contains("a") && r.contains("b"));
+        // A re-list (after a 410 or a reconnect) that no longer has `b`.
+        r.on_event(watcher::Event::Init);
+        assert!(r
+            .on_event(watcher::Event::InitApply(pod("c", None)))
+            .is_some());
+        r.on_event(watcher::Event::InitDone);
+        assert!(
+            !r.contains("b"),
+            "its delete was missed, the re-list shows it gone"
+        );
+        assert!(r.contains("c"));
+        assert_eq!(r.uids.len(), 1);
     }
 }

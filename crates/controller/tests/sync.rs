@@ -470,3 +470,35 @@ async fn a_status_write_that_keeps_failing_does_not_hold_back_the_others() {
     );
     replica.stop().await;
 }
+
+/// A namespace whose reconcile keeps failing is counted as backing off until
+/// it is deleted; then its count (and what was kept for it) is forgotten,
+/// not kept for the life of the process.
+#[tokio::test]
+async fn a_deleted_namespace_is_forgotten_by_the_failure_backoff() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use std::sync::atomic::Ordering;
+    let c = Cluster::start(REGISTRY, None).await;
+    c.tenant("team-a", &[("app", &[])]).await;
+    grant_team_a_app(&c).await;
+    // The managed secret's write fails, then and ever after.
+    c.fake.fail_object_of_next("patch", "secrets", 500);
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
+    eventually("team-a backing off", WAIT, || async {
+        (replica.metrics.backing_off.load(Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
+    assert!(replica
+        .metrics
+        .render()
+        .contains("pullbroker_controller_namespaces_backing_off 1"));
+    Api::<Namespace>::all(c.client.clone())
+        .delete("team-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("team-a forgotten", WAIT, || async {
+        (replica.metrics.backing_off.load(Ordering::Relaxed) == 0).then_some(())
+    })
+    .await;
+    replica.stop().await;
+}
