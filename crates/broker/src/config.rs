@@ -444,7 +444,7 @@ fn parse_with(
         exec_dir.as_deref(),
         refreshers,
     );
-    problems.extend(policy_problems);
+    problems.extend(policy_problems.iter().map(ToString::to_string));
 
     // Its files are read when the verifier is built: resolved against the
     // config's directory like every other path, and watched (a projected

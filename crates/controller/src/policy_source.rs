@@ -21,7 +21,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use pullbroker_core::policy::{PullGrant, RegistryCredential};
+use pullbroker_core::policy::{Problem, PullGrant, RegistryCredential};
 use pullbroker_credentials::runtime::PolicySink;
 use pullbroker_credentials::runtime::{assemble, Secrets};
 
@@ -35,7 +35,7 @@ struct Caches {
 }
 
 impl Caches {
-    fn install(&self, sink: &dyn PolicySink, last_problems: &mut Vec<String>) {
+    fn install(&self, sink: &dyn PolicySink, last_problems: &mut Vec<Problem>) {
         let (credentials, grants) = crate::documents(&self.credentials, &self.grants);
         let secrets: Secrets = self
             .secrets
@@ -141,7 +141,7 @@ async fn round(
     client: &Client,
     sink: &dyn PolicySink,
     system_namespace: &str,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> bool {
     let wc = watcher::Config::default;
     let (credentials, cw) = reflector::store();

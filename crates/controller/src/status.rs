@@ -13,7 +13,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::ResourceExt;
 use pullbroker_core::policy::model::{Condition, PullGrantStatus, RegistryCredentialStatus};
-use pullbroker_core::policy::{Named, Policy, PullGrant, Purpose, RegistryCredential};
+use pullbroker_core::policy::{
+    DocumentKind, Named, Policy, PullGrant, Purpose, RegistryCredential,
+};
 use pullbroker_core::sync::{self, Observed, ObservedNamespace};
 use pullbroker_credentials::runtime::{credential_runtime, CredentialRuntime};
 use serde_json::json;
@@ -109,10 +111,10 @@ async fn write_all(ctx: &Context) {
         let generation = g.metadata.generation;
         let problem = problems
             .iter()
-            .find(|p| p.starts_with(&format!("PullGrant {name:?}")));
+            .find(|p| p.is_about(DocumentKind::PullGrant, &name));
         let report = reports.get(&name);
         let (ok, reason, message) = match (problem, report) {
-            (Some(p), _) => (false, "Invalid", p.clone()),
+            (Some(p), _) => (false, "Invalid", p.message.clone()),
             (None, Some(r)) if r.blocked.is_some() => (
                 false,
                 "StaticCopyNotAllowed",
@@ -193,9 +195,9 @@ async fn write_all(ctx: &Context) {
         let generation = c.metadata.generation;
         let (ok, reason, message) = match problems
             .iter()
-            .find(|p| p.starts_with(&format!("RegistryCredential {name:?}")))
+            .find(|p| p.is_about(DocumentKind::RegistryCredential, &name))
         {
-            Some(p) => (false, "Invalid", p.clone()),
+            Some(p) => (false, "Invalid", p.message.clone()),
             None => match credential_runtime(
                 &name,
                 &c.spec,

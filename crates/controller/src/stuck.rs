@@ -72,8 +72,8 @@ pub fn missing_secret(policy: &Policy, pod: &Pod) -> Option<String> {
             on_behalf_of: None,
             narrowed_to: None,
         });
-        if let Some(grant) = d.grant.filter(|_| d.allowed) {
-            let secret = secret_name(&grant);
+        if let Some(allow) = d.allow() {
+            let secret = secret_name(&allow.grant);
             if !has.contains(secret.as_str()) {
                 return Some(secret);
             }

@@ -415,7 +415,7 @@ pub fn audit(inp: &Inputs<'_>) -> Report {
                     on_behalf_of: None,
                     narrowed_to: None,
                 })
-                .allowed
+                .is_allowed()
             });
             if from_pod || from_grant {
                 continue;

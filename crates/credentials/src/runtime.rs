@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pullbroker_core::policy::model::parse_duration;
-use pullbroker_core::policy::{Named, Policy, PullGrantSpec, RegistryCredentialSpec};
+use pullbroker_core::policy::{Named, Policy, Problem, PullGrantSpec, RegistryCredentialSpec};
 use pullbroker_core::DockerConfig;
 
 use crate::keys::{IssuerKeys, SigningKey};
@@ -46,28 +46,29 @@ pub fn assemble(
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     exec_dir: Option<&Path>,
     refreshers: &Refreshers,
-) -> (Policy, BTreeMap<String, CredentialRuntime>, Vec<String>) {
+) -> (Policy, BTreeMap<String, CredentialRuntime>, Vec<Problem>) {
     let mut problems = Vec::new();
     // Credentials need their secrets.
     let mut runtimes = BTreeMap::new();
     for c in &credentials {
-        if let Err(e) = c.spec.validate() {
-            problems.push(format!("RegistryCredential {:?}: {e}", c.name));
+        // An invalid one is reported by `Policy::new` below.
+        if c.spec.validate().is_err() {
             continue;
         }
         match credential_runtime(&c.name, &c.spec, secrets, exec_dir, refreshers) {
             Ok(rt) => {
                 runtimes.insert(c.name.clone(), rt);
             }
-            Err(e) => problems.push(format!("RegistryCredential {:?}: {e}", c.name)),
+            Err(e) => problems.push(Problem::credential(&c.name, e)),
         }
     }
     let mut services: Vec<(&String, &String)> = Vec::new();
     for (name, r) in &runtimes {
         if let CredentialRuntime::TokenIssuer { service, .. } = r {
-            if services.iter().any(|(_, s)| *s == service) {
-                problems.push(format!(
-                    "two token-issuer credentials share service {service:?}"
+            if let Some((first, _)) = services.iter().find(|(_, s)| *s == service) {
+                problems.push(Problem::credential(
+                    name,
+                    format!("shares token-issuer service {service:?} with {first:?}"),
                 ));
             }
             services.push((name, service));

@@ -270,14 +270,14 @@ async fn decide_and_resolve(
             narrowed_to: None,
         },
     );
-    if !d.allowed {
+    let Some(allow) = d.into_allow().ok() else {
         // Not opted in: this namespace, account or repository has no grant.
         return Outcome::Leave("no grant".into());
-    }
+    };
     if let Some(pinned) = restore {
         return Outcome::Pin(pinned);
     }
-    let grant = d.grant.clone().unwrap_or_default();
+    let grant = allow.grant;
     let policy = snapshot
         .policy
         .grants()
@@ -285,7 +285,7 @@ async fn decide_and_resolve(
         .find(|g| g.name == grant)
         .map(|g| g.spec.failure_policy())
         .unwrap_or_default();
-    let name = d.credential.unwrap_or_default();
+    let name = allow.credential;
     let who = format!("{subject} (admission)");
     let failed = |failure| Outcome::Failed {
         failure,

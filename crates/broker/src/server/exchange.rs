@@ -104,13 +104,10 @@ async fn exchange_inner(
             narrowed_to: narrowed.as_deref(),
         },
     );
-    if !decision.allowed {
-        return Err(error(StatusCode::FORBIDDEN, "denied", &decision.reason));
-    }
-    let name = decision
-        .credential
-        .clone()
-        .expect("an allow names its credential");
+    let decision = decision
+        .into_allow()
+        .map_err(|reason| error(StatusCode::FORBIDDEN, "denied", reason))?;
+    let name = decision.credential.clone();
     let now = now();
     let mut expires_at = UnixTime(now).plus(decision.ttl).0.min(verified.expires_at);
     let (username, password, kind) = match snapshot.credentials.get(&name) {

@@ -464,13 +464,13 @@ impl AppState {
             purpose = %req.purpose,
             registry = %registry,
             repository,
-            allowed = d.allowed,
-            grant = d.grant.as_deref().unwrap_or(""),
-            credential = d.credential.as_deref().unwrap_or(""),
-            reason = %d.reason,
+            allowed = d.is_allowed(),
+            grant = d.allow().map_or("", |a| a.grant.as_str()),
+            credential = d.allow().map_or("", |a| a.credential.as_str()),
+            reason = %d.reason(),
             "decision"
         );
-        let outcome = if d.allowed { "allow" } else { "deny" };
+        let outcome = if d.is_allowed() { "allow" } else { "deny" };
         self.metrics
             .decisions
             .get_or_create(&DecisionLabels {

@@ -102,11 +102,11 @@ async fn resolve_one(
             narrowed_to: None,
         },
     );
-    if !d.allowed {
-        return fail("denied", d.reason);
-    }
+    let name = match d.into_allow() {
+        Ok(allow) => allow.credential,
+        Err(reason) => return fail("denied", reason),
+    };
     let who = format!("{caller} for namespace {ns}");
-    let name = d.credential.unwrap_or_default();
     match resolve_central(st, snapshot, &name, &image, &who).await {
         Ok(r) => {
             let mut out = json!({"image": input, "digest": r.digest.to_string(), "pinned": pullbroker_core::admission::pinned(input, &r.digest)});

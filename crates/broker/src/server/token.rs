@@ -187,8 +187,8 @@ async fn issue_registry_token(
                 narrowed_to: None,
             },
         );
-        if d.allowed {
-            lifetime = lifetime.min(secs(d.ttl));
+        if let Some(allow) = d.allow() {
+            lifetime = lifetime.min(secs(allow.ttl));
             access.push(Access {
                 kind: "repository".into(),
                 name: name.to_string(),

@@ -90,19 +90,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match args.output {
         Output::Text => println!(
             "{} — {}",
-            if decision.allowed { "yes" } else { "no" },
-            decision.reason
+            if decision.is_allowed() { "yes" } else { "no" },
+            decision.reason()
         ),
         Output::Json => println!(
             "{}",
             serde_json::json!({
-                "allowed": decision.allowed, "reason": decision.reason, "grant": decision.grant,
-                "credential": decision.credential, "ttlSeconds": decision.ttl.as_secs(),
+                "allowed": decision.is_allowed(), "reason": decision.reason(),
+                "grant": decision.allow().map(|a| &a.grant),
+                "credential": decision.allow().map(|a| &a.credential),
+                "ttlSeconds": decision.allow().map_or(0, |a| a.ttl.as_secs()),
                 "subject": subject.to_string(), "purpose": args.purpose.to_string(), "image": image.to_string(),
             })
         ),
     }
-    Ok(if decision.allowed {
+    Ok(if decision.is_allowed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -21,7 +21,7 @@ use pullbroker_core::diagnose::{
     classify, verdict, Candidate, Check, Facts, PluginAnswer, PullFailure, SecretProblem, Source,
     Verdict,
 };
-use pullbroker_core::policy::{Purpose, Request, Subject, Target};
+use pullbroker_core::policy::{Allowed, Decision, Purpose, Request, Subject, Target};
 use pullbroker_core::{Credential, DockerConfig, Reference};
 use pullbroker_registry::{ClientSettings, RegistryClient, RegistryError};
 use serde::Serialize;
@@ -461,8 +461,10 @@ fn gather(
                 on_behalf_of: None,
                 narrowed_to: None,
             });
-            match (d.allowed, d.grant, d.credential) {
-                (true, Some(grant), Some(credential)) => {
+            match d {
+                Decision::Allow(Allowed {
+                    grant, credential, ..
+                }) => {
                     let state = p.state(&credential);
                     let ready = state.and_then(|s| s.ready);
                     candidates.push((
@@ -487,7 +489,7 @@ fn gather(
                         ready_reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
                     }
                 }
-                _ => PluginAnswer::Denied { reason: d.reason },
+                Decision::Deny { reason } => PluginAnswer::Denied { reason },
             }
         }
     };

@@ -127,15 +127,104 @@ pub struct Request<'a> {
     pub narrowed_to: Option<&'a [String]>,
 }
 
-/// The answer, with its reason.
+/// The answer, with its reason. Only an allow names a credential, so no
+/// caller can read one from a denial.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    pub grant: Option<String>,
-    pub credential: Option<String>,
+pub enum Decision {
+    Allow(Allowed),
+    Deny { reason: String },
+}
+
+/// What an allow grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    pub grant: String,
+    pub credential: String,
     /// Longest lifetime of anything issued for this decision.
     pub ttl: Duration,
     pub reason: String,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+
+    /// Why: the grant that allowed, or why each grant did not.
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Allow(a) => &a.reason,
+            Decision::Deny { reason } => reason,
+        }
+    }
+
+    pub fn allow(&self) -> Option<&Allowed> {
+        match self {
+            Decision::Allow(a) => Some(a),
+            Decision::Deny { .. } => None,
+        }
+    }
+
+    /// The allow, or the denial's reason.
+    pub fn into_allow(self) -> Result<Allowed, String> {
+        match self {
+            Decision::Allow(a) => Ok(a),
+            Decision::Deny { reason } => Err(reason),
+        }
+    }
+}
+
+/// What is wrong with one document of a policy. Statuses find theirs by
+/// `kind` and `name`, never by parsing the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: DocumentKind,
+    pub name: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentKind {
+    RegistryCredential,
+    PullGrant,
+}
+
+impl Problem {
+    pub fn credential(name: &str, message: impl Into<String>) -> Self {
+        Problem {
+            kind: DocumentKind::RegistryCredential,
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn grant(name: &str, message: impl Into<String>) -> Self {
+        Problem {
+            kind: DocumentKind::PullGrant,
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether it is about this document.
+    pub fn is_about(&self, kind: DocumentKind, name: &str) -> bool {
+        self.kind == kind && self.name == name
+    }
+}
+
+impl fmt::Display for DocumentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DocumentKind::RegistryCredential => "RegistryCredential",
+            DocumentKind::PullGrant => "PullGrant",
+        })
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}: {}", self.kind, self.name, self.message)
+    }
 }
 
 /// Credentials, grants and the namespaces' operator-controlled labels.
@@ -154,28 +243,28 @@ impl Policy {
         credentials: Vec<Named<RegistryCredentialSpec>>,
         grants: Vec<Named<PullGrantSpec>>,
         namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
-    ) -> (Policy, Vec<String>) {
+    ) -> (Policy, Vec<Problem>) {
         let mut problems = Vec::new();
         let mut creds = BTreeMap::new();
         for c in credentials {
             match c.spec.validate() {
                 Ok(()) => {
                     if creds.insert(c.name.clone(), c.spec).is_some() {
-                        problems.push(format!("RegistryCredential {:?} is defined twice", c.name));
+                        problems.push(Problem::credential(&c.name, "is defined twice"));
                     }
                 }
-                Err(e) => problems.push(format!("RegistryCredential {:?}: {e}", c.name)),
+                Err(e) => problems.push(Problem::credential(&c.name, e)),
             }
         }
         let mut valid = Vec::new();
         for g in grants {
             match g.spec.validate() {
-                Ok(()) if !creds.contains_key(&g.spec.credential) => problems.push(format!(
-                    "PullGrant {:?}: credential {:?} does not exist",
-                    g.name, g.spec.credential
+                Ok(()) if !creds.contains_key(&g.spec.credential) => problems.push(Problem::grant(
+                    &g.name,
+                    format!("credential {:?} does not exist", g.spec.credential),
                 )),
                 Ok(()) => valid.push(g),
-                Err(e) => problems.push(format!("PullGrant {:?}: {e}", g.name)),
+                Err(e) => problems.push(Problem::grant(&g.name, e)),
             }
         }
         valid.sort_by(|a, b| a.name.cmp(&b.name));
@@ -229,13 +318,7 @@ impl Policy {
     /// Decides a request. Grants are tried in name order; the first that
     /// allows wins. A denial lists why each grant did not apply.
     pub fn decide(&self, req: &Request<'_>) -> Decision {
-        let deny = |reason: String| Decision {
-            allowed: false,
-            grant: None,
-            credential: None,
-            ttl: Duration::ZERO,
-            reason,
-        };
+        let deny = |reason: String| Decision::Deny { reason };
         let repository = req.target.repository();
         if let Some(narrow) = req.narrowed_to {
             if !narrow.iter().any(|p| repository_matches(p, repository)) {
@@ -254,16 +337,15 @@ impl Policy {
         for g in &self.grants {
             match self.grant_allows(g, req) {
                 Ok(()) => {
-                    return Decision {
-                        allowed: true,
-                        grant: Some(g.name.clone()),
-                        credential: Some(g.spec.credential.clone()),
+                    return Decision::Allow(Allowed {
+                        grant: g.name.clone(),
+                        credential: g.spec.credential.clone(),
                         ttl: g.spec.ttl(),
                         reason: format!(
                             "allowed by PullGrant {:?} (credential {:?})",
                             g.name, g.spec.credential
                         ),
-                    }
+                    })
                 }
                 Err(Some(miss)) => misses.push(format!("{}: {miss}", g.name)),
                 Err(None) => {}

@@ -6,7 +6,9 @@ pub mod decide;
 pub mod glob;
 pub mod model;
 
-pub use decide::{Decision, Named, Policy, Request, Subject, Target};
+pub use decide::{
+    Allowed, Decision, DocumentKind, Named, Policy, Problem, Request, Subject, Target,
+};
 pub use model::{AdmissionSettings, FailurePolicy, PullGrantSpec, Purpose, RegistryCredentialSpec};
 #[cfg(feature = "crd")]
 pub use model::{PullGrant, RegistryCredential};
