@@ -4,7 +4,7 @@
 //! - [`client`]: [`RegistryClient`] — `/v2/` ping, scheme choice (HTTPS, or plain
 //!   HTTP for loopback and listed lab registries), token fetch and cache,
 //!   manifest `HEAD`/`GET` with the four manifest media types, digest checks,
-//!   bounded retries on 429/5xx.
+//!   bounded retries on 429/5xx; one module per concern.
 //! - [`resolve`]: [`Resolver`] — many references at once with a concurrency
 //!   bound, de-duplication of identical in-flight work, and a digest cache.
 //!
@@ -22,7 +22,7 @@ pub mod settings;
 pub mod singleflight;
 pub mod token;
 
-pub use client::RegistryClient;
+pub use client::{Manifest, ManifestInfo, RegistryClient};
 pub use error::RegistryError;
 pub use manifest::Platform;
 pub use resolve::{Resolved, Resolver, ResolverOptions};

@@ -192,9 +192,10 @@ impl Resolver {
                 from_registry: true,
             });
         }
-        let (_, body) = client
+        let body = client
             .get_manifest(image, &info.digest.to_string(), credentials)
-            .await?;
+            .await?
+            .body;
         let digest = manifest::select_platform(&body, platform).map_err(|available| {
             RegistryError::NoPlatform {
                 image: image.to_string(),
