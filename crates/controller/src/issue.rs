@@ -8,7 +8,11 @@
 //!   on the grant's `allowStaticCopy` (the plan refuses otherwise), re-copied
 //!   every ttl so a changed upstream password propagates;
 //! - exec source (ECR-style) → the upstream's own short-lived credential,
-//!   with its real issue and expiry times (the caller refreshes it first).
+//!   with its real issue and expiry times.
+//!
+//! The caller hands in the credential as it stands now
+//! ([`CredentialRuntime::current`](pullbroker_credentials::runtime::CredentialRuntime::current)),
+//! so an exec source is refreshed, and its failure reported, in one place.
 
 use std::fmt;
 
@@ -17,8 +21,7 @@ use base64::Engine as _;
 use pullbroker_core::policy::Policy;
 use pullbroker_core::time::UnixTime;
 use pullbroker_credentials::mint::{BrokerCredential, BROKER_USERNAME};
-use pullbroker_credentials::runtime::{credential_runtime, CredentialRuntime, Secrets};
-use pullbroker_credentials::source::Upstream;
+use pullbroker_credentials::runtime::{Current, Secrets};
 use serde_json::json;
 
 /// The content of a synced secret. Debug never shows it.
@@ -46,7 +49,7 @@ pub fn issue(
     grant: &str,
     namespace: &str,
     now: i64,
-    upstream: Option<&Upstream>,
+    current: &Current<'_>,
 ) -> Result<Issued, String> {
     let g = policy
         .grants()
@@ -58,12 +61,8 @@ pub fn issue(
         .get(&g.spec.credential)
         .ok_or_else(|| format!("RegistryCredential {:?} does not exist", g.spec.credential))?;
     let expires_at = UnixTime(now).plus(g.spec.ttl()).0;
-    // An exec source's credential arrives as `upstream` (refreshed by the
-    // caller's refreshers): the runtime built here is only for the others.
-    let runtime = credential_runtime(&g.spec.credential, spec, central, None, &Default::default())
-        .map_err(|e| format!("RegistryCredential {:?}: {e}", g.spec.credential))?;
-    let dockerconfigjson = match runtime {
-        CredentialRuntime::TokenIssuer { keys, .. } => {
+    let dockerconfigjson = match current {
+        Current::Mint { keys, .. } => {
             let password = BrokerCredential {
                 ns: namespace.to_string(),
                 sa: String::new(),
@@ -85,15 +84,14 @@ pub fn issue(
                 .collect();
             serde_json::to_vec(&json!({ "auths": entries })).expect("serializable")
         }
-        CredentialRuntime::Refreshing { .. } => {
-            let u = upstream.ok_or("the exec source's credential was not fetched")?;
+        Current::Refreshed(u) => {
             return Ok(Issued {
                 dockerconfigjson: u.dockerconfigjson.clone(),
                 issued_at: u.issued_at,
                 expires_at: u.expires_at,
             });
         }
-        CredentialRuntime::Static { .. } => {
+        Current::Static(_) => {
             if !g.spec.allow_static_copy {
                 return Err(format!("PullGrant {grant:?} does not allow a static copy"));
             }

@@ -383,33 +383,26 @@ async fn issue_secret(
     } = w;
     let central = ctx.central_secrets(policy);
     let fail = |e: String| Error::Issue(grant.to_string(), namespace.to_string(), e);
-    // An exec source's credential is refreshed (once, for every
-    // namespace) when this secret's rotation is due.
-    let upstream = match policy.credentials().get(credential) {
-        Some(spec) if spec.source.exec.is_some() => {
-            let rt = pullbroker_credentials::runtime::credential_runtime(
-                credential,
-                spec,
-                &central,
-                ctx.settings.exec_source_dir.as_deref(),
-                &ctx.refreshers,
-            )
-            .map_err(fail)?;
-            let pullbroker_credentials::runtime::CredentialRuntime::Refreshing { source } = rt
-            else {
-                unreachable!("exec sources refresh")
-            };
-            Some(
-                source
-                    .current(now, ctx.settings.rotate_after)
-                    .await
-                    .map_err(fail)?,
-            )
-        }
-        _ => None,
-    };
-    let issued = crate::issue::issue(policy, &central, grant, namespace, now, upstream.as_deref())
-        .map_err(fail)?;
+    let spec = policy
+        .credentials()
+        .get(credential)
+        .ok_or_else(|| fail(format!("RegistryCredential {credential:?} does not exist")))?;
+    let runtime = pullbroker_credentials::runtime::credential_runtime(
+        credential,
+        spec,
+        &central,
+        ctx.settings.exec_source_dir.as_deref(),
+        &ctx.refreshers,
+    )
+    .map_err(|e| fail(format!("RegistryCredential {credential:?}: {e}")))?;
+    // An exec source is refreshed (once, for every namespace) only when its
+    // rotation is due.
+    let current = runtime
+        .current(credential, now, ctx.settings.rotate_after)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let issued =
+        crate::issue::issue(policy, &central, grant, namespace, now, &current).map_err(fail)?;
     let mut annotations = BTreeMap::from([
         (ISSUED_AT.to_string(), rfc3339(issued.issued_at)),
         (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pullbroker_core::policy::model::parse_duration;
@@ -13,7 +14,7 @@ use pullbroker_core::policy::{Named, Policy, Problem, PullGrantSpec, RegistryCre
 use pullbroker_core::DockerConfig;
 
 use crate::keys::{IssuerKeys, SigningKey};
-use crate::source::Refreshers;
+use crate::source::{Refreshers, Upstream};
 
 /// Central secrets by name: (namespace if given, key → bytes).
 pub type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
@@ -34,6 +35,101 @@ pub enum CredentialRuntime {
     Refreshing {
         source: std::sync::Arc<crate::source::Refresher>,
     },
+}
+
+/// What a credential offers right now ([`CredentialRuntime::current`]): keys
+/// to mint with, or an upstream docker config.
+pub enum Current<'a> {
+    /// A token issuer: the caller mints what it hands out (a registry token,
+    /// a broker credential) with these keys.
+    Mint {
+        keys: &'a IssuerKeys,
+        service: &'a str,
+        issuer: &'a str,
+        token_ttl: Duration,
+    },
+    /// A static password, as configured.
+    Static(&'a DockerConfig),
+    /// An exec source's current credential, valid until its `expires_at`.
+    Refreshed(Arc<Upstream>),
+}
+
+impl Current<'_> {
+    /// The upstream docker config, unless this credential mints its own.
+    pub fn config(&self) -> Option<&DockerConfig> {
+        match self {
+            Current::Mint { .. } => None,
+            Current::Static(c) => Some(c),
+            Current::Refreshed(u) => Some(&u.config),
+        }
+    }
+
+    /// When what it offers stops working, if that is known.
+    pub fn expires_at(&self) -> Option<i64> {
+        match self {
+            Current::Refreshed(u) => Some(u.expires_at),
+            _ => None,
+        }
+    }
+
+    /// `broker`, `static` or `refreshing`, for answers and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Current::Mint { .. } => "broker",
+            Current::Static(_) => "static",
+            Current::Refreshed(_) => "refreshing",
+        }
+    }
+}
+
+/// A credential whose source failed. Its `Display` names only the credential
+/// and is what clients see; `cause` is for logs (it never holds an
+/// executable's output, see [`crate::source`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("credential {credential:?} is unavailable: its source failed")]
+pub struct Unavailable {
+    pub credential: String,
+    pub cause: String,
+}
+
+impl CredentialRuntime {
+    /// The credential for use now, after go-containerregistry's Keychain →
+    /// Authenticator: lazy (an exec source runs only when its credential is
+    /// due, see [`crate::source::Refresher::current`]) and fallible. The one
+    /// place a failing source is logged and turned into [`Unavailable`], for
+    /// exchange, resolve and the controller's issuing alike.
+    pub async fn current(
+        &self,
+        name: &str,
+        now: i64,
+        refresh_after: f64,
+    ) -> Result<Current<'_>, Unavailable> {
+        match self {
+            CredentialRuntime::TokenIssuer {
+                keys,
+                service,
+                issuer,
+                token_ttl,
+            } => Ok(Current::Mint {
+                keys,
+                service,
+                issuer,
+                token_ttl: *token_ttl,
+            }),
+            CredentialRuntime::Static { config } => Ok(Current::Static(config)),
+            CredentialRuntime::Refreshing { source } => source
+                .current(now, refresh_after)
+                .await
+                .map(Current::Refreshed)
+                .map_err(|cause| {
+                    tracing::warn!(credential = %name, error = %cause, "credential source unavailable");
+                    Unavailable {
+                        credential: name.to_string(),
+                        cause,
+                    }
+                }),
+        }
+    }
 }
 
 /// The policy and usable credentials from documents, with every problem.

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{bearer, body_error, error, now, rfc3339, AppState, NARROW_ANNOTATION, REFRESH_AFTER};
-use crate::config::CredentialRuntime;
+use pullbroker_credentials::runtime::Current;
 
 /// The first username/password pair a docker config holds for `image`.
 fn basic_for(
@@ -110,8 +110,20 @@ async fn exchange_inner(
     let name = decision.credential.clone();
     let now = now();
     let mut expires_at = UnixTime(now).plus(decision.ttl).0.min(verified.expires_at);
-    let (username, password, kind) = match snapshot.credentials.get(&name) {
-        Some(CredentialRuntime::TokenIssuer { keys, .. }) => {
+    let runtime = snapshot.credentials.get(&name).ok_or_else(|| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "misconfigured",
+            format!("credential {name:?} is not loaded"),
+        )
+    })?;
+    let current = runtime
+        .current(&name, now, REFRESH_AFTER)
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, "source_unavailable", e))?;
+    let kind = current.kind();
+    let pair = match &current {
+        Current::Mint { keys, .. } => {
             let c = BrokerCredential {
                 ns: verified.subject.namespace.clone(),
                 sa: verified.subject.service_account.clone(),
@@ -119,48 +131,24 @@ async fn exchange_inner(
                 iat: now,
                 exp: expires_at,
             };
-            (BROKER_USERNAME.to_string(), c.seal(&keys.current), "broker")
+            Some((BROKER_USERNAME.to_string(), c.seal(&keys.current)))
         }
-        Some(
-            runtime @ (CredentialRuntime::Static { .. } | CredentialRuntime::Refreshing { .. }),
-        ) => {
-            let upstream;
-            let (config, kind) = match runtime {
-                CredentialRuntime::Refreshing { source } => {
-                    upstream = source.current(now, REFRESH_AFTER).await.map_err(|e| {
-                        tracing::warn!(credential = %name, error = %e, "exec source failed");
-                        error(
-                            StatusCode::BAD_GATEWAY,
-                            "source_unavailable",
-                            format!("credential {name:?} is unavailable: its source failed"),
-                        )
-                    })?;
-                    expires_at = expires_at.min(upstream.expires_at);
-                    (&upstream.config, "refreshing")
-                }
-                CredentialRuntime::Static { config } => (config, "static"),
-                CredentialRuntime::TokenIssuer { .. } => unreachable!("matched above"),
-            };
-            let (u, p) = basic_for(config, &image).ok_or_else(|| {
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "misconfigured",
-                    format!(
-                        "credential {name:?} holds no username/password for {}",
-                        image.registry()
-                    ),
-                )
-            })?;
-            (u, p, kind)
-        }
-        None => {
-            return Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "misconfigured",
-                format!("credential {name:?} is not loaded"),
-            ))
+        Current::Static(config) => basic_for(config, &image),
+        Current::Refreshed(upstream) => {
+            expires_at = expires_at.min(upstream.expires_at);
+            basic_for(&upstream.config, &image)
         }
     };
+    let (username, password) = pair.ok_or_else(|| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "misconfigured",
+            format!(
+                "credential {name:?} holds no username/password for {}",
+                image.registry()
+            ),
+        )
+    })?;
     Ok(Json(json!({
         "registry": image.registry(),
         "authKey": format!("{}/{}", image.registry(), image.repository()),

@@ -18,7 +18,8 @@ use serde_json::json;
 use super::{
     bearer, body_error, error, next_jti, now, AppState, MAX_RESOLVE_IMAGES, REFRESH_AFTER,
 };
-use crate::config::{CredentialRuntime, Snapshot};
+use crate::config::Snapshot;
+use pullbroker_credentials::runtime::Current;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,13 +142,23 @@ pub(super) async fn resolve_central(
         return Ok(hit);
     }
     let fail = |class: &'static str, message: String| Failure { class, message };
-    let credentials = match snapshot.credentials.get(name) {
-        Some(CredentialRuntime::TokenIssuer {
+    let runtime = snapshot.credentials.get(name).ok_or_else(|| {
+        fail(
+            "misconfigured",
+            format!("credential {name:?} is not loaded"),
+        )
+    })?;
+    let current = runtime
+        .current(name, now(), REFRESH_AFTER)
+        .await
+        .map_err(|e| fail("source_unavailable", e.to_string()))?;
+    let credentials = match &current {
+        Current::Mint {
             keys,
             service,
             issuer,
             ..
-        }) => {
+        } => {
             // The broker mints a one-minute pull token for exactly this
             // repository and uses it itself.
             let access = [Access {
@@ -170,23 +181,8 @@ pub(super) async fn resolve_central(
                 token: token.into(),
             }]
         }
-        Some(CredentialRuntime::Static { config }) => config.credentials_for(image),
-        Some(CredentialRuntime::Refreshing { source }) => {
-            let upstream = source.current(now(), REFRESH_AFTER).await.map_err(|e| {
-                tracing::warn!(credential = %name, error = %e, "exec source failed");
-                fail(
-                    "source_unavailable",
-                    format!("credential {name:?} is unavailable: its source failed"),
-                )
-            })?;
-            upstream.config.credentials_for(image)
-        }
-        None => {
-            return Err(fail(
-                "misconfigured",
-                format!("credential {name:?} is not loaded"),
-            ))
-        }
+        Current::Static(config) => config.credentials_for(image),
+        Current::Refreshed(upstream) => upstream.config.credentials_for(image),
     };
     st.resolver
         .resolve_with(image, name, credentials)
