@@ -11,29 +11,31 @@
 //! The decisions are the core's ([`pullbroker_core::sync::plan`]); this crate
 //! observes and acts:
 //!
-//! - [`index`]: watch-fed caches of service accounts and managed secrets by
+//! - `index`: watch-fed caches of service accounts and managed secrets by
 //!   namespace; kube-runtime reflectors for namespaces, grants, credentials
 //!   and the system namespace's secrets;
-//! - [`reconcile`]: a kube-runtime `Controller` over namespaces; grant and
+//! - `reconcile`: a kube-runtime `Controller` over namespaces; grant and
 //!   credential spec changes reconcile every namespace;
-//! - [`status`]: `Ready` conditions, selected namespace counts, rotation
+//! - `status`: `Ready` conditions, selected namespace counts, rotation
 //!   times and Events on grants and credentials;
-//! - [`stuck`]: pods that were admitted before their service account had our
+//! - `stuck`: pods that were admitted before their service account had our
 //!   secret (the admission race) get an Event, and optionally are recreated;
 //! - [`seal`]: what the controller wrote is sealed, and a managed secret
 //!   someone else changed is found and replaced whole;
 //! - [`lease`]: leader election; only the leader watches and writes.
 
-pub mod index;
-pub mod issue;
+// Public: what the CLI, the benches and the tests use.
 pub mod lease;
 pub mod metrics;
 pub mod policy_source;
-pub mod reconcile;
 pub mod seal;
 pub mod serving_cert;
-pub mod status;
-pub mod stuck;
+
+mod index;
+mod issue;
+mod reconcile;
+mod status;
+mod stuck;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

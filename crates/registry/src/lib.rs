@@ -19,8 +19,9 @@ pub mod error;
 pub mod manifest;
 pub mod resolve;
 pub mod settings;
-pub mod singleflight;
-pub mod token;
+
+mod singleflight;
+mod token;
 
 pub use client::{Manifest, ManifestInfo, RegistryClient};
 pub use error::RegistryError;

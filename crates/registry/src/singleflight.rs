@@ -69,8 +69,9 @@ where
         shared.await
     }
 
-    /// Number of distinct keys in flight (for tests and metrics).
-    pub fn in_flight(&self) -> usize {
+    /// Number of distinct keys in flight.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
     }
 }
