@@ -1,7 +1,7 @@
 //! Digest resolution for many references at once.
 //!
 //! - a concurrency bound (`buffer_unordered`), results returned in input order;
-//! - identical in-flight resolutions share one request ([`SingleFlight`]);
+//! - identical in-flight resolutions share one request (a single-flight);
 //! - a digest cache for tags with a TTL (zero disables it);
 //! - digest references never touch the network;
 //! - with a platform, an index is opened and that platform's manifest digest
