@@ -18,8 +18,8 @@ use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
 use pullbroker_core::policy::Policy;
 use pullbroker_core::sync::{
-    self, Action, Observed, ObservedNamespace, ObservedSecret, ObservedServiceAccount,
-    SealedContent, GRANT_LABEL, MANAGED_BY, SEAL,
+    self, Action, IssueSecret, Observed, ObservedNamespace, ObservedSecret, ObservedServiceAccount,
+    ReferenceChange, SealedContent, GRANT_LABEL, MANAGED_BY, SEAL,
 };
 use pullbroker_core::time::UnixTime;
 use serde_json::json;
@@ -218,7 +218,6 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
     let plan = sync::plan(&policy, &observed, now, ctx.settings.rotate_after);
     tracing::debug!(namespace = %name, service_accounts = observed.service_accounts.len(), managed = observed.managed_secrets.len(), actions = ?plan.actions, "plan");
 
-    let mut refs: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
     let mut next_due: Option<i64> = None;
     let mut due = |s: &ObservedSecret| {
         if let Some(at) = s.due(ctx.settings.rotate_after) {
@@ -232,82 +231,56 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
     // up the others. The first error is returned at the end (backoff).
     let mut first_error: Option<Error> = None;
     let mut not_issued: BTreeSet<&str> = BTreeSet::new();
+    let mut failed_removals: BTreeSet<(&str, &str)> = BTreeSet::new();
+    // In the plan's order: issues, then reference changes (one write per
+    // account), then — after the loop — the deletions still allowed.
     for action in &plan.actions {
         let result = match action {
-            Action::IssueSecret {
-                namespace,
-                name,
-                grant,
-                credential,
-                static_copy,
-                rotation,
-                repair,
-            } => {
-                let issued = issue_secret(
-                    &ctx,
-                    &policy,
-                    now,
-                    Issue {
-                        namespace,
-                        name,
-                        grant,
-                        credential,
-                        static_copy: *static_copy,
-                        rotation: *rotation,
-                        repair: *repair,
-                        source_version: observed.source_versions.get(credential),
-                    },
-                )
-                .await;
-                match issued {
+            Action::IssueSecret(w) => {
+                let source_version = observed.source_versions.get(&w.credential);
+                match issue_secret(&ctx, &policy, now, w, source_version).await {
                     Ok(o) => {
                         due(&o);
                         Ok(())
                     }
                     Err(e) => {
-                        not_issued.insert(name);
+                        not_issued.insert(&w.name);
                         Err(e)
                     }
                 }
             }
-            // After the reference changes below (`Plan::deletions`).
-            Action::DeleteSecret { .. } => Ok(()),
-            Action::AddReference {
-                service_account,
-                secret,
-                ..
-            } => {
-                refs.entry(service_account).or_default().0.push(secret);
-                Ok(())
+            Action::UpdateReferences(change) => {
+                let current = observed
+                    .service_accounts
+                    .iter()
+                    .find(|s| s.name == change.service_account)
+                    .map(|s| s.image_pull_secrets.clone())
+                    .unwrap_or_default();
+                let rv = rvs.get(change.service_account.as_str()).cloned().flatten();
+                // Never point an account at a secret that could not be written.
+                let add: Vec<&str> = change
+                    .add
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| !not_issued.contains(n))
+                    .collect();
+                let result = update_references(&ctx, change, current, rv, &add).await;
+                if let Err(e) = &result {
+                    tracing::warn!(namespace = %name, service_account = %change.service_account, error = %e, "reference update failed; keeping the secrets it still points at");
+                    failed_removals.extend(
+                        change
+                            .remove
+                            .iter()
+                            .map(|s| (change.namespace.as_str(), s.as_str())),
+                    );
+                }
+                result
             }
-            Action::RemoveReference {
-                service_account,
-                secret,
-                ..
-            } => {
-                refs.entry(service_account).or_default().1.push(secret);
-                Ok(())
-            }
+            // After every reference change (`Plan::deletions`).
+            Action::DeleteSecret(_) => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(namespace = %name, error = %e, "action failed");
-            first_error.get_or_insert(e);
-        }
-    }
-    let mut failed_removals: BTreeSet<(&str, &str)> = BTreeSet::new();
-    for (sa, (mut add, remove)) in refs {
-        // Never point an account at a secret that could not be written.
-        add.retain(|n| !not_issued.contains(n));
-        let current = observed
-            .service_accounts
-            .iter()
-            .find(|s| s.name == sa)
-            .map(|s| s.image_pull_secrets.clone())
-            .unwrap_or_default();
-        let rv = rvs.get(sa).cloned().flatten();
-        if let Err(e) = update_references(&ctx, &name, sa, current, rv, &add, &remove).await {
-            tracing::warn!(namespace = %name, service_account = %sa, error = %e, "reference update failed; keeping the secrets it still points at");
-            failed_removals.extend(remove.iter().map(|s| (name.as_str(), *s)));
             first_error.get_or_insert(e);
         }
     }
@@ -354,27 +327,15 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
     })
 }
 
-/// One managed secret to write, as the plan asked for it.
-struct Issue<'a> {
-    namespace: &'a str,
-    name: &'a str,
-    grant: &'a str,
-    credential: &'a str,
-    static_copy: bool,
-    rotation: bool,
-    /// Replace the object whole (someone else wrote to it).
-    repair: bool,
-    source_version: Option<&'a String>,
-}
-
 /// Mints and writes one managed secret; returns it as the plan sees it.
 async fn issue_secret(
     ctx: &Context,
     policy: &Policy,
     now: i64,
-    w: Issue<'_>,
+    w: &IssueSecret,
+    source_version: Option<&String>,
 ) -> Result<ObservedSecret, Error> {
-    let Issue {
+    let IssueSecret {
         namespace,
         name,
         grant,
@@ -408,7 +369,7 @@ async fn issue_secret(
         (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),
         (CREDENTIAL.to_string(), credential.to_string()),
     ]);
-    if let Some(v) = w.source_version {
+    if let Some(v) = source_version {
         annotations.insert(SOURCE_VERSION.into(), v.clone());
     }
     if w.static_copy {
@@ -508,13 +469,13 @@ async fn issue_secret(
 /// `imagePullSecrets`, guarded by its resourceVersion; re-reads on conflict.
 async fn update_references(
     ctx: &Context,
-    ns: &str,
-    sa: &str,
+    change: &ReferenceChange,
     mut current: Vec<String>,
     mut rv: Option<String>,
     add: &[&str],
-    remove: &[&str],
 ) -> Result<(), Error> {
+    let (ns, sa) = (change.namespace.as_str(), change.service_account.as_str());
+    let remove: Vec<&str> = change.remove.iter().map(String::as_str).collect();
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
     for _ in 0..5 {
         let mut next: Vec<String> = current

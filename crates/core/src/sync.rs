@@ -234,31 +234,43 @@ pub struct DesiredSecret {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
     /// Create or refresh the secret's content (new credential).
-    IssueSecret {
-        namespace: String,
-        name: String,
-        grant: String,
-        credential: String,
-        static_copy: bool,
-        rotation: bool,
-        /// The object holds what someone else wrote: replace it whole, so
-        /// no key, label or annotation of theirs survives.
-        repair: bool,
-    },
-    /// Add our entry to a service account's imagePullSecrets.
-    AddReference {
-        namespace: String,
-        service_account: String,
-        secret: String,
-    },
-    /// Remove our entry (only ours) from a service account's imagePullSecrets.
-    RemoveReference {
-        namespace: String,
-        service_account: String,
-        secret: String,
-    },
+    IssueSecret(IssueSecret),
+    /// Change one service account's imagePullSecrets: add ours, remove ours
+    /// (only ours) — one write per account.
+    UpdateReferences(ReferenceChange),
     /// Delete a managed secret that no grant wants any more.
-    DeleteSecret { namespace: String, name: String },
+    DeleteSecret(SecretId),
+}
+
+/// A managed secret to (re)issue.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IssueSecret {
+    pub namespace: String,
+    pub name: String,
+    pub grant: String,
+    pub credential: String,
+    pub static_copy: bool,
+    /// Its rotation time has come (or its source changed).
+    pub rotation: bool,
+    /// The object holds what someone else wrote: replace it whole, so no
+    /// key, label or annotation of theirs survives.
+    pub repair: bool,
+}
+
+/// Our entries to add to and remove from one service account.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReferenceChange {
+    pub namespace: String,
+    pub service_account: String,
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+/// A namespaced secret.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretId {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// Per-grant outcome, for status conditions.
@@ -291,7 +303,7 @@ impl Plan {
         self.actions
             .iter()
             .filter_map(|a| match a {
-                Action::DeleteSecret { namespace, name } => {
+                Action::DeleteSecret(SecretId { namespace, name }) => {
                     Some((namespace.as_str(), name.as_str()))
                 }
                 _ => None,
@@ -394,14 +406,16 @@ pub fn plan(policy: &Policy, observed: &Observed, now: i64, rotate_after: f64) -
         .collect();
 
     for d in &wanted {
-        let issue = |rotation, repair| Action::IssueSecret {
-            namespace: d.namespace.clone(),
-            name: d.name.clone(),
-            grant: d.grant.clone(),
-            credential: d.credential.clone(),
-            static_copy: d.static_copy,
-            rotation,
-            repair,
+        let issue = |rotation, repair| {
+            Action::IssueSecret(IssueSecret {
+                namespace: d.namespace.clone(),
+                name: d.name.clone(),
+                grant: d.grant.clone(),
+                credential: d.credential.clone(),
+                static_copy: d.static_copy,
+                rotation,
+                repair,
+            })
         };
         match have.get(&(d.namespace.as_str(), d.name.as_str())) {
             None => {
@@ -426,10 +440,10 @@ pub fn plan(policy: &Policy, observed: &Observed, now: i64, rotate_after: f64) -
     }
     for s in &observed.managed_secrets {
         if !want.contains_key(&(s.namespace.as_str(), s.name.as_str())) {
-            actions.insert(Action::DeleteSecret {
+            actions.insert(Action::DeleteSecret(SecretId {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
-            });
+            }));
         }
     }
 
@@ -457,24 +471,25 @@ pub fn plan(policy: &Policy, observed: &Observed, now: i64, rotate_after: f64) -
             })
             .map(|d| d.name.as_str())
             .collect();
-        for name in &wanted_here {
-            if !sa.image_pull_secrets.iter().any(|s| s == name) {
-                actions.insert(Action::AddReference {
-                    namespace: sa.namespace.clone(),
-                    service_account: sa.name.clone(),
-                    secret: name.to_string(),
-                });
-            }
-        }
+        let add: BTreeSet<String> = wanted_here
+            .iter()
+            .filter(|name| !sa.image_pull_secrets.iter().any(|s| s == *name))
+            .map(|name| name.to_string())
+            .collect();
         let ours = managed_in(&sa.namespace);
-        for name in &sa.image_pull_secrets {
-            if ours.contains(name.as_str()) && !wanted_here.contains(name.as_str()) {
-                actions.insert(Action::RemoveReference {
-                    namespace: sa.namespace.clone(),
-                    service_account: sa.name.clone(),
-                    secret: name.clone(),
-                });
-            }
+        let remove: BTreeSet<String> = sa
+            .image_pull_secrets
+            .iter()
+            .filter(|name| ours.contains(name.as_str()) && !wanted_here.contains(name.as_str()))
+            .cloned()
+            .collect();
+        if !add.is_empty() || !remove.is_empty() {
+            actions.insert(Action::UpdateReferences(ReferenceChange {
+                namespace: sa.namespace.clone(),
+                service_account: sa.name.clone(),
+                add: add.into_iter().collect(),
+                remove: remove.into_iter().collect(),
+            }));
         }
     }
     Plan {
@@ -550,26 +565,21 @@ mod tests {
     ) {
         let mut failed = BTreeSet::new();
         for a in &plan.actions {
-            if let Action::RemoveReference {
-                namespace,
-                service_account,
-                secret,
-            } = a
-            {
-                if failing == Some((namespace.as_str(), service_account.as_str())) {
-                    failed.insert((namespace.as_str(), secret.as_str()));
+            if let Action::UpdateReferences(r) = a {
+                if failing == Some((r.namespace.as_str(), r.service_account.as_str())) {
+                    failed.extend(r.remove.iter().map(|s| (r.namespace.as_str(), s.as_str())));
                 }
             }
         }
         let deletions = plan.deletions(&failed);
         for a in &plan.actions {
             match a {
-                Action::IssueSecret {
+                Action::IssueSecret(IssueSecret {
                     namespace,
                     name,
                     grant,
                     ..
-                } => {
+                }) => {
                     observed
                         .managed_secrets
                         .retain(|s| !(s.namespace == *namespace && s.name == *name));
@@ -584,46 +594,23 @@ mod tests {
                         damaged: false,
                     });
                 }
-                Action::DeleteSecret { namespace, name } => {
+                Action::DeleteSecret(SecretId { namespace, name }) => {
                     if deletions.contains(&(namespace.as_str(), name.as_str())) {
                         observed
                             .managed_secrets
                             .retain(|s| !(s.namespace == *namespace && s.name == *name))
                     }
                 }
-                Action::AddReference {
-                    namespace,
-                    service_account,
-                    ..
-                }
-                | Action::RemoveReference {
-                    namespace,
-                    service_account,
-                    ..
-                } if failing == Some((namespace.as_str(), service_account.as_str())) => {}
-                Action::AddReference {
-                    namespace,
-                    service_account,
-                    secret,
-                } => {
+                Action::UpdateReferences(r)
+                    if failing == Some((r.namespace.as_str(), r.service_account.as_str())) => {}
+                Action::UpdateReferences(r) => {
                     let sa = observed
                         .service_accounts
                         .iter_mut()
-                        .find(|s| s.namespace == *namespace && s.name == *service_account)
+                        .find(|s| s.namespace == r.namespace && s.name == r.service_account)
                         .unwrap();
-                    sa.image_pull_secrets.push(secret.clone());
-                }
-                Action::RemoveReference {
-                    namespace,
-                    service_account,
-                    secret,
-                } => {
-                    let sa = observed
-                        .service_accounts
-                        .iter_mut()
-                        .find(|s| s.namespace == *namespace && s.name == *service_account)
-                        .unwrap();
-                    sa.image_pull_secrets.retain(|s| s != secret);
+                    sa.image_pull_secrets.retain(|s| !r.remove.contains(s));
+                    sa.image_pull_secrets.extend(r.add.iter().cloned());
                 }
             }
         }
@@ -648,7 +635,7 @@ mod tests {
             .actions
             .iter()
             .filter_map(|a| match a {
-                Action::IssueSecret { namespace, .. } => Some(namespace.as_str()),
+                Action::IssueSecret(i) => Some(i.namespace.as_str()),
                 _ => None,
             })
             .collect();
@@ -657,12 +644,20 @@ mod tests {
             ["team-a", "team-a-dev"],
             "exactly the selected namespaces"
         );
-        assert!(plan1.actions.contains(&Action::AddReference {
-            namespace: "team-a".into(),
-            service_account: "app".into(),
-            secret: "pullbroker-team-a".into()
-        }));
-        assert!(!plan1.actions.iter().any(|a| matches!(a, Action::AddReference { service_account, .. } if service_account == "default")), "only selected service accounts");
+        assert!(plan1
+            .actions
+            .contains(&Action::UpdateReferences(ReferenceChange {
+                namespace: "team-a".into(),
+                service_account: "app".into(),
+                add: vec!["pullbroker-team-a".into()],
+                remove: vec![],
+            })));
+        assert!(
+            !plan1.actions.iter().any(
+                |a| matches!(a, Action::UpdateReferences(r) if r.service_account == "default")
+            ),
+            "only selected service accounts"
+        );
         assert_eq!(plan1.grants["team-a"].selected_namespaces, 2);
         apply(&mut o, &plan1, 1000, 600);
         assert!(
@@ -697,12 +692,12 @@ mod tests {
         assert!(plan(&p, &o, 1299, 0.5).actions.is_empty());
         assert!(matches!(
             plan(&p, &o, 1300, 0.5).actions[..],
-            [Action::IssueSecret { rotation: true, .. }]
+            [Action::IssueSecret(IssueSecret { rotation: true, .. })]
         ));
         assert!(
             matches!(
                 plan(&p, &o, 5000, 0.9).actions[..],
-                [Action::IssueSecret { rotation: true, .. }]
+                [Action::IssueSecret(IssueSecret { rotation: true, .. })]
             ),
             "expired: reissue"
         );
@@ -735,7 +730,7 @@ mod tests {
         // The central password changed: rewritten at once.
         assert!(matches!(
             plan(&p, &observed(secret(true, "v1"), "v2"), 1001, 0.5).actions[..],
-            [Action::IssueSecret { rotation: true, .. }]
+            [Action::IssueSecret(IssueSecret { rotation: true, .. })]
         ));
         // A minted credential still rotates by time, and on a new key too.
         let p = policy(&[("g", &TEAM_A.replace("team-a-*", "x"))], &[]);
@@ -783,15 +778,16 @@ mod tests {
         assert_eq!(
             second.actions,
             vec![
-                Action::RemoveReference {
+                Action::UpdateReferences(ReferenceChange {
                     namespace: "team-a-dev".into(),
                     service_account: "app".into(),
-                    secret: "pullbroker-team-a".into()
-                },
-                Action::DeleteSecret {
+                    add: vec![],
+                    remove: vec!["pullbroker-team-a".into()],
+                }),
+                Action::DeleteSecret(SecretId {
                     namespace: "team-a-dev".into(),
                     name: "pullbroker-team-a".into()
-                },
+                }),
             ]
         );
         apply(&mut o, &second, 1, 600);
@@ -829,10 +825,10 @@ mod tests {
         );
         assert!(matches!(
             &allowed.actions[..],
-            [Action::IssueSecret {
+            [Action::IssueSecret(IssueSecret {
                 static_copy: true,
                 ..
-            }]
+            })]
         ));
         assert!(allowed.grants["g"].static_copy, "flagged for status");
     }
@@ -865,7 +861,7 @@ mod tests {
             .actions
             .into_iter()
             .filter_map(|a| match a {
-                Action::IssueSecret { namespace, .. } => Some(namespace),
+                Action::IssueSecret(i) => Some(i.namespace),
                 _ => None,
             })
             .collect();
@@ -957,11 +953,11 @@ mod tests {
         assert!(plan(&p, &observed(false), 1001, 0.5).actions.is_empty());
         assert!(matches!(
             &plan(&p, &observed(true), 1001, 0.5).actions[..],
-            [Action::IssueSecret {
+            [Action::IssueSecret(IssueSecret {
                 repair: true,
                 rotation: false,
                 ..
-            }]
+            })]
         ));
     }
 
