@@ -501,6 +501,7 @@ fn parse_with(
     if !problems.is_empty() {
         return Err(report(path, problems));
     }
+    // Each of these pushed a problem when it failed, and there are none.
     let listen = listen.expect("no problems");
     Ok(Snapshot {
         policy,

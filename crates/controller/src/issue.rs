@@ -95,7 +95,12 @@ pub fn issue(
             if !g.spec.allow_static_copy {
                 return Err(format!("PullGrant {grant:?} does not allow a static copy"));
             }
-            let name = &spec.source.secret_ref.as_ref().expect("static").name;
+            let name = &spec
+                .source
+                .secret_ref
+                .as_ref()
+                .ok_or("a static credential without secretRef")?
+                .name;
             central
                 .get(name)
                 .and_then(|(_, data)| data.get(".dockerconfigjson"))

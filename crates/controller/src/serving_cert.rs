@@ -211,6 +211,7 @@ pub async fn reconcile(
         tracing::info!(namespace, secret = %s.ca_secret, not_after = info.not_after, "issued a new CA");
         (ca, info, previous)
     } else {
+        // The plan asks for no new CA only when the held one parsed and is valid.
         let (ca, info) = held.expect("plan keeps only a held CA");
         (ca, info, previous)
     };
@@ -261,6 +262,7 @@ pub async fn reconcile(
             (false, Some(sec)) => {
                 // Only the bundle moved: keep the certificate and key.
                 let (c, k) = (field(sec, "tls.crt"), field(sec, "tls.key"));
+                // The plan finds a certificate not due only after parsing it.
                 let info = serving.expect("not due means parsed");
                 (c.unwrap_or_default(), k.unwrap_or_default(), info)
             }
@@ -286,6 +288,7 @@ pub async fn reconcile(
         }
         info
     } else {
+        // As above: not due means it was parsed.
         serving.expect("not due means parsed")
     };
     let wait = next_due(pki::now(), &[&ca_info, &serving]).max(1);

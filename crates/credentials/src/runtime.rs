@@ -210,6 +210,7 @@ pub fn credential_runtime(
         .source
         .token_issuer
         .as_ref()
+        // validate() admits exactly one source; exec and secretRef returned above.
         .expect("validated: exactly one source");
     let load_key = |name: &str| -> Result<SigningKey, String> {
         let key = String::from_utf8(secret_key(secrets, name, "tls.key")?.to_vec())

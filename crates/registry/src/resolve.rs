@@ -166,6 +166,7 @@ impl Resolver {
         }
         results
             .into_iter()
+            // The stream yields exactly one outcome per input index.
             .map(|r| r.expect("every index completes"))
             .collect()
     }

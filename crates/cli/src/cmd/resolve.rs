@@ -224,6 +224,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     match helper_failures.get(&(valid_index - 1)) {
                         Some(e) => Err(ResolveFailure::Helper(e.clone())),
                         None => {
+                            // resolve_all answers each valid reference once, in order.
                             match outcomes.next().expect("one outcome per resolved reference") {
                                 Ok(resolved) => Ok((reference.clone(), resolved)),
                                 Err(e) => Err(ResolveFailure::Registry(e)),

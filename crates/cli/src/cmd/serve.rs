@@ -140,8 +140,19 @@ async fn serve(args: Args) -> Result<ExitCode> {
 /// SIGINT or SIGTERM: stop accepting, finish in-flight requests, exit.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            // Serve on; only SIGINT stops us gracefully then.
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            if ctrl_c.await.is_err() {
+                // No signal can reach us: serve until killed.
+                std::future::pending::<()>().await;
+            }
+            tracing::info!("shutting down");
+            return;
+        }
+    };
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
