@@ -606,8 +606,12 @@ pub async fn run(
         .await;
         metrics.leading.store(false, Ordering::SeqCst);
         if !lost {
-            if let Err(e) = lock.release().await {
-                tracing::warn!(error = %e, "cannot release the leader lease");
+            // Best effort, and bounded: a stop must not hang on a slow API
+            // (unreleased, the lease simply runs out for the next leader).
+            match tokio::time::timeout(deadline_after, lock.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the leader lease"),
+                Err(_) => tracing::warn!("releasing the leader lease did not answer in time"),
             }
             return Ok(());
         }
@@ -700,9 +704,16 @@ async fn lead(
             _ = &mut lost_rx => true,
             _ = shutdown => {
                 let _ = stop_tx.send(true);
+                // Bounded: kube-runtime's graceful shutdown never completes
+                // when it comes before the namespace store was first filled
+                // (its runner waits for a store nothing fills any more).
                 tokio::select! {
                     _ = &mut work => false,
                     _ = &mut lost_rx => true,
+                    _ = tokio::time::sleep(deadline_after) => {
+                        tracing::warn!("in-flight work did not finish in time; dropped");
+                        false
+                    }
                 }
             }
         }

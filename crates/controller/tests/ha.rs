@@ -271,6 +271,40 @@ async fn a_leader_whose_api_hangs_stops_before_its_lease_runs_out() {
     );
     assert!(!replica.task.is_finished(), "still a candidate");
     c.fake.set_hung(false);
-    // Dropped (aborted): a graceful stop right after the hang is not what is tested here.
-    drop(replica);
+    // Back from the hang it leads again, with caches synced anew.
+    eventually("leading again with synced caches", WAIT, || async {
+        (replica.metrics.leading.load(Ordering::SeqCst)
+            && replica.metrics.caches_synced.load(Ordering::SeqCst))
+        .then_some(())
+    })
+    .await;
+    replica.stop().await;
+}
+
+/// A leader asked to stop before its caches ever filled (the namespace list
+/// keeps failing) stops anyway, in bounded time, and releases the lease.
+#[tokio::test]
+async fn a_leader_stops_even_before_its_caches_have_filled() {
+    let c = Cluster::start(REGISTRY, None).await;
+    for _ in 0..1000 {
+        c.fake.fail_next("list", "namespaces", 500);
+    }
+    let replica = Replica::start(c.controller.clone(), settings("r1"));
+    eventually("leading", WAIT, || async {
+        replica.metrics.leading.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    assert!(!replica.metrics.caches_synced.load(Ordering::SeqCst));
+    replica.stop().await;
+    let lease = LeaseLock::new(
+        c.controller.clone(),
+        SYSTEM,
+        "pullbroker-controller",
+        "r2",
+        Duration::from_secs(3),
+    );
+    assert!(
+        lease.try_acquire_or_renew().await.unwrap(),
+        "released: another replica takes it at once"
+    );
 }
