@@ -8,6 +8,8 @@ use pullbroker_broker::config;
 use pullbroker_core::policy::{Purpose, Request, Subject, Target};
 use pullbroker_core::Reference;
 
+use super::output;
+
 #[derive(clap::Args, Debug)]
 #[command(
     after_long_help = "Exit code 0 when allowed, 1 when denied.\n\nExamples:\n  \
@@ -45,13 +47,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME", requires = "from_cluster")]
     context: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: Output,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Output {
-    Text,
-    Json,
+    output: output::Report,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -88,12 +84,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         narrowed_to: narrowed.as_deref(),
     });
     match args.output {
-        Output::Text => println!(
+        output::Report::Text => println!(
             "{} — {}",
             if decision.is_allowed() { "yes" } else { "no" },
             decision.reason()
         ),
-        Output::Json => println!(
+        output::Report::Json => println!(
             "{}",
             serde_json::json!({
                 "allowed": decision.is_allowed(), "reason": decision.reason(),

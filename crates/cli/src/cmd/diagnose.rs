@@ -28,6 +28,8 @@ use serde::Serialize;
 
 use super::cluster::{self, ClusterPolicy};
 
+use super::output;
+
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = "What it does, for each container of the pod:\n  \
 1. reads what kubelet reported (waiting state and Events) and classifies it: unauthorized, forbidden, \
@@ -70,13 +72,7 @@ pub struct Args {
     #[arg(long, value_name = "REGISTRY")]
     plain_http: Vec<String>,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: Output,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Output {
-    Text,
-    Json,
+    output: output::Report,
 }
 
 const PULL_REASONS: &[&str] = &[
@@ -127,8 +123,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let report = runtime.block_on(diagnose(&args))?;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Text => print_text(&report),
+        output::Report::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        output::Report::Text => print_text(&report),
     }
     let problem = report
         .containers

@@ -14,6 +14,8 @@ use pullbroker_broker::server::NARROW_ANNOTATION;
 use pullbroker_core::policy::model::RegistryCredential;
 use serde::Serialize;
 
+use super::output;
+
 #[derive(clap::Args, Debug)]
 #[command(
     after_long_help = "Put the output at /etc/kubernetes/credential-providers/pullbroker.yaml on every node, the \
@@ -59,13 +61,7 @@ pub struct Args {
     #[arg(long)]
     rbac: bool,
     #[arg(short = 'o', long, value_enum, default_value = "yaml")]
-    output: Format,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Format {
-    Yaml,
-    Json,
+    output: output::Manifest,
 }
 
 /// `kubelet.config.k8s.io/v1` CredentialProviderConfig (k8s-openapi has no
@@ -107,14 +103,6 @@ struct TokenAttributes {
 
 /// The plugin's name: kubelet runs this file from its bin dir.
 pub const PLUGIN: &str = "pullbroker-credential-provider";
-
-fn print<T: Serialize>(value: &T, format: Format) -> Result<()> {
-    match format {
-        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-    }
-    Ok(())
-}
 
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.trim_start_matches("http://");
@@ -197,19 +185,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let audience = audience.unwrap_or_else(|| "pullbroker".into());
     if args.rbac {
         let (role, binding) = rbac(&audience);
-        match args.output {
-            Format::Yaml => {
-                print!(
-                    "{}---\n{}",
-                    serde_yaml::to_string(&role)?,
-                    serde_yaml::to_string(&binding)?
-                )
-            }
-            Format::Json => print(
-                &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [role, binding]}),
-                args.output,
-            )?,
-        }
+        output::print_objects(
+            &[
+                serde_json::to_value(&role)?,
+                serde_json::to_value(&binding)?,
+            ],
+            args.output,
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let url = args.broker_url.clone().unwrap_or_default();
@@ -272,6 +254,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             },
         }],
     };
-    print(&config, args.output)?;
+    output::print_objects(&[config], args.output)?;
     Ok(ExitCode::SUCCESS)
 }

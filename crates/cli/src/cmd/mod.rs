@@ -7,6 +7,7 @@ pub mod dev_token;
 pub mod diagnose;
 pub mod keygen;
 pub mod kubelet_config;
+pub mod output;
 pub mod resolve;
 pub mod secret;
 pub mod serve;

@@ -14,6 +14,8 @@ use serde::Serialize;
 
 use crate::keychain::{self, CredentialArgs};
 
+use super::output;
+
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = "Examples:\n  \
     pullbroker resolve nginx:1.27 ghcr.io/org/app:v2\n  \
@@ -30,7 +32,7 @@ pub struct Args {
     files: Vec<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: Output,
+    output: output::Report,
     /// Resolve multi-platform tags to this platform's manifest (os/arch[/variant]).
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<Platform>,
@@ -59,12 +61,6 @@ pub struct Args {
     progress: bool,
     #[arg(long, hide = true)]
     no_progress: bool,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Output {
-    Text,
-    Json,
 }
 
 #[derive(Serialize)]
@@ -241,7 +237,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {
-        Output::Text => {
+        output::Report::Text => {
             for (input, r) in &results {
                 match r {
                     Ok((_, resolved)) => writeln!(out, "{}", pinned(input, resolved))?,
@@ -249,7 +245,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 }
             }
         }
-        Output::Json => {
+        output::Report::Json => {
             let json: Vec<JsonResult> = results
                 .iter()
                 .map(|(input, r)| match r {

@@ -16,6 +16,8 @@ use serde::Serialize;
 
 use crate::keychain::read_input;
 
+use super::output;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
     /// Print a kubernetes.io/dockerconfigjson Secret manifest for one registry.
@@ -47,13 +49,7 @@ pub struct CreateArgs {
     #[arg(long, default_value = "pullbroker-system")]
     namespace: String,
     #[arg(short = 'o', long, value_enum, default_value = "yaml")]
-    output: Format,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Format {
-    Yaml,
-    Json,
+    output: output::Manifest,
 }
 
 #[derive(clap::Args, Debug)]
@@ -61,13 +57,7 @@ pub struct InspectArgs {
     /// Secret manifest (YAML/JSON) or docker config JSON; `-` for stdin.
     file: PathBuf,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: InspectFormat,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum InspectFormat {
-    Text,
-    Json,
+    output: output::Report,
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,8 +92,8 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         bail!("--username must be non-empty and may not contain ':'");
     }
     let format = match args.output {
-        Format::Yaml => ManifestFormat::Yaml,
-        Format::Json => ManifestFormat::Json,
+        output::Manifest::Yaml => ManifestFormat::Yaml,
+        output::Manifest::Json => ManifestFormat::Json,
     };
     let manifest = render_pull_secret(
         &args.name,
@@ -183,8 +173,8 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
         })
         .collect();
     match args.output {
-        InspectFormat::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
-        InspectFormat::Text => {
+        output::Report::Json => output::print_json(&entries)?,
+        output::Report::Text => {
             println!(
                 "{}{}",
                 loaded.kind,

@@ -15,6 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::ByteString;
 use pullbroker_core::admission::Kind;
 
+use super::output;
+
 #[derive(clap::Args, Debug)]
 #[command(
     after_long_help = "Only namespaces labelled --namespace-label are sent to the webhook (opt-in); \
@@ -62,19 +64,13 @@ pub struct Args {
     #[arg(long, default_value = "pullbroker-pin")]
     name: String,
     #[arg(short = 'o', long, value_enum, default_value = "yaml")]
-    output: Format,
+    output: output::Manifest,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum FailurePolicy {
     Fail,
     Ignore,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Format {
-    Yaml,
-    Json,
 }
 
 /// The admission path the broker serves.
@@ -220,9 +216,6 @@ pub fn build(args: &Args) -> Result<MutatingWebhookConfiguration> {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let config = build(&args)?;
-    match args.output {
-        Format::Yaml => print!("{}", serde_yaml::to_string(&config)?),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&config)?),
-    }
+    output::print_objects(&[config], args.output)?;
     Ok(ExitCode::SUCCESS)
 }
