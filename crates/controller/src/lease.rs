@@ -184,3 +184,101 @@ impl LeaseLock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock_api::{status, step, Scripted};
+    use serde_json::json;
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/sys/leases/pb";
+    const LIST: &str = "/apis/coordination.k8s.io/v1/namespaces/sys/leases";
+
+    fn lease(holder: Option<&str>, transitions: i32) -> serde_json::Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "pb", "namespace": "sys", "resourceVersion": "7"},
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                        "renewTime": "2026-12-02T10:00:00.000000Z", "leaseTransitions": transitions}})
+    }
+
+    fn lock(client: kube::Client) -> LeaseLock {
+        LeaseLock::new(client, "sys", "pb", "r1", Duration::from_secs(15))
+    }
+
+    #[tokio::test]
+    async fn no_lease_yet_is_created_with_us_as_holder() {
+        let (client, api) = Scripted::client(vec![
+            step("GET", PATH, 404, status(404, "NotFound")),
+            step("POST", LIST, 201, lease(Some("r1"), 0)),
+        ]);
+        assert!(lock(client).try_acquire_or_renew().await.unwrap());
+        let created = &api.sent()[1];
+        assert_eq!(created["spec"]["holderIdentity"], "r1");
+        assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(created["spec"]["leaseTransitions"], 0);
+        api.done();
+    }
+
+    #[tokio::test]
+    async fn a_lease_someone_else_renews_is_left_alone() {
+        let (client, api) = Scripted::client(vec![step("GET", PATH, 200, lease(Some("r2"), 3))]);
+        assert!(!lock(client).try_acquire_or_renew().await.unwrap());
+        api.done(); // no write
+    }
+
+    #[tokio::test]
+    async fn our_lease_is_renewed_at_its_resource_version_without_a_transition() {
+        let (client, api) = Scripted::client(vec![
+            step("GET", PATH, 200, lease(Some("r1"), 3)),
+            step("PUT", PATH, 200, lease(Some("r1"), 3)),
+        ]);
+        assert!(lock(client).try_acquire_or_renew().await.unwrap());
+        let put = &api.sent()[1];
+        assert_eq!(
+            put["metadata"]["resourceVersion"], "7",
+            "a stale write must fail"
+        );
+        assert_eq!(put["spec"]["leaseTransitions"], 3);
+        assert_ne!(put["spec"]["renewTime"], "2026-12-02T10:00:00.000000Z");
+        api.done();
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_taken_and_a_lost_race_for_it_is_not_ours() {
+        let (client, api) = Scripted::client(vec![
+            step("GET", PATH, 200, lease(None, 3)),
+            step("PUT", PATH, 409, status(409, "Conflict")),
+        ]);
+        assert!(!lock(client).try_acquire_or_renew().await.unwrap());
+        let put = &api.sent()[1];
+        assert_eq!(put["spec"]["holderIdentity"], "r1");
+        assert_eq!(
+            put["spec"]["leaseTransitions"], 4,
+            "a new holder is a transition"
+        );
+        api.done();
+    }
+
+    #[tokio::test]
+    async fn release_clears_only_our_own_holder() {
+        let (client, api) = Scripted::client(vec![
+            step("GET", PATH, 200, lease(Some("r1"), 3)),
+            step("PUT", PATH, 200, lease(None, 3)),
+        ]);
+        lock(client).release().await.unwrap();
+        assert!(api.sent()[1]["spec"]["holderIdentity"].is_null());
+        api.done();
+
+        let (client, api) = Scripted::client(vec![step("GET", PATH, 200, lease(Some("r2"), 3))]);
+        lock(client).release().await.unwrap();
+        api.done(); // someone else's: no write
+    }
+
+    #[tokio::test]
+    async fn an_api_error_is_an_error_not_a_verdict() {
+        let (client, api) =
+            Scripted::client(vec![step("GET", PATH, 500, status(500, "InternalError"))]);
+        assert!(lock(client).try_acquire_or_renew().await.is_err());
+        api.done();
+    }
+}

@@ -33,6 +33,8 @@ pub mod serving_cert;
 
 mod index;
 mod issue;
+#[cfg(test)]
+mod mock_api;
 mod reconcile;
 mod status;
 mod stuck;
