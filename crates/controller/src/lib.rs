@@ -73,6 +73,8 @@ pub enum Error {
     SealKey(String),
     #[error("the serving certificate: {0}")]
     Certificate(String),
+    #[error("invalid settings: {0}")]
+    Settings(String),
 }
 
 /// How the controller runs.
@@ -559,8 +561,8 @@ pub async fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    settings.validate().map_err(anyhow::Error::msg)?;
+) -> Result<(), Error> {
+    settings.validate().map_err(Error::Settings)?;
     let lock = Arc::new(lease::LeaseLock::new(
         client.clone(),
         &settings.system_namespace,

@@ -200,7 +200,7 @@ pub fn credential_in(secret: &Secret, registry: &str) -> (String, String) {
 pub struct Replica {
     pub metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), pullbroker_controller::Error>>,
 }
 
 pub fn settings(identity: &str) -> Settings {
