@@ -460,14 +460,19 @@ async fn a_status_write_that_keeps_failing_does_not_hold_back_the_others() {
         (with.len() == 3).then_some(with)
     })
     .await;
-    let credential = Api::<RegistryCredential>::all(c.client.clone())
-        .get("corp")
-        .await
-        .unwrap();
-    assert!(
-        credential.status.is_some_and(|s| !s.conditions.is_empty()),
-        "the credential's status was written too ({written:?} had theirs)"
-    );
+    // Written after the grants' in the same pass: its write may still be on its way.
+    let credentials = Api::<RegistryCredential>::all(c.client.clone());
+    eventually(
+        &format!("the credential's status too ({written:?} had theirs)"),
+        WAIT,
+        || async {
+            let cred = credentials.get("corp").await.unwrap();
+            cred.status
+                .is_some_and(|s| !s.conditions.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
     replica.stop().await;
 }
 
