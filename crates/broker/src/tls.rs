@@ -177,7 +177,10 @@ pub struct ServingCert {
 }
 
 /// Makes a CA and a serving certificate valid for `hosts` for `days`.
-pub fn make_serving_cert(hosts: &[String], days: u32) -> Result<ServingCert, String> {
+pub fn make_serving_cert(
+    hosts: &[String],
+    days: u32,
+) -> Result<ServingCert, pullbroker_credentials::Error> {
     use pullbroker_credentials::pki;
     use secrecy::ExposeSecret;
     let validity = Duration::from_secs(u64::from(days) * 86_400);

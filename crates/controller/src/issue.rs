@@ -84,7 +84,7 @@ pub fn issue(
                 .collect();
             serde_json::to_vec(&json!({ "auths": entries })).expect("serializable")
         }
-        Current::Refreshed(u) => {
+        Current::Refreshed { upstream: u, .. } => {
             return Ok(Issued {
                 dockerconfigjson: u.dockerconfigjson.clone(),
                 issued_at: u.issued_at,

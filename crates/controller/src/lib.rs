@@ -36,6 +36,7 @@ mod issue;
 #[cfg(test)]
 mod mock_api;
 mod reconcile;
+mod runtimes;
 mod status;
 mod stuck;
 
@@ -56,7 +57,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use pullbroker_core::policy::{Named, Policy, PullGrant, RegistryCredential};
 use pullbroker_core::sync::MANAGED_BY;
-use pullbroker_credentials::runtime::Secrets;
+use pullbroker_credentials::runtime::{credential_runtime, Secrets};
 use tokio::sync::Notify;
 
 use crate::index::Index;
@@ -72,7 +73,7 @@ pub enum Error {
     #[error("the seal key: {0}")]
     SealKey(String),
     #[error("the serving certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] pullbroker_credentials::Error),
     #[error("invalid settings: {0}")]
     Settings(String),
 }
@@ -169,6 +170,7 @@ pub struct Context {
     listed: tokio::sync::watch::Sender<usize>,
     /// Exec sources' current credentials, shared by reconciles and statuses.
     refreshers: pullbroker_credentials::source::Refreshers,
+    runtimes: runtimes::RuntimeCache,
 }
 
 /// Namespaces, service accounts, managed secrets, grants, credentials, central secrets.
@@ -270,27 +272,58 @@ impl Context {
             .collect()
     }
 
+    fn central_secret(&self, name: &str) -> Option<Arc<Secret>> {
+        self.central
+            .get(&ObjectRef::new(name).within(&self.settings.system_namespace))
+    }
+
     /// The central secrets the policy's credentials name.
     fn central_secrets(&self, policy: &Policy) -> Secrets {
         let mut out = Secrets::new();
-        for c in policy.credentials().values() {
-            let names = c.source.secret_ref.iter().map(|r| r.name.clone()).chain(
-                c.source.token_issuer.iter().flat_map(|t| {
-                    std::iter::once(t.signing_key_secret_ref.name.clone()).chain(
-                        t.previous_signing_key_secret_ref
-                            .iter()
-                            .map(|r| r.name.clone()),
-                    )
-                }),
-            );
-            for name in names {
-                let key = ObjectRef::new(&name).within(&self.settings.system_namespace);
-                if let Some(s) = self.central.get(&key) {
-                    out.insert(name, (s.namespace(), secret_data(&s)));
-                }
+        for name in policy.credentials().values().flat_map(|c| c.secret_names()) {
+            if let Some(s) = self.central_secret(name) {
+                out.insert(name.to_string(), (s.namespace(), secret_data(&s)));
             }
         }
         out
+    }
+
+    /// The policy's credential runtimes, rebuilt only when a credential's
+    /// spec or a central Secret it reads changed (its uid and
+    /// resourceVersion, which the API server changes on every write).
+    pub(crate) fn runtimes(&self, policy: &Policy) -> Arc<runtimes::Runtimes> {
+        use sha2::Digest as _;
+        let mut inputs = sha2::Sha256::new();
+        for (name, spec) in policy.credentials() {
+            // A spec is strings, lists and options: it always serializes.
+            let spec_json = serde_json::to_vec(spec).expect("serializable");
+            inputs.update(format!("{name}\0{}\0", spec_json.len()));
+            inputs.update(spec_json);
+            for secret in spec.secret_names() {
+                let version = self.central_secret(secret).map(|s| {
+                    let m = &s.metadata;
+                    format!("{:?}/{:?}", m.uid, m.resource_version)
+                });
+                inputs.update(format!("{secret}\0{version:?}\0"));
+            }
+        }
+        self.runtimes.get(inputs.finalize().into(), || {
+            let central = self.central_secrets(policy);
+            policy
+                .credentials()
+                .iter()
+                .map(|(name, spec)| {
+                    let built = credential_runtime(
+                        name,
+                        spec,
+                        &central,
+                        self.settings.exec_source_dir.as_deref(),
+                        &self.refreshers,
+                    );
+                    (name.clone(), built)
+                })
+                .collect()
+        })
     }
 }
 
@@ -441,6 +474,7 @@ pub async fn run_leader(
         recorder,
         listed: tokio::sync::watch::channel(0).0,
         refreshers: Default::default(),
+        runtimes: Default::default(),
     });
 
     // Nothing here reads managedFields; not caching them saves memory.

@@ -344,18 +344,16 @@ async fn issue_secret(
     } = w;
     let central = ctx.central_secrets(policy);
     let fail = |e: String| Error::Issue(grant.to_string(), namespace.to_string(), e);
-    let spec = policy
-        .credentials()
-        .get(credential)
-        .ok_or_else(|| fail(format!("RegistryCredential {credential:?} does not exist")))?;
-    let runtime = pullbroker_credentials::runtime::credential_runtime(
-        credential,
-        spec,
-        &central,
-        ctx.settings.exec_source_dir.as_deref(),
-        &ctx.refreshers,
-    )
-    .map_err(|e| fail(format!("RegistryCredential {credential:?}: {e}")))?;
+    let runtimes = ctx.runtimes(policy);
+    let runtime = match runtimes.get(credential) {
+        Some(Ok(runtime)) => runtime,
+        Some(Err(e)) => return Err(fail(format!("RegistryCredential {credential:?}: {e}"))),
+        None => {
+            return Err(fail(format!(
+                "RegistryCredential {credential:?} does not exist"
+            )))
+        }
+    };
     // An exec source is refreshed (once, for every namespace) only when its
     // rotation is due.
     let current = runtime

@@ -17,7 +17,7 @@ use pullbroker_core::policy::{
     DocumentKind, Named, Policy, PullGrant, Purpose, RegistryCredential,
 };
 use pullbroker_core::sync::{self, Observed, ObservedNamespace};
-use pullbroker_credentials::runtime::{credential_runtime, CredentialRuntime};
+use pullbroker_credentials::runtime::CredentialRuntime;
 use serde_json::json;
 
 use crate::reconcile::{now, observe_secret, rfc3339, CREDENTIAL};
@@ -102,7 +102,6 @@ async fn write_all(ctx: &Context) {
         ..Default::default()
     };
     let (_, reports) = sync::desired(&policy, &observed);
-    let central = ctx.central_secrets(&policy);
 
     let grants: Api<PullGrant> = Api::all(ctx.client.clone());
     for g in all_grants.iter() {
@@ -189,6 +188,7 @@ async fn write_all(ctx: &Context) {
         .rotation_lag_seconds
         .store(lag, std::sync::atomic::Ordering::Relaxed);
     let creds: Api<RegistryCredential> = Api::all(ctx.client.clone());
+    let runtimes = ctx.runtimes(&policy);
     for c in all_creds.iter() {
         let name = c.name_any();
         let old = c.status.clone().unwrap_or_default();
@@ -198,25 +198,7 @@ async fn write_all(ctx: &Context) {
             .find(|p| p.is_about(DocumentKind::RegistryCredential, &name))
         {
             Some(p) => (false, "Invalid", p.message.clone()),
-            None => match credential_runtime(
-                &name,
-                &c.spec,
-                &central,
-                ctx.settings.exec_source_dir.as_deref(),
-                &ctx.refreshers,
-            ) {
-                Ok(CredentialRuntime::Refreshing { source }) if source.last_error().is_some() => (
-                    false,
-                    "SourceUnavailable",
-                    source.last_error().unwrap_or_default(),
-                ),
-                Ok(_) => (
-                    true,
-                    "SourceAvailable",
-                    "credential source is available".to_string(),
-                ),
-                Err(e) => (false, "SourceUnavailable", e),
-            },
+            None => credential_verdict(runtimes.get(&name), &name, now, rotate_after).await,
         };
         let (last, next) = times.get(&name).copied().unwrap_or((i64::MIN, i64::MAX));
         let verdict = Ready {
@@ -235,6 +217,37 @@ async fn write_all(ctx: &Context) {
                 report_failed_write("RegistryCredential", &c.name_any(), &e);
             }
         }
+    }
+}
+
+/// A valid credential's readiness, from what it offers now: the same
+/// [`CredentialRuntime::current`] that issuing and the broker use, so the
+/// status says what a consumer would get.
+async fn credential_verdict(
+    runtime: Option<&Result<CredentialRuntime, pullbroker_credentials::Error>>,
+    name: &str,
+    now: i64,
+    rotate_after: f64,
+) -> (bool, &'static str, String) {
+    let unavailable = |why: String| (false, "SourceUnavailable", why);
+    match runtime {
+        // Valid documents always have a runtime; a race with a policy
+        // change between the two reads lands here until the next pass.
+        None => unavailable("credential is not in the policy yet".to_string()),
+        Some(Err(e)) => unavailable(e.to_string()),
+        Some(Ok(runtime)) => match runtime.current(name, now, rotate_after).await {
+            Err(u) => unavailable(u.cause.to_string()),
+            Ok(c) => match c.refresh_failed() {
+                Some(e) => unavailable(format!(
+                    "{e}; the previous credential is served until it expires"
+                )),
+                None => (
+                    true,
+                    "SourceAvailable",
+                    "credential source is available".to_string(),
+                ),
+            },
+        },
     }
 }
 

@@ -12,6 +12,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::{Error, Result};
+
+/// What [`Error::Material`] calls the key.
+const KEY: &str = "the issuer key";
+
 /// Every development key's `kid` starts with this.
 pub const DEV_KID_PREFIX: &str = "pullbroker-dev-";
 
@@ -45,25 +50,28 @@ pub struct DevToken<'a> {
 
 impl DevIssuer {
     /// A new key, as PKCS#8 PEM.
-    pub fn generate() -> Result<String, String> {
+    pub fn generate() -> Result<String> {
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map(|k| k.serialize_pem())
-            .map_err(|e| format!("cannot generate a key: {e}"))
+            .map_err(|e| Error::crypto("generate a key", e))
     }
 
     /// The issuer for a PKCS#8 PEM P-256 key.
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
+    pub fn from_pem(pem: &str) -> Result<Self> {
         let pair = rcgen::KeyPair::from_pem(pem)
-            .map_err(|_| "the issuer key is not a PKCS#8 PEM private key".to_string())?;
+            .map_err(|_| Error::material(KEY, "is not a PKCS#8 PEM private key"))?;
         if !pair.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
-            return Err("the issuer key must be an ECDSA P-256 key (ES256)".into());
+            return Err(Error::material(KEY, "must be an ECDSA P-256 key (ES256)"));
         }
         let public = pair.public_key_raw().to_vec();
         if public.len() != 65 || public[0] != 4 {
-            return Err("the issuer key's public point is not uncompressed P-256".into());
+            return Err(Error::material(
+                KEY,
+                "has no uncompressed P-256 public point",
+            ));
         }
         let key = EncodingKey::from_ec_pem(pem.as_bytes())
-            .map_err(|_| "the issuer key cannot sign ES256".to_string())?;
+            .map_err(|_| Error::material(KEY, "cannot sign ES256"))?;
         let kid = format!("{DEV_KID_PREFIX}{}", hex_prefix(&Sha256::digest(&public)));
         Ok(DevIssuer { key, public, kid })
     }
@@ -79,12 +87,12 @@ impl DevIssuer {
     }
 
     /// A signed token for `t`, issued at `now` (seconds since the epoch).
-    pub fn token(&self, t: &DevToken<'_>, now: i64) -> Result<String, String> {
+    pub fn token(&self, t: &DevToken<'_>, now: i64) -> Result<String> {
         if !(1..=MAX_TTL_SECONDS).contains(&t.ttl_seconds) {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "the lifetime must be between 1s and {}h",
                 MAX_TTL_SECONDS / 3600
-            ));
+            )));
         }
         let mut kube = json!({
             "namespace": t.namespace,
@@ -103,7 +111,7 @@ impl DevIssuer {
         });
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| format!("cannot sign: {e}"))
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| Error::crypto("sign", e))
     }
 }
 
@@ -179,12 +187,14 @@ mod tests {
     fn bad_keys_are_refused_with_a_clear_error() {
         assert!(DevIssuer::from_pem("not a key")
             .unwrap_err()
+            .to_string()
             .contains("PKCS#8"));
         let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256);
         // ring cannot generate RSA keys; where it can, the error is about P-256.
         if let Ok(k) = rsa {
             assert!(DevIssuer::from_pem(&k.serialize_pem())
                 .unwrap_err()
+                .to_string()
                 .contains("P-256"));
         }
     }

@@ -8,6 +8,8 @@ use jsonwebtoken::EncodingKey;
 use rcgen::PublicKeyData;
 use sha2::{Digest as _, Sha256};
 
+use crate::{Error, Result};
+
 /// One signing key with its certificate.
 #[derive(Clone)]
 pub struct SigningKey {
@@ -28,21 +30,25 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// From a PKCS#8 EC P-256 private key and its certificate (PEM).
-    pub fn from_pem(key_pem: &str, cert_pem: &str) -> Result<SigningKey, String> {
+    pub fn from_pem(key_pem: &str, cert_pem: &str) -> Result<SigningKey> {
         let key = rcgen::KeyPair::from_pem(key_pem)
-            .map_err(|_| "tls.key is not a PKCS#8 PEM private key".to_string())?;
+            .map_err(|_| Error::material("tls.key", "is not a PKCS#8 PEM private key"))?;
         if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-            return Err("tls.key must be an EC P-256 key (registry tokens are ES256)".into());
+            return Err(Error::material(
+                "tls.key",
+                "must be an EC P-256 key (registry tokens are ES256)",
+            ));
         }
         let spki = key.subject_public_key_info();
-        let cert_der = pem_body(cert_pem).ok_or("tls.crt is not a PEM certificate")?;
+        let cert_der = pem_body(cert_pem)
+            .ok_or_else(|| Error::material("tls.crt", "is not a PEM certificate"))?;
         // The SubjectPublicKeyInfo is embedded verbatim in the certificate's
         // DER, so containment proves the certificate is for this key.
         if !cert_der.windows(spki.len()).any(|w| w == spki.as_slice()) {
-            return Err("tls.crt does not belong to tls.key".into());
+            return Err(Error::material("tls.crt", "does not belong to tls.key"));
         }
-        let encoding =
-            EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(|e| format!("tls.key: {e}"))?;
+        let encoding = EncodingKey::from_ec_pem(key_pem.as_bytes())
+            .map_err(|e| Error::material("tls.key", format!("cannot sign: {e}")))?;
         let mut h = Sha256::new();
         h.update(b"pullbroker/broker-credential/v1\0");
         h.update(key.serialize_der());
@@ -55,16 +61,15 @@ impl SigningKey {
     }
 
     /// Generates a key and a self-signed certificate (for `pullbroker keygen` and tests).
-    pub fn generate(common_name: &str) -> Result<(String, String), String> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| e.to_string())?;
-        let mut params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    pub fn generate(common_name: &str) -> Result<(String, String)> {
+        let fail = |e| Error::crypto("generate a signing key", e);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(fail)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);
         params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        let cert = params.self_signed(&key).map_err(fail)?;
         Ok((key.serialize_pem(), cert.pem()))
     }
 
@@ -125,7 +130,7 @@ mod tests {
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == ':'));
         assert_eq!(
-            SigningKey::from_pem(&k1, &c2).unwrap_err(),
+            SigningKey::from_pem(&k1, &c2).unwrap_err().to_string(),
             "tls.crt does not belong to tls.key"
         );
         assert!(SigningKey::from_pem("nope", &c1).is_err());

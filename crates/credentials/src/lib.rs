@@ -12,6 +12,9 @@
 //! - [`dev_issuer`]: service-account-shaped tokens for trying the standalone
 //!   broker without a cluster.
 
+mod error;
+pub use error::{Error, ExecProblem, Result};
+
 pub mod dev_issuer;
 pub mod keys;
 pub mod mint;

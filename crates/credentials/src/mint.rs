@@ -43,7 +43,7 @@ pub fn registry_token(
     now: i64,
     lifetime_secs: i64,
     jti: &str,
-) -> Result<String, String> {
+) -> crate::Result<String> {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(key.kid.clone());
     let claims = json!({
@@ -57,7 +57,7 @@ pub fn registry_token(
         "access": access,
     });
     jsonwebtoken::encode(&header, &claims, key.encoding())
-        .map_err(|e| format!("cannot sign registry token: {e}"))
+        .map_err(|e| crate::Error::crypto("sign a registry token", e))
 }
 
 /// What a broker credential asserts.

@@ -12,6 +12,11 @@ use rcgen::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::{Error, Result};
+
+/// What [`Error::Material`] calls what [`inspect`] and [`all`] read.
+const CERT: &str = "the certificate";
+
 /// How far certificates are backdated: a peer whose clock is slightly
 /// behind still accepts a certificate made a moment ago.
 pub const BACKDATE: Duration = Duration::from_secs(60);
@@ -71,25 +76,25 @@ impl CertInfo {
 }
 
 /// Reads the first certificate of `pem`.
-pub fn inspect(pem: &str) -> Result<CertInfo, String> {
+pub fn inspect(pem: &str) -> Result<CertInfo> {
     all(pem)?
         .into_iter()
         .next()
-        .ok_or_else(|| "holds no certificate".into())
+        .ok_or_else(|| Error::material(CERT, "is missing (no PEM CERTIFICATE block)"))
 }
 
 /// Reads every certificate of a PEM bundle (none is an empty list).
-pub fn all(pem: &str) -> Result<Vec<CertInfo>, String> {
+pub fn all(pem: &str) -> Result<Vec<CertInfo>> {
     use x509_parser::extensions::GeneralName;
     let mut out = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
-        let block = block.map_err(|e| format!("not PEM: {e}"))?;
+        let block = block.map_err(|e| Error::material(CERT, format!("is not PEM: {e}")))?;
         if block.label != "CERTIFICATE" {
             continue;
         }
         let cert = block
             .parse_x509()
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+            .map_err(|e| Error::material(CERT, format!("is not X.509: {e}")))?;
         let mut hosts = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
@@ -124,8 +129,9 @@ pub fn all(pem: &str) -> Result<Vec<CertInfo>, String> {
 
 /// A self-signed CA valid for `validity` from now (backdated by [`BACKDATE`]),
 /// allowed to sign serving certificates only (path length 0).
-pub fn new_ca(common_name: &str, validity: Duration) -> Result<KeyedCert, String> {
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+pub fn new_ca(common_name: &str, validity: Duration) -> Result<KeyedCert> {
+    let fail = |e| Error::crypto("make a CA", e);
+    let key = KeyPair::generate().map_err(fail)?;
     let now = SystemTime::now() - BACKDATE;
     let mut ca = CertificateParams::default();
     ca.distinguished_name.push(DnType::CommonName, common_name);
@@ -133,7 +139,7 @@ pub fn new_ca(common_name: &str, validity: Duration) -> Result<KeyedCert, String
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now.into();
     ca.not_after = (now + BACKDATE + validity).into();
-    let cert = ca.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = ca.self_signed(&key).map_err(fail)?;
     Ok(KeyedCert {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem().into(),
@@ -142,30 +148,36 @@ pub fn new_ca(common_name: &str, validity: Duration) -> Result<KeyedCert, String
 
 /// A serving certificate for `hosts` (DNS names or IP addresses) signed by
 /// `ca`, valid for `validity` from now but never past the CA's own expiry.
-pub fn issue_serving(
-    ca: &KeyedCert,
-    hosts: &[String],
-    validity: Duration,
-) -> Result<KeyedCert, String> {
+pub fn issue_serving(ca: &KeyedCert, hosts: &[String], validity: Duration) -> Result<KeyedCert> {
     if hosts.is_empty() {
-        return Err("at least one host name or IP address is required".into());
+        return Err(Error::Invalid(
+            "at least one host name or IP address is required".into(),
+        ));
     }
     let ca_key = KeyPair::from_pem(ca.key_pem.expose_secret())
-        .map_err(|_| "the CA key is not a PEM private key".to_string())?;
-    let ca_info = inspect(&ca.cert_pem).map_err(|e| format!("the CA certificate {e}"))?;
+        .map_err(|_| Error::material("the CA key", "is not a PEM private key"))?;
+    let ca_info = inspect(&ca.cert_pem).map_err(|e| match e {
+        Error::Material { problem, .. } => Error::Material {
+            what: "the CA certificate",
+            problem,
+        },
+        e => e,
+    })?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
-        .map_err(|e| format!("the CA certificate cannot sign: {e}"))?;
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        .map_err(|e| Error::material("the CA certificate", format!("cannot sign: {e}")))?;
+    let fail = |e| Error::crypto("make a serving certificate", e);
+    let key = KeyPair::generate().map_err(fail)?;
     let now = SystemTime::now() - BACKDATE;
     let ca_end = UNIX_EPOCH + Duration::from_secs(u64::try_from(ca_info.not_after).unwrap_or(0));
-    let mut leaf = CertificateParams::new(hosts.to_vec()).map_err(|e| e.to_string())?;
+    let mut leaf = CertificateParams::new(hosts.to_vec())
+        .map_err(|e| Error::Invalid(format!("host names: {e}")))?;
     leaf.distinguished_name
         .push(DnType::CommonName, hosts[0].clone());
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.not_before = now.into();
     leaf.not_after = (now + BACKDATE + validity).min(ca_end).into();
-    let cert = leaf.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+    let cert = leaf.signed_by(&key, &issuer).map_err(fail)?;
     Ok(KeyedCert {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem().into(),
@@ -204,7 +216,10 @@ mod tests {
 
     #[test]
     fn bad_input_is_refused_without_quoting_keys() {
-        assert!(inspect("nothing").unwrap_err().contains("no certificate"));
+        assert_eq!(
+            inspect("nothing").unwrap_err().to_string(),
+            "the certificate is missing (no PEM CERTIFICATE block)"
+        );
         let ca = new_ca("test CA", Duration::from_secs(60)).unwrap();
         let broken = KeyedCert {
             cert_pem: ca.cert_pem.clone(),
@@ -213,7 +228,7 @@ mod tests {
                 .into(),
         };
         let err = issue_serving(&broken, &["a".into()], Duration::from_secs(60)).unwrap_err();
-        assert!(!err.contains("AAAA"), "{err}");
+        assert_eq!(err.to_string(), "the CA key is not a PEM private key");
         assert!(issue_serving(&ca, &[], Duration::from_secs(60)).is_err());
     }
 }

@@ -15,6 +15,7 @@ use pullbroker_core::DockerConfig;
 
 use crate::keys::{IssuerKeys, SigningKey};
 use crate::source::{Refreshers, Upstream};
+use crate::{Error, Result};
 
 /// Central secrets by name: (namespace if given, key → bytes).
 pub type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
@@ -50,8 +51,12 @@ pub enum Current<'a> {
     },
     /// A static password, as configured.
     Static(&'a DockerConfig),
-    /// An exec source's current credential, valid until its `expires_at`.
-    Refreshed(Arc<Upstream>),
+    /// An exec source's current credential, valid until its `expires_at`;
+    /// `refresh_failed` says why it is the previous one.
+    Refreshed {
+        upstream: Arc<Upstream>,
+        refresh_failed: Option<Error>,
+    },
 }
 
 impl Current<'_> {
@@ -60,14 +65,23 @@ impl Current<'_> {
         match self {
             Current::Mint { .. } => None,
             Current::Static(c) => Some(c),
-            Current::Refreshed(u) => Some(&u.config),
+            Current::Refreshed { upstream, .. } => Some(&upstream.config),
+        }
+    }
+
+    /// Why this is the previous credential of an exec source: its refresh
+    /// failed (it still works until it expires).
+    pub fn refresh_failed(&self) -> Option<&Error> {
+        match self {
+            Current::Refreshed { refresh_failed, .. } => refresh_failed.as_ref(),
+            _ => None,
         }
     }
 
     /// When what it offers stops working, if that is known.
     pub fn expires_at(&self) -> Option<i64> {
         match self {
-            Current::Refreshed(u) => Some(u.expires_at),
+            Current::Refreshed { upstream, .. } => Some(upstream.expires_at),
             _ => None,
         }
     }
@@ -77,7 +91,7 @@ impl Current<'_> {
         match self {
             Current::Mint { .. } => "broker",
             Current::Static(_) => "static",
-            Current::Refreshed(_) => "refreshing",
+            Current::Refreshed { .. } => "refreshing",
         }
     }
 }
@@ -89,7 +103,7 @@ impl Current<'_> {
 #[error("credential {credential:?} is unavailable: its source failed")]
 pub struct Unavailable {
     pub credential: String,
-    pub cause: String,
+    pub cause: Error,
 }
 
 impl CredentialRuntime {
@@ -120,7 +134,10 @@ impl CredentialRuntime {
             CredentialRuntime::Refreshing { source } => source
                 .current(now, refresh_after)
                 .await
-                .map(Current::Refreshed)
+                .map(|s| Current::Refreshed {
+                    upstream: s.upstream,
+                    refresh_failed: s.refresh_failed,
+                })
                 .map_err(|cause| {
                     tracing::warn!(credential = %name, error = %cause, "credential source unavailable");
                     Unavailable {
@@ -155,7 +172,7 @@ pub fn assemble(
             Ok(rt) => {
                 runtimes.insert(c.name.clone(), rt);
             }
-            Err(e) => problems.push(Problem::credential(&c.name, e)),
+            Err(e) => problems.push(Problem::credential(&c.name, e.to_string())),
         }
     }
     let mut services: Vec<(&String, &String)> = Vec::new();
@@ -175,13 +192,16 @@ pub fn assemble(
     (policy, runtimes, problems)
 }
 
-fn secret_key<'a>(secrets: &'a Secrets, name: &str, key: &str) -> Result<&'a [u8], String> {
-    let (_, data) = secrets
-        .get(name)
-        .ok_or_else(|| format!("Secret {name:?} does not exist"))?;
+fn secret_key<'a>(secrets: &'a Secrets, name: &str, key: &'static str) -> Result<&'a [u8]> {
+    let (_, data) = secrets.get(name).ok_or_else(|| Error::NoSecret {
+        name: name.to_string(),
+    })?;
     data.get(key)
         .map(Vec::as_slice)
-        .ok_or_else(|| format!("Secret {name:?} has no key {key:?}"))
+        .ok_or_else(|| Error::NoSecretKey {
+            name: name.to_string(),
+            key,
+        })
 }
 
 pub fn credential_runtime(
@@ -190,7 +210,7 @@ pub fn credential_runtime(
     secrets: &Secrets,
     exec_dir: Option<&Path>,
     refreshers: &Refreshers,
-) -> Result<CredentialRuntime, String> {
+) -> Result<CredentialRuntime> {
     if let Some(e) = &spec.source.exec {
         let registry = spec
             .registries
@@ -203,7 +223,7 @@ pub fn credential_runtime(
     }
     if let Some(r) = &spec.source.secret_ref {
         let bytes = secret_key(secrets, &r.name, ".dockerconfigjson")?;
-        let config = DockerConfig::parse(bytes).map_err(|e| format!("Secret {:?}: {e}", r.name))?;
+        let config = DockerConfig::parse(bytes).map_err(|e| Error::from(e).in_secret(&r.name))?;
         return Ok(CredentialRuntime::Static { config });
     }
     let t = spec
@@ -212,12 +232,12 @@ pub fn credential_runtime(
         .as_ref()
         // validate() admits exactly one source; exec and secretRef returned above.
         .expect("validated: exactly one source");
-    let load_key = |name: &str| -> Result<SigningKey, String> {
-        let key = String::from_utf8(secret_key(secrets, name, "tls.key")?.to_vec())
-            .map_err(|_| "tls.key is not text")?;
-        let cert = String::from_utf8(secret_key(secrets, name, "tls.crt")?.to_vec())
-            .map_err(|_| "tls.crt is not text")?;
-        SigningKey::from_pem(&key, &cert).map_err(|e| format!("Secret {name:?}: {e}"))
+    let load_key = |name: &str| -> Result<SigningKey> {
+        let text = |key: &'static str| {
+            std::str::from_utf8(secret_key(secrets, name, key)?)
+                .map_err(|_| Error::material(key, "is not text").in_secret(name))
+        };
+        SigningKey::from_pem(text("tls.key")?, text("tls.crt")?).map_err(|e| e.in_secret(name))
     };
     let keys = IssuerKeys {
         current: load_key(&t.signing_key_secret_ref.name)?,
@@ -231,7 +251,8 @@ pub fn credential_runtime(
         .token_ttl
         .as_deref()
         .map(parse_duration)
-        .transpose()?
+        .transpose()
+        .map_err(Error::Invalid)?
         .unwrap_or(Duration::from_secs(300));
     Ok(CredentialRuntime::TokenIssuer {
         keys: Box::new(keys),

@@ -28,6 +28,8 @@ use pullbroker_core::DockerConfig;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::{Error, ExecProblem};
+
 /// Largest response read from an executable.
 const MAX_OUTPUT: u64 = 1 << 20;
 
@@ -91,7 +93,13 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses a `CredentialProviderResponse` into a docker config; `None` when
 /// it gives no lifetime.
-pub fn parse_response(out: &[u8]) -> Result<(DockerConfig, Vec<u8>, Option<Duration>), String> {
+pub fn parse_response(
+    out: &[u8],
+) -> Result<(DockerConfig, Vec<u8>, Option<Duration>), ExecProblem> {
+    parse_response_text(out).map_err(ExecProblem::Response)
+}
+
+fn parse_response_text(out: &[u8]) -> Result<(DockerConfig, Vec<u8>, Option<Duration>), String> {
     let v: Value = serde_json::from_slice(out).map_err(|e| {
         format!(
             "output is not JSON (line {}, column {})",
@@ -144,8 +152,15 @@ pub struct Refresher {
     dir: Option<PathBuf>,
     /// Held across a run: callers arriving meanwhile wait for its outcome.
     state: tokio::sync::Mutex<State>,
-    /// Why the last run failed, until one succeeds (for statuses).
-    last_error: Mutex<Option<String>>,
+}
+
+/// What a [`Refresher`] serves.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub upstream: Arc<Upstream>,
+    /// Why the last refresh failed, when `upstream` is the previous
+    /// credential served until it expires (for statuses: degraded, not down).
+    pub refresh_failed: Option<Error>,
 }
 
 #[derive(Default)]
@@ -158,7 +173,7 @@ struct State {
 /// follow until `retry_at`) share its outcome instead of each re-running a
 /// failing executable for up to its timeout.
 struct Failure {
-    error: String,
+    error: Error,
     retry_at: i64,
     streak: u32,
 }
@@ -227,7 +242,6 @@ impl Refreshers {
             registry: registry.into(),
             dir: dir.map(PathBuf::from),
             state: tokio::sync::Mutex::default(),
-            last_error: Mutex::new(None),
         });
         all.insert(key, (name.to_string(), now, r.clone()));
         r
@@ -239,29 +253,40 @@ impl Refresher {
     /// fraction) of its lifetime has passed. A failed refresh is retried
     /// only after a backoff (1 s doubling to 60 s, on the caller's clock
     /// `now`); meanwhile, and whenever a refresh fails, a credential that
-    /// has not expired yet is still served.
-    pub async fn current(&self, now: i64, refresh_after: f64) -> Result<Arc<Upstream>, String> {
+    /// has not expired yet is still served, saying why it was not refreshed.
+    pub async fn current(&self, now: i64, refresh_after: f64) -> Result<Served, Error> {
         let mut state = self.state.lock().await;
         let unexpired = state.current.clone().filter(|u| now < u.expires_at);
+        let stale = |error: &Error| {
+            unexpired.clone().map(|upstream| Served {
+                upstream,
+                refresh_failed: Some(error.clone()),
+            })
+        };
         if let Some(u) = &state.current {
             if now < refresh_due(u.issued_at, u.expires_at, refresh_after) {
-                return Ok(u.clone());
+                return Ok(Served {
+                    upstream: u.clone(),
+                    refresh_failed: None,
+                });
             }
         }
         if let Some(f) = state.failure.as_ref().filter(|f| now < f.retry_at) {
-            return unexpired.ok_or_else(|| f.error.clone());
+            return stale(&f.error).ok_or_else(|| f.error.clone());
         }
         match self.run(now).await {
             Ok(u) => {
                 let fresh = Arc::new(u);
-                *self.last_error.lock().expect("poisoned") = None;
                 tracing::info!(credential = %self.name, expires_at = fresh.expires_at, "exec source refreshed");
                 state.current = Some(fresh.clone());
                 state.failure = None;
-                Ok(fresh)
+                Ok(Served {
+                    upstream: fresh,
+                    refresh_failed: None,
+                })
             }
             Err(error) => {
-                *self.last_error.lock().expect("poisoned") = Some(error.clone());
+                let served = stale(&error);
                 let streak = state.failure.as_ref().map_or(0, |f| f.streak) + 1;
                 let retry_at = now.saturating_add(backoff(streak));
                 tracing::warn!(credential = %self.name, %error, retry_at, serving_cached = unexpired.is_some(), "exec source refresh failed");
@@ -270,35 +295,36 @@ impl Refresher {
                     retry_at,
                     streak,
                 });
-                unexpired.ok_or(error)
+                served.ok_or(error)
             }
         }
     }
 
-    /// Why the last refresh failed, if it did (never the executable's output).
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("poisoned").clone()
-    }
-
-    async fn run(&self, now: i64) -> Result<Upstream, String> {
-        let what = format!("exec source {:?}", self.spec.command);
-        let dir = self.dir.clone().ok_or_else(|| {
-            format!("{what}: exec sources are disabled (no exec source directory configured)")
-        })?;
+    async fn run(&self, now: i64) -> Result<Upstream, Error> {
+        let fail = |problem| Error::Exec {
+            command: self.spec.command.clone(),
+            problem,
+        };
+        let dir = self
+            .dir
+            .clone()
+            .ok_or_else(|| fail(ExecProblem::Disabled))?;
         let path = dir.join(&self.spec.command);
         let timeout = self
             .spec
             .timeout
             .as_deref()
             .map(parse_duration)
-            .transpose()?
+            .transpose()
+            .map_err(Error::Invalid)?
             .unwrap_or(Duration::from_secs(30));
         let default_lifetime = self
             .spec
             .default_lifetime
             .as_deref()
             .map(parse_duration)
-            .transpose()?
+            .transpose()
+            .map_err(Error::Invalid)?
             .unwrap_or(Duration::from_secs(3600));
         let mut child = tokio::process::Command::new(&path)
             .args(&self.spec.args)
@@ -307,7 +333,12 @@ impl Refresher {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("{what}: cannot run {}: {e}", path.display()))?;
+            .map_err(|e| {
+                fail(ExecProblem::Spawn {
+                    path: path.display().to_string(),
+                    cause: e.to_string(),
+                })
+            })?;
         // The registry patterns may be globs; a concrete image is what the protocol asks about.
         let host = self.registry.replace("*.", "x.");
         let request = json!({"apiVersion": "credentialprovider.kubelet.k8s.io/v1", "kind": "CredentialProviderRequest",
@@ -328,13 +359,12 @@ impl Refresher {
         };
         let (status, out) = tokio::time::timeout(timeout, io)
             .await
-            .map_err(|_| format!("{what}: no answer within {timeout:?}"))?
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|_| fail(ExecProblem::Timeout(timeout)))?
+            .map_err(|e| fail(ExecProblem::Io(e)))?;
         if !status.success() {
-            return Err(format!("{what}: exited with {status}"));
+            return Err(fail(ExecProblem::Exited(status.to_string())));
         }
-        let (config, dockerconfigjson, lifetime) =
-            parse_response(&out).map_err(|e| format!("{what}: {e}"))?;
+        let (config, dockerconfigjson, lifetime) = parse_response(&out).map_err(fail)?;
         Ok(Upstream {
             config,
             dockerconfigjson,
@@ -384,7 +414,7 @@ mod tests {
         fn any_output_parses_or_fails_cleanly(out in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Err(e) = parse_response(&out) {
                 let text = String::from_utf8_lossy(&out);
-                prop_assert!(text.len() < 8 || !e.contains(text.as_ref()));
+                prop_assert!(text.len() < 8 || !e.to_string().contains(text.as_ref()));
             }
         }
 
@@ -396,7 +426,7 @@ mod tests {
                     let shown = format!("{config:?}");
                     prop_assert!(!shown.contains(&pw));
                 }
-                Err(e) => prop_assert!(!e.contains(&pw)),
+                Err(e) => prop_assert!(!e.to_string().contains(&pw)),
             }
         }
 
@@ -466,7 +496,7 @@ mod tests {
             br#"{"kind":"CredentialProviderResponse","cacheDuration":"soon","auth":{"r":{"username":"u","password":"CANARY-pw"}}}"#,
         ] {
             let e = parse_response(bad).unwrap_err();
-            assert!(!e.contains("CANARY"), "{e}");
+            assert!(!e.to_string().contains("CANARY"), "{e}");
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use pullbroker_core::policy::model::ExecSource;
 use pullbroker_credentials::source::{Refresher, Refreshers};
+use pullbroker_credentials::{Error, ExecProblem};
 
 /// Appends a line to `runs` on each run; answers with a credential valid for
 /// 100 s while the file `ok` exists, and fails otherwise.
@@ -51,7 +52,15 @@ async fn concurrent_callers_share_one_failed_run_until_the_backoff_passes() {
         1,
         "the callers queued behind the failure shared it"
     );
-    assert!(r.last_error().unwrap().contains("exited with"));
+    let error = results[7].as_ref().unwrap_err();
+    assert!(
+        matches!(error, Error::Exec { command, problem: ExecProblem::Exited(_) } if command == "provider"),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "exec source \"provider\": exited with exit status: 1"
+    );
 
     // Backoff 1 s after the first failure, then 2 s after the second.
     assert!(r.current(NOW, 0.5).await.is_err());
@@ -62,10 +71,11 @@ async fn concurrent_callers_share_one_failed_run_until_the_backoff_passes() {
     assert_eq!(runs(dir.path()), 2, "still backing off (until NOW + 3)");
 
     std::fs::write(dir.path().join("ok"), "").unwrap();
-    let u = r.current(NOW + 3, 0.5).await.expect("recovered");
+    let served = r.current(NOW + 3, 0.5).await.expect("recovered");
+    let u = &served.upstream;
     assert_eq!((u.issued_at, u.expires_at), (NOW + 3, NOW + 103));
     assert_eq!(runs(dir.path()), 3);
-    assert_eq!(r.last_error(), None);
+    assert_eq!(served.refresh_failed, None);
 }
 
 #[tokio::test]
@@ -75,6 +85,7 @@ async fn an_unexpired_credential_is_served_while_its_refresh_fails() {
     let (_all, r) = source(dir.path());
     let first = r.current(NOW, 0.5).await.unwrap();
     assert_eq!(runs(dir.path()), 1);
+    assert_eq!(first.refresh_failed, None);
 
     std::fs::remove_file(dir.path().join("ok")).unwrap();
     // Due for refresh at NOW + 50; the refresh fails; the old one is still valid.
@@ -82,11 +93,15 @@ async fn an_unexpired_credential_is_served_while_its_refresh_fails() {
         .current(NOW + 60, 0.5)
         .await
         .expect("the cached credential");
-    assert!(Arc::ptr_eq(&first, &served));
+    assert!(Arc::ptr_eq(&first.upstream, &served.upstream));
     assert_eq!(runs(dir.path()), 2);
-    assert!(r.last_error().is_some(), "the failure is still reported");
-    // Within the backoff: served without a run.
-    assert!(r.current(NOW + 60, 0.5).await.is_ok());
+    assert!(
+        matches!(served.refresh_failed, Some(Error::Exec { .. })),
+        "the failure is reported with it: {served:?}"
+    );
+    // Within the backoff: served without a run, still saying why.
+    let again = r.current(NOW + 60, 0.5).await.unwrap();
+    assert_eq!(again.refresh_failed, served.refresh_failed);
     assert_eq!(runs(dir.path()), 2);
     // Expired: no credential to serve, the error is the answer.
     assert!(r.current(NOW + 100, 0.5).await.is_err());

@@ -134,7 +134,7 @@ async fn exchange_inner(
             Some((BROKER_USERNAME.to_string(), c.seal(&keys.current)))
         }
         Current::Static(config) => basic_for(config, &image),
-        Current::Refreshed(upstream) => {
+        Current::Refreshed { upstream, .. } => {
             expires_at = expires_at.min(upstream.expires_at);
             basic_for(&upstream.config, &image)
         }

@@ -176,13 +176,13 @@ pub(super) async fn resolve_central(
                 60,
                 &next_jti(st),
             )
-            .map_err(|e| fail("internal", e))?;
+            .map_err(|e| fail("internal", e.to_string()))?;
             vec![Credential::RegistryToken {
                 token: token.into(),
             }]
         }
         Current::Static(config) => config.credentials_for(image),
-        Current::Refreshed(upstream) => upstream.config.credentials_for(image),
+        Current::Refreshed { upstream, .. } => upstream.config.credentials_for(image),
     };
     st.resolver
         .resolve_with(image, name, credentials)

@@ -397,6 +397,22 @@ fn human(d: Duration) -> String {
 }
 
 impl RegistryCredentialSpec {
+    /// The central Secrets its source reads: a static copy's, or a token
+    /// issuer's signing keys (current, then previous). None for exec.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        let s = &self.source;
+        s.secret_ref
+            .iter()
+            .map(|r| r.name.as_str())
+            .chain(s.token_issuer.iter().flat_map(|t| {
+                std::iter::once(t.signing_key_secret_ref.name.as_str()).chain(
+                    t.previous_signing_key_secret_ref
+                        .iter()
+                        .map(|r| r.name.as_str()),
+                )
+            }))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.registries.is_empty() {
             return Err("registries must list at least one registry".into());
