@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::satoken::{IssuerSettings, JwksSource};
+use crate::Error;
 pub use pullbroker_credentials::runtime::{
     assemble, credential_runtime, CredentialRuntime, Secrets,
 };
@@ -276,21 +277,23 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 
 /// Loads and validates a standalone config file (once: its exec sources
 /// get refreshers of their own).
-pub fn load(path: &Path) -> Result<Snapshot, String> {
+pub fn load(path: &Path) -> crate::Result<Snapshot> {
     load_with(path, &Default::default())
 }
 
 /// Loads and validates a standalone config file, its exec sources served
 /// by `refreshers` (a running broker's, kept across reloads).
-pub fn load_with(path: &Path, refreshers: &std::sync::Arc<Refreshers>) -> Result<Snapshot, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn load_with(path: &Path, refreshers: &std::sync::Arc<Refreshers>) -> crate::Result<Snapshot> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_with(&text, path, refreshers)
 }
 
 /// Validates config `text` as if read from `path` (files it names are
 /// resolved against `path`'s directory and read; nothing is written).
-pub fn parse(text: &str, path: &Path) -> Result<Snapshot, String> {
+pub fn parse(text: &str, path: &Path) -> crate::Result<Snapshot> {
     parse_with(text, path, &Default::default())
 }
 
@@ -298,7 +301,7 @@ fn parse_with(
     text: &str,
     path: &Path,
     refreshers: &std::sync::Arc<Refreshers>,
-) -> Result<Snapshot, String> {
+) -> crate::Result<Snapshot> {
     let base = path.parent().unwrap_or(Path::new("."));
     let mut problems: Vec<String> = Vec::new();
     let mut broker: Option<BrokerConfigSpec> = None;
@@ -312,15 +315,11 @@ fn parse_with(
             Ok(Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                let at = e
-                    .location()
-                    .map(|l| format!(" at line {}", l.line()))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "{}: document {} is not valid YAML{at}",
-                    path.display(),
-                    i + 1
-                ));
+                return Err(Error::Yaml {
+                    path: path.to_path_buf(),
+                    document: i + 1,
+                    line: e.location().map(|l| l.line()),
+                })
             }
         };
         let kind = doc
@@ -524,12 +523,11 @@ fn parse_with(
     })
 }
 
-fn report(path: &Path, problems: Vec<String>) -> String {
-    format!(
-        "{} is invalid:\n  - {}",
-        path.display(),
-        problems.join("\n  - ")
-    )
+fn report(path: &Path, problems: Vec<String>) -> Error {
+    Error::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    }
 }
 
 fn secret_data(doc: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
@@ -671,6 +669,34 @@ mod tests {
     const BROKER: &str = "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {name: b}\nspec:\n  insecurePlainHttp: true\n  policySource: kubernetes\n  serviceAccountIssuer: {issuer: https://kubernetes.default.svc, jwksFile: jwks.json}\n";
 
     #[test]
+    fn refusals_are_structured_values() {
+        let (_d, path) = write(BROKER);
+        let missing = path.with_file_name("absent.yaml");
+        match load(&missing) {
+            Err(Error::Read { path, .. }) => assert_eq!(path, missing),
+            other => panic!("expected a read error, got {:?}", other.err()),
+        }
+        let (_d, path) = write(&format!("{BROKER}---\nkind: [unclosed\n"));
+        match load(&path) {
+            Err(Error::Yaml { document, line, .. }) => {
+                assert_eq!(document, 2);
+                assert!(line.is_some(), "the line is reported");
+            }
+            other => panic!("expected a YAML error, got {:?}", other.err()),
+        }
+        let (_d, path) = write(&BROKER.replace("jwksFile: jwks.json", "jwksFile: none.json"));
+        match load(&path) {
+            Err(Error::Invalid { problems, .. }) => {
+                assert!(
+                    problems.iter().any(|p| p.contains("none.json")),
+                    "{problems:?}"
+                )
+            }
+            other => panic!("expected the problems, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
     fn kubernetes_policy_source_takes_no_policy_from_the_file() {
         let (_d, path) = write(BROKER);
         let s = load(&path).unwrap();
@@ -683,7 +709,7 @@ mod tests {
 
         let (_d, path) = write(&format!("{BROKER}---\napiVersion: pullbroker.dev/v1alpha1\nkind: PullGrant\nmetadata: {{name: g}}\nspec: {{credential: c, subjects: {{namespaces: [a], serviceAccounts: [b]}}, repositories: ['**'], purposes: [pull]}}\n"));
         let err = load(&path).err().unwrap();
-        assert!(err.contains("come from the cluster"), "{err}");
+        assert!(err.to_string().contains("come from the cluster"), "{err}");
 
         let (_d, path) = write(&BROKER.replace("kubernetes", "etcd"));
         assert!(load(&path).is_err(), "unknown policySource");

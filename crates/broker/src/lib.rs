@@ -10,17 +10,21 @@
 //! - [`server`]: routes, audit events, metrics, reload, graceful shutdown.
 
 pub mod config;
+mod error;
 pub mod metrics;
 pub mod satoken;
 pub mod server;
 pub mod tls;
 pub mod tokenreview;
 
+pub use error::{Error, Result};
 pub use server::Broker;
 
 /// An HTTP client for the broker's own outbound calls (JWKS, TokenReview):
 /// the registry client's builder with its default timeouts (10 s, connect 5 s).
-pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+pub fn http_client(
+    ca_pem: Option<&[u8]>,
+) -> Result<reqwest::Client, pullbroker_registry::SetupError> {
     let settings = pullbroker_registry::ClientSettings {
         ca_pems: ca_pem.map(|p| vec![p.to_vec()]).unwrap_or_default(),
         ..Default::default()

@@ -248,19 +248,19 @@ impl Verifier {
     pub async fn new(
         settings: IssuerSettings,
         reviewer: Option<Arc<dyn TokenReviewer>>,
-    ) -> Result<Verifier, String> {
+    ) -> crate::Result<Verifier> {
         if settings.leeway > MAX_LEEWAY {
-            return Err(format!(
+            return Err(crate::Error::Issuer(format!(
                 "leeway {:?} is larger than {MAX_LEEWAY:?}",
                 settings.leeway
-            ));
+            )));
         }
         let http = match &settings.jwks {
             JwksSource::Static(_) => None,
             _ => Some(crate::http_client(settings.ca_pem.as_deref())?),
         };
         let initial = match &settings.jwks {
-            JwksSource::Static(text) => parse_jwks(text)?,
+            JwksSource::Static(text) => parse_jwks(text).map_err(crate::Error::Issuer)?,
             _ => KeySet {
                 by_kid: HashMap::new(),
             },

@@ -100,9 +100,9 @@ fn certified(spec: &TlsSpec, cert: &[u8], key: &[u8]) -> Result<CertifiedKey, St
 
 impl ReloadingCert {
     /// Loads the pair; an error here means the broker cannot serve TLS yet.
-    pub fn load(spec: &TlsSpec) -> Result<Arc<ReloadingCert>, String> {
-        let (cert, key) = read(spec)?;
-        let pair = certified(spec, &cert, &key)?;
+    pub fn load(spec: &TlsSpec) -> crate::Result<Arc<ReloadingCert>> {
+        let (cert, key) = read(spec).map_err(crate::Error::Tls)?;
+        let pair = certified(spec, &cert, &key).map_err(crate::Error::Tls)?;
         Ok(Arc::new(ReloadingCert {
             spec: spec.clone(),
             current: ArcSwap::from_pointee(pair),
@@ -112,15 +112,15 @@ impl ReloadingCert {
 
     /// Re-reads the files; `Ok(true)` when a new pair now serves. A pair that
     /// does not load is refused once (until the files change again).
-    pub fn reload(&self) -> Result<bool, String> {
-        let (cert, key) = read(&self.spec)?;
+    pub fn reload(&self) -> crate::Result<bool> {
+        let (cert, key) = read(&self.spec).map_err(crate::Error::Tls)?;
         let fp = fingerprint(&cert, &key);
         let mut seen = self.seen.lock().expect("poisoned");
         if *seen == fp {
             return Ok(false);
         }
         *seen = fp;
-        let pair = certified(&self.spec, &cert, &key)?;
+        let pair = certified(&self.spec, &cert, &key).map_err(crate::Error::Tls)?;
         self.current.store(Arc::new(pair));
         Ok(true)
     }
@@ -212,7 +212,7 @@ mod tests {
         let before = cert.current.load_full();
         assert!(!cert.reload().unwrap(), "unchanged files are no change");
         std::fs::write(&spec.key_file, &b.key_pem).unwrap();
-        let err = cert.reload().unwrap_err();
+        let err = cert.reload().unwrap_err().to_string();
         assert!(err.contains("does not belong"), "{err}");
         assert!(!err.contains("PRIVATE KEY"), "no key material in errors");
         assert!(Arc::ptr_eq(&before, &cert.current.load_full()));
@@ -220,6 +220,10 @@ mod tests {
         assert!(cert.reload().unwrap());
         assert!(!Arc::ptr_eq(&before, &cert.current.load_full()));
         std::fs::write(&spec.cert_file, "not pem").unwrap();
-        assert!(cert.reload().unwrap_err().contains("holds no certificate"));
+        assert!(cert
+            .reload()
+            .unwrap_err()
+            .to_string()
+            .contains("holds no certificate"));
     }
 }

@@ -39,7 +39,7 @@ impl HttpTokenReview {
         api_server: &str,
         bearer: SecretString,
         ca_pem: Option<&[u8]>,
-    ) -> Result<Self, String> {
+    ) -> crate::Result<Self> {
         Ok(HttpTokenReview {
             url: format!(
                 "{}/apis/authentication.k8s.io/v1/tokenreviews",

@@ -78,6 +78,16 @@ impl RegistryError {
     }
 }
 
+/// Why an HTTP client could not be built from [`crate::ClientSettings`]:
+/// a setup problem, found before any registry is contacted.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("invalid CA bundle: {0}")]
+    CaBundle(#[source] reqwest::Error),
+    #[error("cannot build HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
 /// The innermost cause of a transport error, without the URL (URLs of token
 /// endpoints carry query parameters we prefer not to repeat).
 pub(crate) fn describe(e: &reqwest::Error) -> String {

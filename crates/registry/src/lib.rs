@@ -24,7 +24,7 @@ mod singleflight;
 mod token;
 
 pub use client::{Manifest, ManifestInfo, RegistryClient};
-pub use error::RegistryError;
+pub use error::{RegistryError, SetupError};
 pub use manifest::Platform;
 pub use resolve::{Resolved, Resolver, ResolverOptions};
 pub use settings::ClientSettings;

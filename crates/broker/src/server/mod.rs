@@ -109,18 +109,20 @@ fn issuer_fingerprint(s: &Snapshot) -> String {
 async fn build_verifier(
     s: &Snapshot,
     reviewer_override: Option<Arc<dyn TokenReviewer>>,
-) -> Result<Arc<Verifier>, String> {
+) -> crate::Result<Arc<Verifier>> {
     let reviewer: Option<Arc<dyn TokenReviewer>> = match (reviewer_override, &s.token_review) {
         (Some(r), _) => Some(r),
         (None, Some(spec)) => {
-            let token = std::fs::read_to_string(&spec.token_file)
-                .map_err(|e| format!("tokenReview.tokenFile: {e}"))?;
-            let ca = spec
-                .ca_file
-                .as_ref()
-                .map(std::fs::read)
-                .transpose()
-                .map_err(|e| format!("tokenReview.caFile: {e}"))?;
+            let unreadable = |path: &PathBuf| {
+                let path = path.clone();
+                move |source| crate::Error::Read { path, source }
+            };
+            let token =
+                std::fs::read_to_string(&spec.token_file).map_err(unreadable(&spec.token_file))?;
+            let ca = match &spec.ca_file {
+                Some(f) => Some(std::fs::read(f).map_err(unreadable(f))?),
+                None => None,
+            };
             Some(Arc::new(HttpTokenReview::new(
                 &spec.api_server,
                 token.trim().to_string().into(),
@@ -142,7 +144,7 @@ impl Broker {
         config_path: Option<PathBuf>,
         client_settings: ClientSettings,
         reviewer_override: Option<Arc<dyn TokenReviewer>>,
-    ) -> Result<Broker, String> {
+    ) -> crate::Result<Broker> {
         let verifier = build_verifier(&snapshot, reviewer_override.clone()).await?;
         let metrics = Metrics::default();
         metrics.config_generation.set(1);
@@ -241,7 +243,7 @@ impl Broker {
     }
 
     /// Loads the config file again; on any problem the running config stays.
-    pub async fn reload(&self) -> Result<(), String> {
+    pub async fn reload(&self) -> crate::Result<()> {
         let st = &self.state;
         let Some(path) = &st.config_path else {
             return Ok(());
@@ -269,7 +271,7 @@ impl Broker {
                     snapshot.clone()
                 }
             });
-            Ok::<(), String>(())
+            Ok::<(), crate::Error>(())
         }
         .await;
         let mut status = st.reload.lock().expect("poisoned");
@@ -281,7 +283,7 @@ impl Broker {
                 tracing::info!(generation = status.generation, "configuration reloaded");
             }
             Err(e) => {
-                status.last_error = Some(e.clone());
+                status.last_error = Some(e.to_string());
                 st.metrics.config_reload_errors.inc();
                 tracing::warn!(error = %e, "configuration change rejected; keeping the last good configuration");
             }

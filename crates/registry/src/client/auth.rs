@@ -25,10 +25,11 @@ const MAX_TOKEN_RESPONSE: usize = 1 << 20;
 /// plain-HTTP/insecure): an HTTPS registry naming an `http://` realm would
 /// otherwise get its credentials sent in clear text.
 pub fn realm_may_carry(
+    registry: &str,
     realm: &reqwest::Url,
     credential: &Credential,
     plain_accepted: bool,
-) -> Result<(), String> {
+) -> Result<(), RegistryError> {
     let secret = matches!(
         credential,
         Credential::Basic { .. } | Credential::IdentityToken { .. }
@@ -36,9 +37,12 @@ pub fn realm_may_carry(
     if realm.scheme() == "https" || !secret || plain_accepted {
         return Ok(());
     }
-    Err(format!(
-        "token realm {realm} is plain HTTP while the registry is served over HTTPS: refusing to send {credential} in clear text (mark the registry plain-HTTP or insecure to allow it)"
-    ))
+    Err(RegistryError::Protocol {
+        registry: registry.to_string(),
+        detail: format!(
+            "token realm {realm} is plain HTTP while the registry is served over HTTPS: refusing to send {credential} in clear text (mark the registry plain-HTTP or insecure to allow it)"
+        ),
+    })
 }
 
 impl RegistryClient {
@@ -143,12 +147,7 @@ impl RegistryClient {
         // Plain HTTP to the registry itself was already accepted (loopback, or
         // marked plain-HTTP/insecure by the operator): then a plain realm is too.
         let plain_accepted = ep.base.starts_with("http://") || !ep.verify_tls;
-        realm_may_carry(&realm_url, credential, plain_accepted).map_err(|detail| {
-            RegistryError::Protocol {
-                registry: registry.to_string(),
-                detail,
-            }
-        })?;
+        realm_may_carry(registry, &realm_url, credential, plain_accepted)?;
         let http = self.http(verify);
         let resp = self
             .send(registry, || {
@@ -227,19 +226,21 @@ mod tests {
             token: "id-CANARY".to_string().into(),
         };
         for secret in [&basic, &identity] {
-            let err = realm_may_carry(&plain, secret, false).unwrap_err();
+            let err = realm_may_carry("r.example", &plain, secret, false)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("clear text") && !err.contains("CANARY"),
                 "{err}"
             );
-            assert!(realm_may_carry(&tls, secret, false).is_ok());
+            assert!(realm_may_carry("r.example", &tls, secret, false).is_ok());
             assert!(
-                realm_may_carry(&plain, secret, true).is_ok(),
+                realm_may_carry("r.example", &plain, secret, true).is_ok(),
                 "plain HTTP accepted for this registry"
             );
         }
         assert!(
-            realm_may_carry(&plain, &Credential::Anonymous, false).is_ok(),
+            realm_may_carry("r.example", &plain, &Credential::Anonymous, false).is_ok(),
             "nothing secret to send"
         );
     }

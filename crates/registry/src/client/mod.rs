@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use pullbroker_core::Digest;
 
-use crate::error::RegistryError;
+use crate::error::{RegistryError, SetupError};
 use crate::settings::ClientSettings;
 use crate::singleflight::SingleFlight;
 use crate::token::{Token, TokenCache, TokenKey};
@@ -64,7 +64,7 @@ struct Inner {
 }
 
 impl RegistryClient {
-    pub fn new(settings: ClientSettings) -> Result<Self, String> {
+    pub fn new(settings: ClientSettings) -> Result<Self, SetupError> {
         let verified = build_http(&settings, true)?;
         let unverified = build_http(&settings, false)?;
         Ok(RegistryClient {

@@ -7,13 +7,13 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::RegistryClient;
 use crate::challenge;
-use crate::error::{from_transport, RegistryError};
+use crate::error::{from_transport, RegistryError, SetupError};
 use crate::settings::ClientSettings;
 
 /// An HTTP client with the settings' timeouts and trusted CAs (rustls on
 /// ring); `verify: false` skips certificate checks. Also used by the broker
 /// for its own outbound calls, so both agree on TLS and timeouts.
-pub fn build_http(settings: &ClientSettings, verify: bool) -> Result<reqwest::Client, String> {
+pub fn build_http(settings: &ClientSettings, verify: bool) -> Result<reqwest::Client, SetupError> {
     // reqwest is built without a default crypto provider; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut b = reqwest::Client::builder()
@@ -25,15 +25,13 @@ pub fn build_http(settings: &ClientSettings, verify: bool) -> Result<reqwest::Cl
         .no_proxy()
         .tcp_nodelay(true);
     for pem in &settings.ca_pems {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("invalid CA bundle: {e}"))?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(SetupError::CaBundle)?;
         b = b.tls_certs_merge(certs);
     }
     if !verify {
         b = b.tls_danger_accept_invalid_certs(true);
     }
-    b.build()
-        .map_err(|e| format!("cannot build HTTP client: {e}"))
+    b.build().map_err(SetupError::Client)
 }
 
 impl RegistryClient {
