@@ -116,16 +116,7 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
         assert_eq!(text.contains("\"patch\""), pinned, "{text}");
         observed.push(text);
     }
-    observed.push(
-        http()
-            .get(format!("{}/metrics", s.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    observed.push(metrics(&s.url).await);
     observed.push(
         http()
             .get(format!("{}/healthz", s.url))

@@ -511,17 +511,10 @@ async fn config_reload_keeps_the_last_good_config_on_a_bad_edit() {
     )
     .await;
     assert_eq!(status, 200);
-    let metrics = http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics(&s.url).await;
     assert!(
-        metrics.contains("pullbroker_config_reload_errors_total 1"),
-        "{metrics}"
+        page.contains("pullbroker_config_reload_errors_total 1"),
+        "{page}"
     );
     watcher.abort();
 }

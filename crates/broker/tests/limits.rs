@@ -4,6 +4,8 @@
 //! that waits until the test releases it, so nothing here depends on timing
 //! beyond the timeout itself.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use pullbroker_broker::{config, Broker};
 use pullbroker_registry::ClientSettings;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
+use support::metrics;
 
 /// Answers once the file `release` exists beside it (gives up after 60 s).
 const SLOW_SOURCE: &str = r#"#!/bin/sh
@@ -101,15 +104,6 @@ spec:
     }
 }
 
-fn http() -> reqwest::Client {
-    // Bounded: a broker that never answers fails the test.
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(45))
-        .build()
-        .unwrap()
-}
-
 async fn exchange(r: &Running) -> reqwest::Response {
     http()
         .post(format!("{}/v1/exchange", r.url))
@@ -119,16 +113,20 @@ async fn exchange(r: &Running) -> reqwest::Response {
         .unwrap()
 }
 
-async fn metric(r: &Running, line_start: &str) -> Option<String> {
-    let body = http()
-        .get(format!("{}/metrics", r.url))
-        .send()
-        .await
+fn http() -> reqwest::Client {
+    // Outlives the 40 s requestTimeout below, so the broker, not the client,
+    // ends a held request; still bounded, so a hung broker fails the test.
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(45))
+        .build()
         .unwrap()
-        .text()
+}
+
+async fn metric(r: &Running, line_start: &str) -> Option<String> {
+    metrics(&r.url)
         .await
-        .unwrap();
-    body.lines()
+        .lines()
         .find(|l| l.starts_with(line_start))
         .map(str::to_string)
 }

@@ -235,6 +235,18 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// The broker's `/metrics` page at `url`.
+pub async fn metrics(url: &str) -> String {
+    http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// `GET /token?service=SERVICE&scope=SCOPE` with Basic auth, as skopeo asks.
 pub async fn get_token(url: &str, user: &str, password: &str, scope: &str) -> reqwest::Response {
     http()
