@@ -327,6 +327,74 @@ impl Context {
     }
 }
 
+/// What a unit test's caches hold, as if every watch had listed it.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Cached {
+    pub namespaces: Vec<Namespace>,
+    pub grants: Vec<PullGrant>,
+    pub credentials: Vec<RegistryCredential>,
+    /// In the system namespace.
+    pub central: Vec<Secret>,
+    pub service_accounts: Vec<ServiceAccount>,
+    pub managed: Vec<PartialObjectMeta<Secret>>,
+}
+
+#[cfg(test)]
+impl Context {
+    /// A context over `cached`, every cache listed, talking to `client`
+    /// (a [`mock_api::Scripted`] one): reconcile and status without the
+    /// watches and the runtime that fill the caches in production.
+    pub(crate) fn for_test(client: Client, settings: Settings, cached: Cached) -> Arc<Context> {
+        fn filled<K>(objects: Vec<K>) -> Store<K>
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            let (store, mut writer) = reflector::store();
+            for o in objects {
+                writer.apply_watcher_event(&watcher::Event::Apply(o));
+            }
+            store
+        }
+        let service_accounts = Index::new();
+        for sa in cached.service_accounts {
+            service_accounts.apply(&watcher::Event::Apply(sa));
+        }
+        let managed = Index::new();
+        for s in cached.managed {
+            managed.apply(&watcher::Event::Apply(s));
+        }
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "pullbroker".into(),
+                instance: Some(settings.identity.clone()),
+            },
+        );
+        Arc::new(Context {
+            client,
+            settings,
+            metrics: Arc::default(),
+            namespaces: filled(cached.namespaces),
+            grants: filled(cached.grants),
+            credentials: filled(cached.credentials),
+            central: filled(cached.central),
+            service_accounts,
+            managed,
+            marks: Mutex::default(),
+            seal: pullbroker_core::sync::SealKey::from_bytes(&[7; 32]).expect("32 bytes"),
+            intact: Mutex::default(),
+            failures: Mutex::default(),
+            status_dirty: Notify::new(),
+            recorder,
+            listed: tokio::sync::watch::channel(CACHES).0,
+            refreshers: Default::default(),
+            runtimes: Default::default(),
+        })
+    }
+}
+
 /// The credentials and grants in the caches, as the core's documents;
 /// objects being deleted are gone already as far as access goes.
 pub(crate) fn documents(

@@ -17,6 +17,9 @@ pub struct Step {
     pub path: String,
     pub status: u16,
     pub body: Value,
+    /// Answer with the request's own body at this resourceVersion, as the
+    /// API server does for a write (the seal over it must survive).
+    pub echo: Option<String>,
 }
 
 pub fn step(method: &'static str, path: &str, status: u16, body: Value) -> Step {
@@ -25,6 +28,15 @@ pub fn step(method: &'static str, path: &str, status: u16, body: Value) -> Step 
         path: path.to_string(),
         status,
         body,
+        echo: None,
+    }
+}
+
+/// A write answered 200 with what was written, at `resource_version`.
+pub fn echo(method: &'static str, path: &str, resource_version: &str) -> Step {
+    Step {
+        echo: Some(resource_version.to_string()),
+        ..step(method, path, 200, Value::Null)
     }
 }
 
@@ -61,9 +73,16 @@ impl Scripted {
                 let answer = match s.steps.front() {
                     Some(next) if next.method == method && next.path == path => {
                         let next = s.steps.pop_front().expect("checked");
-                        s.sent
-                            .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                        (next.status, next.body)
+                        let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        s.sent.push(sent.clone());
+                        match next.echo {
+                            Some(rv) => {
+                                let mut written = sent;
+                                written["metadata"]["resourceVersion"] = Value::String(rv);
+                                (next.status, written)
+                            }
+                            None => (next.status, next.body),
+                        }
                     }
                     next => {
                         let expected = next.map_or("nothing".to_string(), |n| {

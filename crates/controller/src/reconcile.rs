@@ -556,3 +556,166 @@ pub fn error_policy(ns: Arc<Namespace>, err: &Error, ctx: Arc<Context>) -> Reque
     ctx.metrics.failed();
     Requeue::requeue(delay)
 }
+
+/// Reconcile against a scripted API (controller-rs style): each request the
+/// pass must make, in order, and nothing else.
+#[cfg(test)]
+pub(crate) mod tests {
+    use kube::api::PartialObjectMetaExt as _;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::mock_api::{echo, status, step, Scripted};
+    use crate::{Cached, Settings};
+
+    const SA: &str = "/api/v1/namespaces/team-a/serviceaccounts/app";
+
+    pub(crate) fn object<K: serde::de::DeserializeOwned>(v: Value) -> K {
+        serde_json::from_value(v).expect("a valid object")
+    }
+
+    fn team_a() -> Namespace {
+        object(json!({"metadata": {"name": "team-a", "resourceVersion": "1"}}))
+    }
+
+    fn app(refs: &[&str]) -> ServiceAccount {
+        let refs: Vec<Value> = refs.iter().map(|n| json!({"name": n})).collect();
+        object(
+            json!({"metadata": {"name": "app", "namespace": "team-a", "resourceVersion": "10"},
+            "imagePullSecrets": refs}),
+        )
+    }
+
+    /// A static credential copied (on opt-in) to `team-a/app`.
+    pub(crate) fn static_grant() -> Cached {
+        let config = r#"{"auths":{"hub.example":{"username":"bot","password":"pw"}}}"#;
+        Cached {
+            namespaces: vec![team_a()],
+            credentials: vec![object(json!({"apiVersion": "pullbroker.dev/v1alpha1",
+                "kind": "RegistryCredential", "metadata": {"name": "hub"},
+                "spec": {"registries": ["hub.example"], "source": {"secretRef": {"name": "hub-auth"}}}}))],
+            grants: vec![object(
+                json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "PullGrant",
+                "metadata": {"name": "hub"}, "spec": {"credential": "hub", "allowStaticCopy": true,
+                "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
+                "repositories": ["**"], "purposes": ["sync"]}}),
+            )],
+            central: vec![object(
+                json!({"metadata": {"name": "hub-auth", "namespace": "pullbroker-system",
+                "resourceVersion": "3"}, "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": base64(config)}}),
+            )],
+            service_accounts: vec![app(&[])],
+            ..Default::default()
+        }
+    }
+
+    fn base64(s: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// A secret we issued for a grant that no longer exists, still named by
+    /// `team-a/app` beside the user's own entry.
+    fn orphaned() -> Cached {
+        let meta = ObjectMeta {
+            name: Some("pullbroker-old".into()),
+            namespace: Some("team-a".into()),
+            resource_version: Some("5".into()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+                (GRANT_LABEL.to_string(), "old".to_string()),
+            ])),
+            ..Default::default()
+        };
+        Cached {
+            namespaces: vec![team_a()],
+            service_accounts: vec![app(&["pullbroker-old", "users-own"])],
+            managed: vec![meta.into_response_partial::<Secret>()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_written_before_an_account_names_it() {
+        let (client, api) = Scripted::client(vec![
+            echo(
+                "PATCH",
+                "/api/v1/namespaces/team-a/secrets/pullbroker-hub",
+                "11",
+            ),
+            step(
+                "PATCH",
+                SA,
+                200,
+                serde_json::to_value(app(&["pullbroker-hub"])).unwrap(),
+            ),
+        ]);
+        let ctx = Context::for_test(client, Settings::default(), static_grant());
+        reconcile(Arc::new(team_a()), ctx.clone())
+            .await
+            .expect("reconciled");
+        let sent = api.sent();
+        api.done();
+        let secret = &sent[0];
+        assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
+        assert_eq!(secret["metadata"]["labels"][GRANT_LABEL], "hub");
+        assert_eq!(secret["metadata"]["annotations"][CREDENTIAL], "hub");
+        assert!(secret["metadata"]["annotations"][SEAL].is_string());
+        assert_eq!(
+            sent[1],
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "10"},
+                {"op": "add", "path": "/imagePullSecrets", "value": [{"name": "pullbroker-hub"}]},
+            ]),
+            "guarded by the account's resourceVersion"
+        );
+        assert_eq!(ctx.metrics.secret_applies.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_reference_removal_keeps_the_secret_it_names() {
+        // The DELETE is not scripted: sending it fails the test.
+        let (client, api) =
+            Scripted::client(vec![step("PATCH", SA, 500, status(500, "etcd down"))]);
+        let ctx = Context::for_test(client, Settings::default(), orphaned());
+        ctx.trust("team-a", "pullbroker-old", Some("5".into()));
+        let err = reconcile(Arc::new(team_a()), ctx).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Kube("patch serviceaccount", _)),
+            "{err}"
+        );
+        api.done();
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_deleted_once_no_account_names_it() {
+        let (client, api) = Scripted::client(vec![
+            step(
+                "PATCH",
+                SA,
+                200,
+                serde_json::to_value(app(&["users-own"])).unwrap(),
+            ),
+            step(
+                "DELETE",
+                "/api/v1/namespaces/team-a/secrets/pullbroker-old",
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+        ]);
+        let ctx = Context::for_test(client, Settings::default(), orphaned());
+        ctx.trust("team-a", "pullbroker-old", Some("5".into()));
+        reconcile(Arc::new(team_a()), ctx.clone())
+            .await
+            .expect("reconciled");
+        let sent = api.sent();
+        api.done();
+        assert_eq!(
+            sent[0][1],
+            json!({"op": "add", "path": "/imagePullSecrets", "value": [{"name": "users-own"}]}),
+            "only our entry goes"
+        );
+        assert_eq!(ctx.metrics.secret_deletes.load(Ordering::Relaxed), 1);
+    }
+}

@@ -328,3 +328,50 @@ async fn announce(
         tracing::warn!(error = %e, "cannot publish event");
     }
 }
+
+/// The status writer against a scripted API: every write it must make, in
+/// order, and nothing else.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock_api::{echo, status, step, Scripted};
+    use crate::reconcile::tests::static_grant;
+    use crate::Settings;
+
+    #[tokio::test]
+    async fn a_status_that_cannot_be_written_does_not_hold_back_the_others() {
+        let cached = static_grant();
+        let credential = serde_json::to_value(&cached.credentials[0]).unwrap();
+        let (client, api) = Scripted::client(vec![
+            // Deleted a moment ago: the cache still has it.
+            step(
+                "PATCH",
+                "/apis/pullbroker.dev/v1alpha1/pullgrants/hub/status",
+                404,
+                status(404, "NotFound"),
+            ),
+            step(
+                "PATCH",
+                "/apis/pullbroker.dev/v1alpha1/registrycredentials/hub/status",
+                200,
+                credential,
+            ),
+            // Ready is new: one Event says so.
+            echo(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                "1",
+            ),
+        ]);
+        let ctx = Context::for_test(client, Settings::default(), cached);
+        write_all(&ctx).await;
+        let sent = api.sent();
+        api.done();
+        let ready = |i: usize| sent[i]["status"]["conditions"][0].clone();
+        assert_eq!(ready(0)["reason"], "SyncedStaticCopy");
+        assert_eq!(ready(1)["reason"], "SourceAvailable");
+        assert_eq!(ready(1)["status"], "True");
+        assert_eq!(sent[2]["reason"], "SourceAvailable");
+        assert_eq!(sent[2]["regarding"]["name"], "hub");
+    }
+}
