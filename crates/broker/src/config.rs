@@ -218,8 +218,10 @@ pub struct TokenReviewSpec {
 /// a swap can be retried on a fresh current value (`ArcSwap::rcu`).
 #[derive(Clone)]
 pub struct Snapshot {
-    pub policy: Policy,
-    pub credentials: BTreeMap<String, CredentialRuntime>,
+    /// Shared, so a snapshot that changes only settings (or only the policy)
+    /// is made without copying the other.
+    pub policy: std::sync::Arc<Policy>,
+    pub credentials: std::sync::Arc<BTreeMap<String, CredentialRuntime>>,
     pub exec_source_dir: Option<PathBuf>,
     pub policy_source: PolicySource,
     pub system_namespace: String,
@@ -503,8 +505,8 @@ fn parse_with(
     // Each of these pushed a problem when it failed, and there are none.
     let listen = listen.expect("no problems");
     Ok(Snapshot {
-        policy,
-        credentials: runtimes,
+        policy: policy.into(),
+        credentials: runtimes.into(),
         exec_source_dir: exec_dir,
         policy_source: broker.policy_source,
         system_namespace: system_ns,

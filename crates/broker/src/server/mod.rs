@@ -227,7 +227,9 @@ impl Broker {
         policy: pullbroker_core::policy::Policy,
         credentials: std::collections::BTreeMap<String, config::CredentialRuntime>,
     ) {
-        // rcu: a reload storing at the same moment is retried on, never undone by, this.
+        let (policy, credentials) = (Arc::new(policy), Arc::new(credentials));
+        // rcu: a reload storing at the same moment is retried on, never
+        // undone by, this. Cloning a snapshot copies settings, not policies.
         self.state.snapshot.rcu(|current| Snapshot {
             policy: policy.clone(),
             credentials: credentials.clone(),

@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let client = super::kube_client(args.context.clone()).await?;
             super::cluster::policy(&client, &|_| {})
                 .await?
-                .map(|c| c.policy)
+                .map(|c| std::sync::Arc::new(c.policy))
                 .ok_or_else(|| anyhow!("pullbroker's CRDs are not installed in this cluster"))
         })?
     } else {
