@@ -45,6 +45,16 @@ pub fn realm_may_carry(
     })
 }
 
+/// One token to fetch: from which realm, for which key, with which
+/// credential. Owned, so a single-flight run can carry it.
+struct TokenRequest {
+    ep: Endpoint,
+    realm: String,
+    service: Option<String>,
+    key: TokenKey,
+    credential: Credential,
+}
+
 impl RegistryClient {
     /// The `Authorization` header for `repository` with `credential`, and the
     /// token cache key when it is a cached bearer token.
@@ -82,9 +92,20 @@ impl RegistryClient {
                     scope: format!("repository:{repository}:pull"),
                     credential: credential.id(),
                 };
-                let token = self
-                    .token(ep, realm, service.as_deref(), &key, credential)
-                    .await?;
+                // The hot path: a cached token, nothing copied.
+                let token = match self.inner.tokens.get(&key) {
+                    Some(t) => t,
+                    None => {
+                        self.shared_fetch(TokenRequest {
+                            ep: ep.clone(),
+                            realm: realm.clone(),
+                            service: service.clone(),
+                            key: key.clone(),
+                            credential: credential.clone(),
+                        })
+                        .await?
+                    }
+                };
                 Ok((
                     Some(header(format!("Bearer {}", token.expose_secret()))?),
                     Some(key),
@@ -93,33 +114,19 @@ impl RegistryClient {
         }
     }
 
-    async fn token(
+    /// One fetch of `request`'s token, shared by every caller asking for
+    /// the same key at once, and cached.
+    async fn shared_fetch(
         &self,
-        ep: &Endpoint,
-        realm: &str,
-        service: Option<&str>,
-        key: &TokenKey,
-        credential: &Credential,
+        request: TokenRequest,
     ) -> Result<secrecy::SecretString, RegistryError> {
-        if let Some(t) = self.inner.tokens.get(key) {
-            return Ok(t);
-        }
         let this = self.clone();
-        let (realm, service, key2, cred) = (
-            realm.to_string(),
-            service.map(str::to_string),
-            key.clone(),
-            credential.clone(),
-        );
-        let ep = ep.clone();
         let token = self
             .inner
             .token_fetches
-            .run(key.clone(), move || async move {
-                let t = this
-                    .fetch_token(&ep, &realm, service.as_deref(), &key2, &cred)
-                    .await?;
-                this.inner.tokens.insert(key2, &t);
+            .run(request.key.clone(), move || async move {
+                let t = this.fetch_token(&request).await?;
+                this.inner.tokens.insert(request.key, &t);
                 Ok(t)
             })
             .await?;
@@ -128,14 +135,14 @@ impl RegistryClient {
 
     /// Fetches a token from the realm: OAuth2 refresh-token POST for identity
     /// tokens, otherwise GET with Basic auth (or anonymously), as Docker does.
-    async fn fetch_token(
-        &self,
-        ep: &Endpoint,
-        realm: &str,
-        service: Option<&str>,
-        key: &TokenKey,
-        credential: &Credential,
-    ) -> Result<Token, RegistryError> {
+    async fn fetch_token(&self, request: &TokenRequest) -> Result<Token, RegistryError> {
+        let TokenRequest {
+            ep,
+            realm,
+            service,
+            key,
+            credential,
+        } = request;
         let (registry, verify) = (ep.registry.as_str(), ep.verify_tls);
         let realm_url = reqwest::Url::parse(realm)
             .ok()
@@ -153,7 +160,7 @@ impl RegistryClient {
             .send(registry, || {
                 let mut q: Vec<(&str, &str)> = vec![("scope", key.scope.as_str())];
                 if let Some(s) = service {
-                    q.push(("service", s));
+                    q.push(("service", s.as_str()));
                 }
                 match credential {
                     Credential::IdentityToken { token, .. } => {
