@@ -589,7 +589,8 @@ fn issuer_settings(
         .leeway
         .as_deref()
         .map(parse_duration)
-        .transpose()?
+        .transpose()
+        .map_err(|e| format!("serviceAccountIssuer.leeway: {e}"))?
         .unwrap_or(Duration::from_secs(30));
     if leeway > crate::satoken::MAX_LEEWAY {
         return Err("serviceAccountIssuer.leeway must be at most 60s".into());
@@ -598,7 +599,8 @@ fn issuer_settings(
         .keys_refresh_interval
         .as_deref()
         .map(parse_duration)
-        .transpose()?
+        .transpose()
+        .map_err(|e| format!("serviceAccountIssuer.keysRefreshInterval: {e}"))?
         .unwrap_or(crate::satoken::KEYS_REFRESH_EVERY);
     if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&keys_refresh_interval) {
         return Err("serviceAccountIssuer.keysRefreshInterval must be between 1s and 24h".into());
@@ -612,7 +614,8 @@ fn issuer_settings(
             let d = v
                 .as_deref()
                 .map(parse_duration)
-                .transpose()?
+                .transpose()
+                .map_err(|e| format!("serviceAccountIssuer.tokenReview.{field}: {e}"))?
                 .unwrap_or(default);
             if d > Duration::from_secs(60) {
                 return Err(format!("serviceAccountIssuer.tokenReview.{field} must be at most 60s: revocation waits for it"));

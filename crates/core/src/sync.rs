@@ -80,17 +80,16 @@ impl SealKey {
     pub const LEN: usize = 32;
 
     /// A key from stored bytes; anything but exactly [`SealKey::LEN`] bytes is refused.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let key: [u8; Self::LEN] = bytes.try_into().map_err(|_| {
-            format!(
-                "a seal key is {} bytes, this one has {}",
-                Self::LEN,
-                bytes.len()
-            )
-        })?;
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealKeyLength> {
+        let key: [u8; Self::LEN] = bytes.try_into().map_err(|_| SealKeyLength(bytes.len()))?;
         Ok(SealKey(key))
     }
 }
+
+/// Stored seal-key bytes of the wrong length (the count, never the bytes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a seal key is {len} bytes, this one has {0}", len = SealKey::LEN)]
+pub struct SealKeyLength(pub usize);
 
 impl std::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -927,7 +926,7 @@ mod tests {
         noted.insert("argocd.argoproj.io/tracking-id".into(), "x".into());
         assert!(seal_verifies(&key, &content(&tooled, &noted, &data)));
 
-        assert!(SealKey::from_bytes(&[0; 31]).is_err());
+        assert_eq!(SealKey::from_bytes(&[0; 31]).err(), Some(SealKeyLength(31)));
         assert_eq!(format!("{key:?}"), "SealKey(<redacted>)");
     }
 

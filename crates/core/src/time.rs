@@ -50,12 +50,17 @@ impl UnixTime {
     }
 
     /// Parses RFC 3339 with any offset; fractions of a second are dropped.
-    pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
+    pub fn parse_rfc3339(s: &str) -> Result<Self, TimeError> {
         chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| Self(t.timestamp()))
-            .map_err(|_| format!("{s:?} is not an RFC 3339 time"))
+            .map_err(|_| TimeError(s.to_string()))
     }
 }
+
+/// A time that is not RFC 3339; names the text it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an RFC 3339 time")]
+pub struct TimeError(pub String);
 
 impl fmt::Display for UnixTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -26,6 +26,13 @@ pub enum Error {
     /// lifetimes, host lists); the text says which field.
     #[error("{0}")]
     Invalid(String),
+    /// A duration field that does not parse; `field` names it.
+    #[error("{field}: {source}")]
+    Duration {
+        field: &'static str,
+        #[source]
+        source: pullbroker_core::policy::model::DurationError,
+    },
     /// The cryptography library refused (generating, signing).
     #[error("cannot {action}: {cause}")]
     Crypto { action: &'static str, cause: String },

@@ -252,7 +252,10 @@ pub fn credential_runtime(
         .as_deref()
         .map(parse_duration)
         .transpose()
-        .map_err(Error::Invalid)?
+        .map_err(|source| Error::Duration {
+            field: "tokenIssuer.tokenTtl",
+            source,
+        })?
         .unwrap_or(Duration::from_secs(300));
     Ok(CredentialRuntime::TokenIssuer {
         keys: Box::new(keys),

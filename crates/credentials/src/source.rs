@@ -316,7 +316,10 @@ impl Refresher {
             .as_deref()
             .map(parse_duration)
             .transpose()
-            .map_err(Error::Invalid)?
+            .map_err(|source| Error::Duration {
+                field: "exec.timeout",
+                source,
+            })?
             .unwrap_or(Duration::from_secs(30));
         let default_lifetime = self
             .spec
@@ -324,7 +327,10 @@ impl Refresher {
             .as_deref()
             .map(parse_duration)
             .transpose()
-            .map_err(Error::Invalid)?
+            .map_err(|source| Error::Duration {
+                field: "exec.defaultLifetime",
+                source,
+            })?
             .unwrap_or(Duration::from_secs(3600));
         let mut child = tokio::process::Command::new(&path)
             .args(&self.spec.args)

@@ -328,8 +328,19 @@ pub struct PullGrantStatus {
 /// The longest duration any setting takes (ten years); longer is refused.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// Why a duration setting was refused; each names the text it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("invalid duration {0:?} (use e.g. 90s, 15m, 1h30m)")]
+    Syntax(String),
+    #[error("invalid duration {0:?} (a unit is required: s, m or h)")]
+    NoUnit(String),
+    #[error("duration {0:?} is too large (at most ten years)")]
+    TooLarge(String),
+}
+
 /// Parses `15m`, `1h30m`, `90s` (at most [`MAX_DURATION`]).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let mut total = 0u64;
     let mut num = String::new();
     let mut saw_unit = false;
@@ -347,11 +358,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ('h', _) => 3600,
             ('m', _) => 60,
             ('s', _) => 1,
-            _ => return Err(format!("invalid duration {s:?} (use e.g. 90s, 15m, 1h30m)")),
+            _ => return Err(DurationError::Syntax(s.to_string())),
         };
         // Checked, not saturating: `u64::MAX` seconds later wraps to `-1` as an
         // i64 lifetime, so an absurd value is refused here with its name.
-        let too_large = || format!("duration {s:?} is too large");
+        let too_large = || DurationError::TooLarge(s.to_string());
         let n: u64 = num.parse().map_err(|_| too_large())?;
         total = n
             .checked_mul(unit)
@@ -362,9 +373,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         saw_unit = true;
     }
     if !num.is_empty() || !saw_unit {
-        return Err(format!(
-            "invalid duration {s:?} (a unit is required: s, m or h)"
-        ));
+        return Err(DurationError::NoUnit(s.to_string()));
     }
     Ok(Duration::from_secs(total))
 }
@@ -587,10 +596,25 @@ mod tests {
             "5124095576030431h",
             "99999999999999999999h",
         ] {
-            assert!(parse_duration(d).unwrap_err().contains("too large"), "{d}");
+            assert_eq!(
+                parse_duration(d),
+                Err(DurationError::TooLarge(d.to_string())),
+                "{d}"
+            );
         }
         assert_eq!(parse_duration("87600h").unwrap(), MAX_DURATION);
-        assert!(parse_duration("87600h1s").is_err());
+        assert!(matches!(
+            parse_duration("87600h1s"),
+            Err(DurationError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_duration("15"),
+            Err(DurationError::NoUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("15d"),
+            Err(DurationError::Syntax(_))
+        ));
 
         let issuer = |ttl: &str| {
             serde_yaml::from_str::<RegistryCredentialSpec>(&format!(
