@@ -146,10 +146,10 @@ impl Settings {
 pub use metrics::Metrics;
 
 /// What every reconcile shares.
-pub struct Context {
-    pub client: Client,
-    pub settings: Settings,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Context {
+    pub(crate) client: Client,
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Arc<Metrics>,
     namespaces: Store<Namespace>,
     grants: Store<PullGrant>,
     credentials: Store<RegistryCredential>,
