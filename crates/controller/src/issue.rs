@@ -84,7 +84,8 @@ pub fn issue(
                 .collect();
             serde_json::to_vec(&json!({ "auths": entries })).expect("serializable")
         }
-        Current::Refreshed { upstream: u, .. } => {
+        Current::Refreshed(served) => {
+            let u = &served.upstream;
             return Ok(Issued {
                 dockerconfigjson: u.dockerconfigjson.clone(),
                 issued_at: u.issued_at,

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use pullbroker_core::policy::model::parse_duration;
@@ -14,7 +13,7 @@ use pullbroker_core::policy::{Named, Policy, Problem, PullGrantSpec, RegistryCre
 use pullbroker_core::DockerConfig;
 
 use crate::keys::{IssuerKeys, SigningKey};
-use crate::source::{Refreshers, Upstream};
+use crate::source::{Refreshers, Served};
 use crate::{Error, Result};
 
 /// Central secrets by name: (namespace if given, key → bytes).
@@ -51,12 +50,9 @@ pub enum Current<'a> {
     },
     /// A static password, as configured.
     Static(&'a DockerConfig),
-    /// An exec source's current credential, valid until its `expires_at`;
-    /// `refresh_failed` says why it is the previous one.
-    Refreshed {
-        upstream: Arc<Upstream>,
-        refresh_failed: Option<Error>,
-    },
+    /// An exec source's current credential, valid until its `expires_at`,
+    /// with why it is the previous one if its refresh failed.
+    Refreshed(Served),
 }
 
 impl Current<'_> {
@@ -65,7 +61,7 @@ impl Current<'_> {
         match self {
             Current::Mint { .. } => None,
             Current::Static(c) => Some(c),
-            Current::Refreshed { upstream, .. } => Some(&upstream.config),
+            Current::Refreshed(s) => Some(&s.upstream.config),
         }
     }
 
@@ -73,7 +69,7 @@ impl Current<'_> {
     /// failed (it still works until it expires).
     pub fn refresh_failed(&self) -> Option<&Error> {
         match self {
-            Current::Refreshed { refresh_failed, .. } => refresh_failed.as_ref(),
+            Current::Refreshed(s) => s.refresh_failed.as_ref(),
             _ => None,
         }
     }
@@ -81,7 +77,7 @@ impl Current<'_> {
     /// When what it offers stops working, if that is known.
     pub fn expires_at(&self) -> Option<i64> {
         match self {
-            Current::Refreshed { upstream, .. } => Some(upstream.expires_at),
+            Current::Refreshed(s) => Some(s.upstream.expires_at),
             _ => None,
         }
     }
@@ -91,7 +87,7 @@ impl Current<'_> {
         match self {
             Current::Mint { .. } => "broker",
             Current::Static(_) => "static",
-            Current::Refreshed { .. } => "refreshing",
+            Current::Refreshed(_) => "refreshing",
         }
     }
 }
@@ -134,10 +130,7 @@ impl CredentialRuntime {
             CredentialRuntime::Refreshing { source } => source
                 .current(now, refresh_after)
                 .await
-                .map(|s| Current::Refreshed {
-                    upstream: s.upstream,
-                    refresh_failed: s.refresh_failed,
-                })
+                .map(Current::Refreshed)
                 .map_err(|cause| {
                     tracing::warn!(credential = %name, error = %cause, "credential source unavailable");
                     Unavailable {

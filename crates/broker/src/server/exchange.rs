@@ -134,9 +134,9 @@ async fn exchange_inner(
             Some((BROKER_USERNAME.to_string(), c.seal(&keys.current)))
         }
         Current::Static(config) => basic_for(config, &image),
-        Current::Refreshed { upstream, .. } => {
-            expires_at = expires_at.min(upstream.expires_at);
-            basic_for(&upstream.config, &image)
+        Current::Refreshed(served) => {
+            expires_at = expires_at.min(served.upstream.expires_at);
+            basic_for(&served.upstream.config, &image)
         }
     };
     let (username, password) = pair.ok_or_else(|| {

@@ -182,7 +182,7 @@ pub(super) async fn resolve_central(
             }]
         }
         Current::Static(config) => config.credentials_for(image),
-        Current::Refreshed { upstream, .. } => upstream.config.credentials_for(image),
+        Current::Refreshed(served) => served.upstream.config.credentials_for(image),
     };
     st.resolver
         .resolve_with(image, name, credentials)
