@@ -102,6 +102,19 @@ impl Default for Limits {
     }
 }
 
+/// The duration setting `field`, `default` when unset; a refusal names it.
+fn duration_setting(
+    field: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, String> {
+    value
+        .map(parse_duration)
+        .transpose()
+        .map(|d| d.unwrap_or(default))
+        .map_err(|e| format!("{field}: {e}"))
+}
+
 fn limits(spec: &LimitsSpec) -> Result<Limits, String> {
     let mut l = Limits::default();
     if let Some(t) = &spec.request_timeout {
@@ -585,23 +598,19 @@ fn issuer_settings(
             )
         }
     };
-    let leeway = s
-        .leeway
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| format!("serviceAccountIssuer.leeway: {e}"))?
-        .unwrap_or(Duration::from_secs(30));
+    let leeway = duration_setting(
+        "serviceAccountIssuer.leeway",
+        s.leeway.as_deref(),
+        Duration::from_secs(30),
+    )?;
     if leeway > crate::satoken::MAX_LEEWAY {
         return Err("serviceAccountIssuer.leeway must be at most 60s".into());
     }
-    let keys_refresh_interval = s
-        .keys_refresh_interval
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| format!("serviceAccountIssuer.keysRefreshInterval: {e}"))?
-        .unwrap_or(crate::satoken::KEYS_REFRESH_EVERY);
+    let keys_refresh_interval = duration_setting(
+        "serviceAccountIssuer.keysRefreshInterval",
+        s.keys_refresh_interval.as_deref(),
+        crate::satoken::KEYS_REFRESH_EVERY,
+    )?;
     if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&keys_refresh_interval) {
         return Err("serviceAccountIssuer.keysRefreshInterval must be between 1s and 24h".into());
     }
@@ -611,12 +620,11 @@ fn issuer_settings(
                    field: &str,
                    default: Duration|
          -> Result<Duration, String> {
-            let d = v
-                .as_deref()
-                .map(parse_duration)
-                .transpose()
-                .map_err(|e| format!("serviceAccountIssuer.tokenReview.{field}: {e}"))?
-                .unwrap_or(default);
+            let d = duration_setting(
+                &format!("serviceAccountIssuer.tokenReview.{field}"),
+                v.as_deref(),
+                default,
+            )?;
             if d > Duration::from_secs(60) {
                 return Err(format!("serviceAccountIssuer.tokenReview.{field} must be at most 60s: revocation waits for it"));
             }

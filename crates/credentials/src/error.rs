@@ -77,6 +77,19 @@ impl Error {
         }
     }
 
+    /// The duration setting `field`, `default` when unset.
+    pub(crate) fn duration(
+        field: &'static str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration> {
+        value
+            .map(pullbroker_core::policy::model::parse_duration)
+            .transpose()
+            .map(|d| d.unwrap_or(default))
+            .map_err(|source| Error::Duration { field, source })
+    }
+
     /// This error, as found in Secret `name`.
     pub(crate) fn in_secret(self, name: &str) -> Self {
         Error::InSecret {

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use pullbroker_core::policy::model::parse_duration;
 use pullbroker_core::policy::{Named, Policy, Problem, PullGrantSpec, RegistryCredentialSpec};
 use pullbroker_core::DockerConfig;
 
@@ -240,16 +239,11 @@ pub fn credential_runtime(
             .map(|r| load_key(&r.name))
             .transpose()?,
     };
-    let token_ttl = t
-        .token_ttl
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|source| Error::Duration {
-            field: "tokenIssuer.tokenTtl",
-            source,
-        })?
-        .unwrap_or(Duration::from_secs(300));
+    let token_ttl = Error::duration(
+        "tokenIssuer.tokenTtl",
+        t.token_ttl.as_deref(),
+        Duration::from_secs(300),
+    )?;
     Ok(CredentialRuntime::TokenIssuer {
         keys: Box::new(keys),
         service: t.service.clone(),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use pullbroker_core::policy::model::{parse_duration, ExecSource};
+use pullbroker_core::policy::model::ExecSource;
 use pullbroker_core::time::UnixTime;
 use pullbroker_core::DockerConfig;
 use serde_json::{json, Value};
@@ -310,28 +310,16 @@ impl Refresher {
             .clone()
             .ok_or_else(|| fail(ExecProblem::Disabled))?;
         let path = dir.join(&self.spec.command);
-        let timeout = self
-            .spec
-            .timeout
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map_err(|source| Error::Duration {
-                field: "exec.timeout",
-                source,
-            })?
-            .unwrap_or(Duration::from_secs(30));
-        let default_lifetime = self
-            .spec
-            .default_lifetime
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map_err(|source| Error::Duration {
-                field: "exec.defaultLifetime",
-                source,
-            })?
-            .unwrap_or(Duration::from_secs(3600));
+        let timeout = Error::duration(
+            "exec.timeout",
+            self.spec.timeout.as_deref(),
+            Duration::from_secs(30),
+        )?;
+        let default_lifetime = Error::duration(
+            "exec.defaultLifetime",
+            self.spec.default_lifetime.as_deref(),
+            Duration::from_secs(3600),
+        )?;
         let mut child = tokio::process::Command::new(&path)
             .args(&self.spec.args)
             .stdin(std::process::Stdio::piped())
