@@ -77,24 +77,34 @@ impl CertInfo {
 
 /// Reads the first certificate of `pem`.
 pub fn inspect(pem: &str) -> Result<CertInfo> {
-    all(pem)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::material(CERT, "is missing (no PEM CERTIFICATE block)"))
+    first(pem, CERT)
 }
 
 /// Reads every certificate of a PEM bundle (none is an empty list).
 pub fn all(pem: &str) -> Result<Vec<CertInfo>> {
+    all_named(pem, CERT)
+}
+
+/// The first certificate of `pem`; errors call it `what`.
+fn first(pem: &str, what: &'static str) -> Result<CertInfo> {
+    all_named(pem, what)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::material(what, "is missing (no PEM CERTIFICATE block)"))
+}
+
+/// Every certificate of `pem`; errors call it `what`.
+fn all_named(pem: &str, what: &'static str) -> Result<Vec<CertInfo>> {
     use x509_parser::extensions::GeneralName;
     let mut out = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
-        let block = block.map_err(|e| Error::material(CERT, format!("is not PEM: {e}")))?;
+        let block = block.map_err(|e| Error::material(what, format!("is not PEM: {e}")))?;
         if block.label != "CERTIFICATE" {
             continue;
         }
         let cert = block
             .parse_x509()
-            .map_err(|e| Error::material(CERT, format!("is not X.509: {e}")))?;
+            .map_err(|e| Error::material(what, format!("is not X.509: {e}")))?;
         let mut hosts = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
@@ -156,13 +166,7 @@ pub fn issue_serving(ca: &KeyedCert, hosts: &[String], validity: Duration) -> Re
     }
     let ca_key = KeyPair::from_pem(ca.key_pem.expose_secret())
         .map_err(|_| Error::material("the CA key", "is not a PEM private key"))?;
-    let ca_info = inspect(&ca.cert_pem).map_err(|e| match e {
-        Error::Material { problem, .. } => Error::Material {
-            what: "the CA certificate",
-            problem,
-        },
-        e => e,
-    })?;
+    let ca_info = first(&ca.cert_pem, "the CA certificate")?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
         .map_err(|e| Error::material("the CA certificate", format!("cannot sign: {e}")))?;
     let fail = |e| Error::crypto("make a serving certificate", e);
