@@ -299,10 +299,7 @@ pub fn load(path: &Path) -> crate::Result<Snapshot> {
 /// Loads and validates a standalone config file, its exec sources served
 /// by `refreshers` (a running broker's, kept across reloads).
 pub fn load_with(path: &Path, refreshers: &std::sync::Arc<Refreshers>) -> crate::Result<Snapshot> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(Error::read(path))?;
     parse_with(&text, path, refreshers)
 }
 

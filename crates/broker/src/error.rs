@@ -41,4 +41,12 @@ pub enum Error {
     Tls(String),
 }
 
+impl Error {
+    /// For `map_err` on reading `path`.
+    pub(crate) fn read(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_path_buf();
+        move |source| Error::Read { path, source }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -113,14 +113,10 @@ async fn build_verifier(
     let reviewer: Option<Arc<dyn TokenReviewer>> = match (reviewer_override, &s.token_review) {
         (Some(r), _) => Some(r),
         (None, Some(spec)) => {
-            let unreadable = |path: &PathBuf| {
-                let path = path.clone();
-                move |source| crate::Error::Read { path, source }
-            };
-            let token =
-                std::fs::read_to_string(&spec.token_file).map_err(unreadable(&spec.token_file))?;
+            let token = std::fs::read_to_string(&spec.token_file)
+                .map_err(crate::Error::read(&spec.token_file))?;
             let ca = match &spec.ca_file {
-                Some(f) => Some(std::fs::read(f).map_err(unreadable(f))?),
+                Some(f) => Some(std::fs::read(f).map_err(crate::Error::read(f))?),
                 None => None,
             };
             Some(Arc::new(HttpTokenReview::new(
