@@ -21,7 +21,7 @@ use base64::Engine as _;
 use pullbroker_core::policy::Policy;
 use pullbroker_core::time::UnixTime;
 use pullbroker_credentials::mint::{BrokerCredential, BROKER_USERNAME};
-use pullbroker_credentials::runtime::{Current, Secrets};
+use pullbroker_credentials::runtime::Current;
 use serde_json::json;
 
 /// The content of a synced secret. Debug never shows it.
@@ -41,11 +41,12 @@ impl fmt::Debug for Issued {
     }
 }
 
-/// Mints the content of `namespace`'s secret for `grant`. Errors name what
-/// is missing, never a secret value.
+/// Mints the content of `namespace`'s secret for `grant`; a static copy
+/// takes the `.dockerconfigjson` that `central_config` finds in the central
+/// Secret of that name. Errors name what is missing, never a secret value.
 pub fn issue(
     policy: &Policy,
-    central: &Secrets,
+    central_config: impl Fn(&str) -> Option<Vec<u8>>,
     grant: &str,
     namespace: &str,
     now: i64,
@@ -102,10 +103,7 @@ pub fn issue(
                 .as_ref()
                 .ok_or("a static credential without secretRef")?
                 .name;
-            central
-                .get(name)
-                .and_then(|(_, data)| data.get(".dockerconfigjson"))
-                .cloned()
+            central_config(name)
                 .ok_or_else(|| format!("Secret {name:?} has no .dockerconfigjson"))?
         }
     };

@@ -342,8 +342,12 @@ async fn issue_secret(
         credential,
         ..
     } = w;
-    let central = ctx.central_secrets(policy);
     let fail = |e: String| Error::Issue(grant.to_string(), namespace.to_string(), e);
+    // Only a static copy reads a central Secret here, and only its own.
+    let central_config = |name: &str| {
+        let secret = ctx.central_secret(name)?;
+        Some(secret.data.as_ref()?.get(".dockerconfigjson")?.0.clone())
+    };
     let runtimes = ctx.runtimes(policy);
     let runtime = match runtimes.get(credential) {
         Some(Ok(runtime)) => runtime,
@@ -360,8 +364,8 @@ async fn issue_secret(
         .current(credential, now, ctx.settings.rotate_after)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let issued =
-        crate::issue::issue(policy, &central, grant, namespace, now, &current).map_err(fail)?;
+    let issued = crate::issue::issue(policy, central_config, grant, namespace, now, &current)
+        .map_err(fail)?;
     let mut annotations = BTreeMap::from([
         (ISSUED_AT.to_string(), rfc3339(issued.issued_at)),
         (EXPIRES_AT.to_string(), rfc3339(issued.expires_at)),
