@@ -176,6 +176,64 @@ pub(crate) struct Context {
 /// Namespaces, service accounts, managed secrets, grants, credentials, central secrets.
 const CACHES: usize = 6;
 
+/// The caches a [`Context`] reads; the watches (or a test) fill them.
+struct Caches {
+    namespaces: Store<Namespace>,
+    grants: Store<PullGrant>,
+    credentials: Store<RegistryCredential>,
+    central: Store<Secret>,
+    service_accounts: Arc<Index<ServiceAccount>>,
+    managed: Arc<Index<PartialObjectMeta<Secret>>>,
+}
+
+impl Context {
+    /// A context over `caches`, `listed` of which have completed their first list.
+    fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        seal: pullbroker_core::sync::SealKey,
+        caches: Caches,
+        listed: usize,
+    ) -> Arc<Context> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "pullbroker".into(),
+                instance: Some(settings.identity.clone()),
+            },
+        );
+        let Caches {
+            namespaces,
+            grants,
+            credentials,
+            central,
+            service_accounts,
+            managed,
+        } = caches;
+        Arc::new(Context {
+            client,
+            settings,
+            metrics,
+            namespaces,
+            grants,
+            credentials,
+            central,
+            service_accounts,
+            managed,
+            marks: Mutex::default(),
+            seal,
+            intact: Mutex::default(),
+            failures: Mutex::default(),
+            status_dirty: Notify::new(),
+            recorder,
+            listed: tokio::sync::watch::channel(listed).0,
+            refreshers: Default::default(),
+            runtimes: Default::default(),
+        })
+    }
+}
+
 impl Context {
     /// Drops what is kept per namespace (its failure count, the secrets we
     /// trust there) once it is gone: on its delete event, and after a
@@ -365,33 +423,21 @@ impl Context {
         for s in cached.managed {
             managed.apply(&watcher::Event::Apply(s));
         }
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "pullbroker".into(),
-                instance: Some(settings.identity.clone()),
-            },
-        );
-        Arc::new(Context {
+        Context::new(
             client,
             settings,
-            metrics: Arc::default(),
-            namespaces: filled(cached.namespaces),
-            grants: filled(cached.grants),
-            credentials: filled(cached.credentials),
-            central: filled(cached.central),
-            service_accounts,
-            managed,
-            marks: Mutex::default(),
-            seal: pullbroker_core::sync::SealKey::from_bytes(&[7; 32]).expect("32 bytes"),
-            intact: Mutex::default(),
-            failures: Mutex::default(),
-            status_dirty: Notify::new(),
-            recorder,
-            listed: tokio::sync::watch::channel(CACHES).0,
-            refreshers: Default::default(),
-            runtimes: Default::default(),
-        })
+            Arc::default(),
+            pullbroker_core::sync::SealKey::from_bytes(&[7; 32]).expect("32 bytes"),
+            Caches {
+                namespaces: filled(cached.namespaces),
+                grants: filled(cached.grants),
+                credentials: filled(cached.credentials),
+                central: filled(cached.central),
+                service_accounts,
+                managed,
+            },
+            CACHES,
+        )
     }
 }
 
@@ -517,33 +563,21 @@ pub async fn run_leader(
     let (central, central_writer) = reflector::store();
     let service_accounts = Index::new();
     let managed = Index::new();
-    let recorder = Recorder::new(
+    let ctx = Context::new(
         client.clone(),
-        Reporter {
-            controller: "pullbroker".into(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        settings: settings.clone(),
+        settings.clone(),
         metrics,
-        namespaces: namespaces.clone(),
-        grants: grants.clone(),
-        credentials: credentials.clone(),
-        central: central.clone(),
-        service_accounts: service_accounts.clone(),
-        managed: managed.clone(),
-        marks: Mutex::default(),
         seal,
-        intact: Mutex::default(),
-        failures: Mutex::default(),
-        status_dirty: Notify::new(),
-        recorder,
-        listed: tokio::sync::watch::channel(0).0,
-        refreshers: Default::default(),
-        runtimes: Default::default(),
-    });
+        Caches {
+            namespaces: namespaces.clone(),
+            grants: grants.clone(),
+            credentials: credentials.clone(),
+            central: central.clone(),
+            service_accounts: service_accounts.clone(),
+            managed: managed.clone(),
+        },
+        0,
+    );
 
     // Nothing here reads managedFields; not caching them saves memory.
     let ns_stream = watcher(Api::<Namespace>::all(client.clone()), wc())
