@@ -92,7 +92,7 @@ impl RegistryClient {
                     scope: format!("repository:{repository}:pull"),
                     credential: credential.id(),
                 };
-                // The hot path: a cached token, nothing copied.
+                // The hot path: a cached token needs no owned request.
                 let token = match self.inner.tokens.get(&key) {
                     Some(t) => t,
                     None => {
