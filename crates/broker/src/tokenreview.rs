@@ -102,6 +102,14 @@ pub struct ReviewCacheSettings {
     pub stale_if_unavailable: Duration,
     /// Tokens remembered at most.
     pub max_entries: usize,
+    /// How long one review may take. An API server that accepts the
+    /// connection and never answers is "unavailable" after this, exactly as
+    /// one that refuses it: the kubelet plugin gives up after 5 s.
+    pub timeout: Duration,
+    /// How long a token with a usable stale verdict waits for a review
+    /// before the stale verdict is served (the review goes on for the
+    /// callers that have nothing else).
+    pub stale_after: Duration,
 }
 
 impl Default for ReviewCacheSettings {
@@ -111,6 +119,8 @@ impl Default for ReviewCacheSettings {
             negative: Duration::from_secs(2),
             stale_if_unavailable: Duration::from_secs(60),
             max_entries: 100_000,
+            timeout: Duration::from_secs(2),
+            stale_after: Duration::from_millis(500),
         }
     }
 }
@@ -201,22 +211,38 @@ impl CachedReview {
                 }
             }
         };
-        let result = entry
-            .verdict
-            .get_or_try_init(|| async {
-                self.calls.fetch_add(1, Ordering::Relaxed);
-                self.inner
-                    .review(token, audiences)
-                    .await
-                    .map(|o| (o, Instant::now()))
-            })
-            .await;
+        if let Some((o, _)) = entry.verdict.get() {
+            return Ok(o.clone());
+        }
+        let review = entry.verdict.get_or_try_init(|| async {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout(self.settings.timeout, self.inner.review(token, audiences))
+                .await
+            {
+                Ok(answer) => answer.map(|o| (o, Instant::now())),
+                Err(_) => Err(format!(
+                    "TokenReview did not answer within {:?}",
+                    self.settings.timeout
+                )),
+            }
+        });
+        let stale = entry
+            .fallback
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < self.settings.stale_if_unavailable)
+            .map(|(o, _)| o.clone());
+        let result = match &stale {
+            // A hung API server must not hold a token it answered for a
+            // minute ago: past `stale_after` that answer is served.
+            Some(o) => match tokio::time::timeout(self.settings.stale_after, review).await {
+                Ok(r) => r,
+                Err(_) => return Ok(o.clone()),
+            },
+            None => review.await,
+        };
         match result {
             Ok((o, _)) => Ok(o.clone()),
-            Err(e) => match &entry.fallback {
-                Some((o, at)) if at.elapsed() < self.settings.stale_if_unavailable => Ok(o.clone()),
-                _ => Err(e),
-            },
+            Err(e) => stale.ok_or(e),
         }
     }
 }

@@ -193,3 +193,102 @@ async fn a_rotated_token_review_token_file_is_picked_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An API server that accepts connections and never answers is treated as
+/// one that refuses them, within the kubelet plugin's 5 s: a token with a
+/// positive verdict inside the stale window is served at once, a token never
+/// reviewed gets "unavailable" (503) when the review times out.
+#[tokio::test]
+async fn a_hung_api_server_serves_recent_verdicts_and_refuses_the_rest_promptly() {
+    use pullbroker_broker::tokenreview::ReviewCacheSettings;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let http = reqwest::Client::new();
+    for account in ["app", "other"] {
+        let created = http
+            .post(format!(
+                "{}/api/v1/namespaces/team-a/serviceaccounts",
+                fake.url
+            ))
+            .json(&json!({"metadata": {"name": account}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+    }
+    let token = |account: &'static str| {
+        let (http, url) = (http.clone(), fake.url.clone());
+        async move {
+            let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"audiences": ["pullbroker"], "expirationSeconds": 600}});
+            let v: Value = http
+                .post(format!(
+                    "{url}/api/v1/namespaces/team-a/serviceaccounts/{account}/token"
+                ))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["status"]["token"].as_str().unwrap().to_string()
+        }
+    };
+    let (known, unknown) = (token("app").await, token("other").await);
+    let reviewer: Arc<dyn TokenReviewer> =
+        Arc::new(HttpTokenReview::new(&fake.url, "unused".to_string().into(), None).unwrap());
+    let settings = IssuerSettings {
+        issuer: KUBE_ISSUER.into(),
+        audience: "pullbroker".into(),
+        jwks: JwksSource::Discovery(fake.url.clone()),
+        leeway: Duration::from_secs(30),
+        fetch_token: None,
+        ca_pem: None,
+        min_refresh_interval: Duration::from_secs(10),
+        keys_refresh_interval: Duration::from_secs(300),
+        // No positive caching: every verification below asks TokenReview.
+        review_cache: ReviewCacheSettings {
+            positive: Duration::ZERO,
+            ..Default::default()
+        },
+    };
+    let defaults = ReviewCacheSettings::default();
+    let verifier = Verifier::new(settings, Some(reviewer)).await.unwrap();
+    verifier.verify(&known, now()).await.expect("reviewed");
+    let reviews = verifier.token_reviews().unwrap();
+
+    fake.set_hung(true);
+    let started = std::time::Instant::now();
+    let v = verifier
+        .verify(&known, now())
+        .await
+        .expect("the recent verdict");
+    let stale_in = started.elapsed();
+    assert_eq!(v.subject.to_string(), "system:serviceaccount:team-a:app");
+    assert_eq!(
+        verifier.token_reviews().unwrap(),
+        reviews + 1,
+        "a review was tried"
+    );
+    assert!(
+        stale_in < Duration::from_millis(1500) && stale_in < defaults.timeout,
+        "served only after {stale_in:?}"
+    );
+
+    let started = std::time::Instant::now();
+    let err = verifier.verify(&unknown, now()).await.unwrap_err();
+    let refused_in = started.elapsed();
+    assert_eq!(err.class(), "review_unavailable", "{err}");
+    assert!(
+        refused_in >= defaults.timeout && refused_in < Duration::from_secs(3),
+        "refused after {refused_in:?}"
+    );
+
+    // Answering again, the API server decides again.
+    fake.set_hung(false);
+    verifier
+        .verify(&unknown, now())
+        .await
+        .expect("reviewed again");
+}

@@ -25,6 +25,7 @@
 //! - [`lease`]: leader election; only the leader watches and writes.
 
 // Public: what the CLI, the benches and the tests use.
+pub mod api;
 pub mod lease;
 pub mod metrics;
 pub mod policy_source;
@@ -76,6 +77,8 @@ pub enum Error {
     Certificate(#[source] pullbroker_credentials::Error),
     #[error("invalid settings: {0}")]
     Settings(String),
+    #[error("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG): {0}")]
+    Connect(String),
 }
 
 /// How the controller runs.
@@ -556,7 +559,7 @@ pub async fn run_leader(
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let wc = watcher::Config::default;
+    let wc = crate::api::watch_config;
     let (namespaces, ns_writer) = reflector::store();
     let (grants, grant_writer) = reflector::store();
     let (credentials, cred_writer) = reflector::store();

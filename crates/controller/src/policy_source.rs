@@ -24,18 +24,22 @@ use kube::{Client, ResourceExt};
 use pullbroker_core::policy::{Problem, PullGrant, RegistryCredential};
 use pullbroker_credentials::runtime::PolicySink;
 use pullbroker_credentials::runtime::{assemble, Secrets};
+use pullbroker_credentials::source::Refreshers;
 
 struct Caches {
     credentials: Store<RegistryCredential>,
     grants: Store<PullGrant>,
     secrets: Store<Secret>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// Exec sources' current credentials, kept across installs.
-    refreshers: pullbroker_credentials::source::Refreshers,
 }
 
 impl Caches {
-    fn install(&self, sink: &dyn PolicySink, last_problems: &mut Vec<Problem>) {
+    fn install(
+        &self,
+        sink: &dyn PolicySink,
+        refreshers: &Refreshers,
+        last_problems: &mut Vec<Problem>,
+    ) {
         let (credentials, grants) = crate::documents(&self.credentials, &self.grants);
         let secrets: Secrets = self
             .secrets
@@ -56,7 +60,7 @@ impl Caches {
             &secrets,
             labels,
             exec_dir.as_deref(),
-            &self.refreshers,
+            refreshers,
         );
         if problems != *last_problems {
             for p in &problems {
@@ -124,8 +128,19 @@ enum Signal {
 pub async fn run(client: Client, sink: std::sync::Arc<dyn PolicySink>, system_namespace: String) {
     let mut backoff = Prompt::default();
     let mut problems = Vec::new();
+    // Exec sources' current credentials outlive a round: a watch error must
+    // not throw away a valid upstream credential and re-run every executable.
+    let refreshers = Refreshers::default();
     loop {
-        if round(&client, sink.as_ref(), &system_namespace, &mut problems).await {
+        if round(
+            &client,
+            sink.as_ref(),
+            &system_namespace,
+            &refreshers,
+            &mut problems,
+        )
+        .await
+        {
             kube::runtime::utils::Backoff::reset(&mut backoff);
         }
         sink.current(false);
@@ -141,9 +156,10 @@ async fn round(
     client: &Client,
     sink: &dyn PolicySink,
     system_namespace: &str,
+    refreshers: &Refreshers,
     problems: &mut Vec<Problem>,
 ) -> bool {
-    let wc = watcher::Config::default;
+    let wc = crate::api::watch_config;
     let (credentials, cw) = reflector::store();
     let (grants, gw) = reflector::store();
     let (secrets, sw) = reflector::store();
@@ -153,7 +169,6 @@ async fn round(
         grants,
         secrets,
         namespaces,
-        refreshers: Default::default(),
     };
     // Each stream says which cache changed and whether it finished a list.
     fn tag<K: Send + 'static>(
@@ -220,7 +235,7 @@ async fn round(
         }
         if listed == 0b1111 {
             if changed {
-                caches.install(sink, problems);
+                caches.install(sink, refreshers, problems);
             }
             sink.current(true);
         }

@@ -27,7 +27,9 @@ const QUIET: Duration = Duration::from_millis(300);
 /// Rotation times move without any watch event; refresh them this often.
 const REFRESH: Duration = Duration::from_secs(60);
 
-/// A Ready condition that keeps its transition time while nothing changes.
+/// A Ready condition. Its `lastTransitionTime` moves only when `status`
+/// flips, as the API conventions (and cert-manager) define it: a new reason
+/// or message under the same status is not a transition.
 fn ready(old: &[Condition], verdict: &Ready<'_>, generation: Option<i64>) -> Condition {
     let Ready {
         ok,
@@ -37,7 +39,7 @@ fn ready(old: &[Condition], verdict: &Ready<'_>, generation: Option<i64>) -> Con
     let status = if ok { "True" } else { "False" };
     let since = old
         .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status && c.reason == reason)
+        .find(|c| c.type_ == "Ready" && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| rfc3339(now()));
     Condition {
@@ -337,6 +339,32 @@ mod tests {
     use crate::mock_api::{echo, status, step, Scripted};
     use crate::reconcile::tests::static_grant;
     use crate::Settings;
+
+    #[test]
+    fn the_transition_time_moves_only_when_the_status_flips() {
+        let at = |status: &str, reason: &str| Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: "m".into(),
+            last_transition_time: "2020-01-01T00:00:00Z".into(),
+            observed_generation: Some(1),
+        };
+        let verdict = |ok, reason| Ready {
+            ok,
+            reason,
+            message: "another message",
+        };
+        let old = [at("False", "CredentialNotReady")];
+        // Same status, another reason: not a transition.
+        let kept = ready(&old, &verdict(false, "StaticCopyNotAllowed"), Some(2));
+        assert_eq!(kept.last_transition_time, "2020-01-01T00:00:00Z");
+        assert_eq!(kept.reason, "StaticCopyNotAllowed");
+        // The status flips: now.
+        let flipped = ready(&old, &verdict(true, "Synced"), Some(2));
+        assert_ne!(flipped.last_transition_time, "2020-01-01T00:00:00Z");
+        assert_eq!(flipped.status, "True");
+    }
 
     #[tokio::test]
     async fn a_status_that_cannot_be_written_does_not_hold_back_the_others() {

@@ -254,7 +254,36 @@ impl Refresher {
     /// only after a backoff (1 s doubling to 60 s, on the caller's clock
     /// `now`); meanwhile, and whenever a refresh fails, a credential that
     /// has not expired yet is still served, saying why it was not refreshed.
-    pub async fn current(&self, now: i64, refresh_after: f64) -> Result<Served, Error> {
+    ///
+    /// A refresh runs in a task of the refresher's own: a caller whose
+    /// deadline passes (admission's budget, the request timeout) drops only
+    /// its wait, never the run that the callers queued behind it await.
+    pub async fn current(self: &Arc<Self>, now: i64, refresh_after: f64) -> Result<Served, Error> {
+        if let Ok(state) = self.state.try_lock() {
+            if let Some(u) = state
+                .current
+                .as_ref()
+                .filter(|u| now < refresh_due(u.issued_at, u.expires_at, refresh_after))
+            {
+                return Ok(Served {
+                    upstream: u.clone(),
+                    refresh_failed: None,
+                });
+            }
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.refresh(now, refresh_after).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::Exec {
+                    command: self.spec.command.clone(),
+                    problem: ExecProblem::Io(format!("the refresh task ended: {e}")),
+                })
+            })
+    }
+
+    /// [`Refresher::current`]'s work, under the state lock.
+    async fn refresh(&self, now: i64, refresh_after: f64) -> Result<Served, Error> {
         let mut state = self.state.lock().await;
         let unexpired = state.current.clone().filter(|u| now < u.expires_at);
         let stale = |error: &Error| {

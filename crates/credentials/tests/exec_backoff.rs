@@ -107,3 +107,35 @@ async fn an_unexpired_credential_is_served_while_its_refresh_fails() {
     assert!(r.current(NOW + 100, 0.5).await.is_err());
     assert_eq!(runs(dir.path()), 3);
 }
+
+/// Logs its run, then answers only once the file `go` exists: the test
+/// decides when the executable finishes, with no timing involved.
+const GATED: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+cat > /dev/null
+echo run >> "$dir/runs"
+while [ ! -e "$dir/go" ]; do sleep 0.02; done
+echo '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"100s","auth":{"r.example":{"username":"u","password":"p"}}}'
+"#;
+
+#[tokio::test]
+async fn a_caller_that_gives_up_does_not_cancel_the_refresh_others_wait_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider");
+    std::fs::write(&path, GATED).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec: ExecSource =
+        serde_json::from_value(serde_json::json!({"command": "provider"})).unwrap();
+    let all = Refreshers::default();
+    let r = all.get("corp", &spec, "r.example", Some(dir.path()));
+
+    // Admission's budget: the first caller stops waiting after 1 s.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(1), r.current(NOW, 0.5)).await;
+    assert!(first.is_err(), "the executable cannot have answered yet");
+
+    // The run goes on; the next caller gets its outcome, not a second run.
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let served = r.current(NOW, 0.5).await.expect("the refresh completed");
+    assert_eq!(served.upstream.expires_at, NOW + 100);
+    assert_eq!(runs(dir.path()), 1, "one run served both callers");
+}

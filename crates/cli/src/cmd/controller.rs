@@ -93,9 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .context("cannot connect to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        let client = pullbroker_controller::api::client().await?;
         let identity = match args.identity {
             Some(i) => i,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")

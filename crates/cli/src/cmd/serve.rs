@@ -54,9 +54,9 @@ async fn serve(args: Args) -> Result<ExitCode> {
     let cluster = match snapshot.policy_source {
         config::PolicySource::Kubernetes => Some((
             snapshot.system_namespace.clone(),
-            kube::Client::try_default().await.context(
-                "policySource is kubernetes: cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)",
-            )?,
+            pullbroker_controller::api::client()
+                .await
+                .context("policySource is kubernetes")?,
         )),
         config::PolicySource::File => None,
     };
