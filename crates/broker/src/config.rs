@@ -520,7 +520,12 @@ fn parse_with(
         exec_source_dir: exec_dir,
         policy_source: broker.policy_source,
         system_namespace: system_ns,
-        issuer: issuer.expect("no problems"),
+        issuer: IssuerSettings {
+            // Only a broker no other machine can reach may trust the
+            // development issuer (plainHttpListen is loopback-only anyway).
+            dev_keys_allowed: is_loopback(&listen),
+            ..issuer.expect("no problems")
+        },
         token_review: token_review.clone(),
         offline_verification: broker.service_account_issuer.offline_verification,
         listeners: Listeners {
@@ -661,6 +666,7 @@ fn issuer_settings(
         min_refresh_interval: Duration::from_secs(10),
         keys_refresh_interval,
         review_cache,
+        dev_keys_allowed: false,
     })
 }
 

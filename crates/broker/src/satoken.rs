@@ -65,7 +65,16 @@ pub struct IssuerSettings {
     pub keys_refresh_interval: Duration,
     /// How long TokenReview verdicts are reused.
     pub review_cache: ReviewCacheSettings,
+    /// Whether keys of the development issuer (`kid` prefix
+    /// `pullbroker-dev-`, its private key public in this repository) may be
+    /// trusted: only by a broker that listens on loopback alone.
+    pub dev_keys_allowed: bool,
 }
+
+/// Discovery documents and key sets are a few KiB; a larger answer is
+/// refused before it is buffered.
+pub const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// A verified service-account identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +221,7 @@ struct NodeRef {
     name: String,
 }
 
-fn parse_jwks(text: &str) -> Result<KeySet, String> {
+fn parse_jwks(text: &str, dev_keys_allowed: bool) -> Result<KeySet, String> {
     let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("JWKS is not valid: {e}"))?;
     let mut by_kid = HashMap::new();
     for jwk in &set.keys {
@@ -230,13 +239,27 @@ fn parse_jwks(text: &str) -> Result<KeySet, String> {
     if by_kid.is_empty() {
         return Err("JWKS holds no usable keys with a kid".into());
     }
-    if let Some(kid) = by_kid
-        .keys()
-        .find(|k| k.starts_with(pullbroker_credentials::dev_issuer::DEV_KID_PREFIX))
-    {
-        tracing::warn!(kid = %kid, "a development issuer key is trusted: whoever holds it can mint any service account's token (pullbroker dev-token); never in production");
+    let is_dev = |k: &String| k.starts_with(pullbroker_credentials::dev_issuer::DEV_KID_PREFIX);
+    if let Some(kid) = by_kid.keys().find(|k| is_dev(k)).cloned() {
+        if !dev_keys_allowed {
+            by_kid.retain(|k, _| !is_dev(k));
+            tracing::error!(kid = %kid, "a development issuer key is refused: its private key is public, and this broker listens beyond loopback");
+            if by_kid.is_empty() {
+                return Err(format!("JWKS holds only development issuer keys ({kid}), refused: the broker listens beyond loopback"));
+            }
+        } else {
+            tracing::warn!(kid = %kid, "a development issuer key is trusted: whoever holds it can mint any service account's token (pullbroker dev-token); never in production");
+        }
     }
     Ok(KeySet { by_kid })
+}
+
+/// Whether two URLs share scheme, host and port (RFC 6454's origin).
+fn same_origin(a: &str, b: &str) -> bool {
+    match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
 }
 
 impl Verifier {
@@ -260,7 +283,9 @@ impl Verifier {
             _ => Some(crate::http_client(settings.ca_pem.as_deref())?),
         };
         let initial = match &settings.jwks {
-            JwksSource::Static(text) => parse_jwks(text).map_err(crate::Error::Issuer)?,
+            JwksSource::Static(text) => {
+                parse_jwks(text, settings.dev_keys_allowed).map_err(crate::Error::Issuer)?
+            }
             _ => KeySet {
                 by_kid: HashMap::new(),
             },
@@ -368,47 +393,54 @@ impl Verifier {
         let unavailable = |e: String| TokenError::KeysUnavailable(e);
         // reqwest's errors name the URL; what is reported names the step.
         let plain = |e: reqwest::Error| e.without_url().to_string();
-        let get = |url: String| {
+        // The fetch token goes to the discovery document's own origin only
+        // (or to a configured jwksUrl): a `jwks_uri` elsewhere is fetched
+        // without it, whatever the document says.
+        let get = |url: &str, with_token: bool| {
             let mut req = http.get(url);
-            if let Some(t) = &self.settings.fetch_token {
+            if let Some(t) = self.settings.fetch_token.as_ref().filter(|_| with_token) {
                 req = req.bearer_auth(t.expose_secret());
             }
             req
         };
-        let jwks_url = match &self.settings.jwks {
-            JwksSource::Url(u) => u.clone(),
+        let fetch = |url: String, with_token: bool, step: &'static str, limit: usize| async move {
+            let resp = get(&url, with_token)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| unavailable(format!("{step}: {}", plain(e))))?;
+            crate::read_capped(resp, limit)
+                .await
+                .map_err(|e| unavailable(format!("{step}: {e}")))
+        };
+        let (jwks_url, with_token) = match &self.settings.jwks {
+            JwksSource::Url(u) => (u.clone(), true),
             JwksSource::Discovery(base) => {
                 let url = discovery_document_url(base);
-                let doc: serde_json::Value = get(url)
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| unavailable(format!("discovery: {}", plain(e))))?
-                    .json()
-                    .await
-                    .map_err(|e| unavailable(format!("discovery document: {}", plain(e))))?;
+                let body = fetch(url.clone(), true, "discovery", MAX_DISCOVERY_BYTES).await?;
+                let doc: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|_| unavailable("discovery document: not JSON".into()))?;
                 if doc["issuer"].as_str() != Some(self.settings.issuer.as_str()) {
                     return Err(unavailable(format!(
                         "discovery names issuer {}, expected {}",
                         doc["issuer"], self.settings.issuer
                     )));
                 }
-                doc["jwks_uri"]
+                let jwks_uri = doc["jwks_uri"]
                     .as_str()
                     .ok_or_else(|| unavailable("discovery document has no jwks_uri".into()))?
-                    .to_string()
+                    .to_string();
+                let same_origin = same_origin(&url, &jwks_uri);
+                if !same_origin && self.settings.fetch_token.is_some() {
+                    tracing::warn!("the discovery document's jwks_uri is on another origin: fetched without the broker's token");
+                }
+                (jwks_uri, same_origin)
             }
             JwksSource::Static(_) => return Ok(false),
         };
-        let text = get(jwks_url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| unavailable(format!("jwks: {}", plain(e))))?
-            .text()
-            .await
-            .map_err(|e| unavailable(format!("jwks: {}", plain(e))))?;
-        let set = parse_jwks(&text).map_err(unavailable)?;
+        let body = fetch(jwks_url, with_token, "jwks", MAX_JWKS_BYTES).await?;
+        let text = String::from_utf8(body).map_err(|_| unavailable("jwks: not UTF-8".into()))?;
+        let set = parse_jwks(&text, self.settings.dev_keys_allowed).map_err(unavailable)?;
         tracing::info!(
             keys = set.by_kid.len(),
             "service-account issuer keys loaded"

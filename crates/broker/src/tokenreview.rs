@@ -27,6 +27,9 @@ pub trait TokenReviewer: Send + Sync {
     ) -> BoxFuture<'a, Result<ReviewOutcome, String>>;
 }
 
+/// A TokenReview answer is a few hundred bytes; more is refused unread.
+const MAX_REVIEW_BYTES: usize = 64 * 1024;
+
 /// `POST /apis/authentication.k8s.io/v1/tokenreviews` on an API server.
 pub struct HttpTokenReview {
     url: String,
@@ -75,9 +78,10 @@ impl TokenReviewer for HttpTokenReview {
             if !status.is_success() {
                 return Err(format!("TokenReview answered HTTP {}", status.as_u16()));
             }
-            let review: serde_json::Value = resp
-                .json()
+            let body = crate::read_capped(resp, MAX_REVIEW_BYTES)
                 .await
+                .map_err(|e| format!("TokenReview: {e}"))?;
+            let review: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|_| "TokenReview answer is not JSON".to_string())?;
             let s = &review["status"];
             Ok(ReviewOutcome {

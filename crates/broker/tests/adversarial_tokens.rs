@@ -26,6 +26,7 @@ fn settings(jwks: JwksSource) -> IssuerSettings {
         min_refresh_interval: Duration::from_secs(10),
         keys_refresh_interval: Duration::from_secs(300),
         review_cache: Default::default(),
+        dev_keys_allowed: false,
     }
 }
 

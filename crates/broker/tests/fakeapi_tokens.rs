@@ -56,6 +56,7 @@ async fn tokens_from_token_request_verify_by_discovery_and_review() {
         min_refresh_interval: Duration::from_secs(10),
         keys_refresh_interval: Duration::from_secs(300),
         review_cache: Default::default(),
+        dev_keys_allowed: false,
     };
     let verifier = Verifier::new(settings, Some(reviewer)).await.unwrap();
     let verified = verifier
@@ -99,6 +100,7 @@ async fn discovery_by_base_url_or_full_document_url() {
             min_refresh_interval: Duration::from_secs(10),
             keys_refresh_interval: Duration::from_secs(300),
             review_cache: Default::default(),
+            dev_keys_allowed: false,
         };
         let verifier = Verifier::new(settings, None)
             .await
@@ -252,6 +254,7 @@ async fn a_hung_api_server_serves_recent_verdicts_and_refuses_the_rest_promptly(
             positive: Duration::ZERO,
             ..Default::default()
         },
+        dev_keys_allowed: false,
     };
     let defaults = ReviewCacheSettings::default();
     let verifier = Verifier::new(settings, Some(reviewer)).await.unwrap();

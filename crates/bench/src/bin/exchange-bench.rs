@@ -243,6 +243,7 @@ fn main() -> Result<()> {
             min_refresh_interval: Duration::from_secs(10),
             keys_refresh_interval: Duration::from_secs(300),
             review_cache: Default::default(),
+            dev_keys_allowed: false,
         };
         let v = Verifier::new(settings, None)
             .await
