@@ -284,7 +284,7 @@ async fn cluster() -> Cluster {
     for (name, spec) in [
         (
             "wide",
-            json!({"credential": "corp", "subjects": {"namespaces": ["*"], "serviceAccounts": ["*"]}, "repositories": ["**"], "purposes": ["pull", "sync"], "allowStaticCopy": true}),
+            json!({"credential": "corp", "subjects": {"namespaces": ["*"], "serviceAccounts": ["*"]}, "repositories": ["**"], "purposes": ["pull", "sync"], "allowUpstreamCopy": true}),
         ),
         (
             "team-a",

@@ -5,10 +5,11 @@
 //!   honours it only while a grant syncs that namespace, and only for the
 //!   repositories granted: the secret is scoped, short-lived and revocable;
 //! - static upstream password → a copy of the central dockerconfigjson, only
-//!   on the grant's `allowStaticCopy` (the plan refuses otherwise), re-copied
+//!   on the grant's `allowUpstreamCopy` (the plan refuses otherwise), re-copied
 //!   every ttl so a changed upstream password propagates;
 //! - exec source (ECR-style) → the upstream's own short-lived credential,
-//!   with its real issue and expiry times.
+//!   also only on `allowUpstreamCopy`, with its real issue and expiry times
+//!   when it expires within the grant's ttl, else issued now for the ttl.
 //!
 //! The caller hands in the credential as it stands now
 //! ([`CredentialRuntime::current`](pullbroker_credentials::runtime::CredentialRuntime::current)),
@@ -86,15 +87,31 @@ pub fn issue(
             serde_json::to_vec(&json!({ "auths": entries })).expect("serializable")
         }
         Current::Refreshed(served) => {
+            if !g.spec.allows_upstream_copy() {
+                return Err(format!(
+                    "PullGrant {grant:?} does not allow an upstream copy"
+                ));
+            }
             let u = &served.upstream;
-            return Ok(Issued {
-                dockerconfigjson: u.dockerconfigjson.clone(),
-                issued_at: u.issued_at,
-                expires_at: u.expires_at,
+            // The copy lives at most the grant's ttl: past it the Secret is
+            // reissued (or removed with the grant). The token itself stays
+            // valid upstream until its own expiry; that we cannot shorten.
+            return Ok(if u.expires_at <= expires_at {
+                Issued {
+                    dockerconfigjson: u.dockerconfigjson.clone(),
+                    issued_at: u.issued_at,
+                    expires_at: u.expires_at,
+                }
+            } else {
+                Issued {
+                    dockerconfigjson: u.dockerconfigjson.clone(),
+                    issued_at: now,
+                    expires_at,
+                }
             });
         }
         Current::Static(_) => {
-            if !g.spec.allow_static_copy {
+            if !g.spec.allows_upstream_copy() {
                 return Err(format!("PullGrant {grant:?} does not allow a static copy"));
             }
             let name = &spec

@@ -4,7 +4,7 @@
 //! `PullGrant` with purpose `sync`, each namespace it selects holds one
 //! managed `kubernetes.io/dockerconfigjson` Secret with a short-lived,
 //! namespace-scoped credential minted here (never a copy of the central
-//! secret, unless the grant opts in with `allowStaticCopy`), referenced from
+//! secret, unless the grant opts in with `allowUpstreamCopy`), referenced from
 //! the granted service accounts, rotated before it expires, and removed when
 //! the grant or the namespace stops asking for it.
 //!

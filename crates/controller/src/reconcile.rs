@@ -376,7 +376,7 @@ async fn issue_secret(
     }
     if w.static_copy {
         annotations.insert(STATIC_COPY.into(), "true".into());
-        tracing::warn!(grant = %grant, namespace = %namespace, "copying a static upstream password (allowStaticCopy)");
+        tracing::warn!(grant = %grant, namespace = %namespace, "copying a static upstream password (allowUpstreamCopy)");
     }
     let labels = BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),

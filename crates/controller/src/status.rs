@@ -12,7 +12,9 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::ResourceExt;
-use pullbroker_core::policy::model::{Condition, PullGrantStatus, RegistryCredentialStatus};
+use pullbroker_core::policy::model::{
+    Condition, PullGrantStatus, RegistryCredentialStatus, UpstreamCopy,
+};
 use pullbroker_core::policy::{
     DocumentKind, Named, Policy, PullGrant, Purpose, RegistryCredential,
 };
@@ -118,14 +120,29 @@ async fn write_all(ctx: &Context) {
             (Some(p), _) => (false, "Invalid", p.message.clone()),
             (None, Some(r)) if r.blocked.is_some() => (
                 false,
-                "StaticCopyNotAllowed",
+                match policy
+                    .credentials()
+                    .get(&g.spec.credential)
+                    .and_then(|c| c.upstream_copy())
+                {
+                    Some(UpstreamCopy::Token) => "UpstreamCopyNotAllowed",
+                    _ => "StaticCopyNotAllowed",
+                },
                 r.blocked.clone().unwrap_or_default(),
             ),
             (None, Some(r)) if r.static_copy => (
                 true,
                 "SyncedStaticCopy",
                 format!(
-                    "a static upstream password is copied into {} namespace(s) (allowStaticCopy)",
+                    "a static upstream password is copied into {} namespace(s) (allowUpstreamCopy)",
+                    r.selected_namespaces
+                ),
+            ),
+            (None, Some(r)) if r.upstream_copy => (
+                true,
+                "SyncedUpstreamCopy",
+                format!(
+                    "an upstream token is copied into {} namespace(s) (allowUpstreamCopy); each copy lives at most the grant's ttl, the token itself stays valid upstream until it expires",
                     r.selected_namespaces
                 ),
             ),
@@ -152,6 +169,7 @@ async fn write_all(ctx: &Context) {
             observed_generation: generation,
             selected_namespaces: report.map(|r| r.selected_namespaces as i64),
             static_copy: report.is_some_and(|r| r.static_copy),
+            upstream_copy: report.is_some_and(|r| r.upstream_copy),
         };
         if status != old {
             if let Err(e) = write(ctx, &grants, g, &old.conditions, &status, verdict).await {

@@ -64,8 +64,8 @@ async fn secrets_never_reach_logs_events_or_status() {
     for (grant, cred, extra) in [
         ("corp", "corp", json!({})),
         ("hub", "hub", json!({"allowStaticCopy": true})),
-        ("ecr", "ecr", json!({})),
-        ("broken", "broken", json!({})),
+        ("ecr", "ecr", json!({"allowUpstreamCopy": true})),
+        ("broken", "broken", json!({"allowUpstreamCopy": true})),
     ] {
         let mut spec = json!({"credential": cred, "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
             "repositories": ["**"], "purposes": ["sync"]});

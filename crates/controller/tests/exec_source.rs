@@ -53,7 +53,7 @@ async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
     c.grant(
         "ecr",
         json!({"credential": "ecr", "subjects": {"namespaces": ["team-*"], "serviceAccounts": ["app"]},
-               "repositories": ["**"], "purposes": ["sync"]}),
+               "repositories": ["**"], "purposes": ["sync"], "allowUpstreamCopy": true}),
     )
     .await;
     let replica = Replica::start(
@@ -118,6 +118,88 @@ async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
         "{}",
         evil.conditions[0].message
     );
+    replica.stop().await;
+}
+
+/// An exec source's token opens everything its identity can read, so sync
+/// copies it only on the operator's explicit `allowUpstreamCopy`; the copy
+/// then lives at most the grant's ttl, however long the token is valid.
+#[tokio::test]
+async fn an_upstream_token_is_copied_only_on_opt_in_and_for_at_most_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("long-token");
+    std::fs::write(&script, format!("#!/bin/sh\ncat >/dev/null\necho run >> '{}/runs'\nprintf '{{\"kind\":\"CredentialProviderResponse\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"cacheDuration\":\"12h\",\"auth\":{{\"ecr.example\":{{\"username\":\"AWS\",\"password\":\"CANARY-long\"}}}}}}'\n", dir.path().display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = Cluster::start(REGISTRY, None).await;
+    c.create::<RegistryCredential>(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
+        "metadata": {"name": "ecr"}, "spec": {"registries": ["ecr.example"], "source": {"exec": {"command": "long-token"}}}}))
+        .await;
+    c.tenant("team-a", &[("app", &[])]).await;
+    c.grant(
+        "ecr",
+        json!({"credential": "ecr", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app"]},
+               "repositories": ["**"], "purposes": ["sync"], "ttl": "15m"}),
+    )
+    .await;
+    let replica = Replica::start(
+        c.controller.clone(),
+        Settings {
+            exec_source_dir: Some(dir.path().to_path_buf()),
+            ..settings("r1")
+        },
+    );
+    let status = eventually("blocked status", WAIT, || async {
+        Api::<pullbroker_core::policy::PullGrant>::all(c.client.clone())
+            .get("ecr")
+            .await
+            .unwrap()
+            .status
+    })
+    .await;
+    assert_eq!(
+        (
+            status.conditions[0].status.as_str(),
+            status.conditions[0].reason.as_str()
+        ),
+        ("False", "UpstreamCopyNotAllowed")
+    );
+    assert!(
+        status.conditions[0].message.contains("allowUpstreamCopy"),
+        "{}",
+        status.conditions[0].message
+    );
+    assert!(c.secret("team-a", SECRET).await.is_none(), "nothing copied");
+
+    Api::<pullbroker_core::policy::PullGrant>::all(c.client.clone())
+        .patch(
+            "ecr",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"allowUpstreamCopy": true}})),
+        )
+        .await
+        .unwrap();
+    let secret = eventually("copied", WAIT, || async {
+        c.secret("team-a", SECRET).await
+    })
+    .await;
+    let ann = secret.annotations();
+    let lifetime = chrono::DateTime::parse_from_rfc3339(&ann["pullbroker.dev/expires-at"]).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(&ann["pullbroker.dev/issued-at"]).unwrap();
+    assert_eq!(
+        lifetime.num_seconds(),
+        15 * 60,
+        "the grant's ttl, not the token's 12h"
+    );
+    let status = eventually("flagged status", WAIT, || async {
+        let st = Api::<pullbroker_core::policy::PullGrant>::all(c.client.clone())
+            .get("ecr")
+            .await
+            .unwrap()
+            .status?;
+        st.upstream_copy.then_some(st)
+    })
+    .await;
+    assert_eq!(status.conditions[0].reason, "SyncedUpstreamCopy");
     replica.stop().await;
 }
 

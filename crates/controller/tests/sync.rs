@@ -239,7 +239,7 @@ async fn static_passwords_are_copied_only_on_opt_in_and_flagged() {
     .await;
     assert_eq!(status.conditions[0].status, "False");
     assert_eq!(status.conditions[0].reason, "StaticCopyNotAllowed");
-    assert!(status.conditions[0].message.contains("allowStaticCopy"));
+    assert!(status.conditions[0].message.contains("allowUpstreamCopy"));
     assert!(
         c.secret("team-a", "pullbroker-hub").await.is_none(),
         "no copy without opt-in"

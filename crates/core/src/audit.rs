@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::dockerconfig::DockerConfig;
 use crate::jwt::unverified_expiry;
+use crate::policy::model::UpstreamCopy;
 use crate::policy::{Policy, Purpose, Request, Subject, Target};
 use crate::sync::{GRANT_LABEL, MANAGED_BY};
 use crate::Reference;
@@ -491,13 +492,35 @@ fn audit_policy(inp: &Inputs<'_>, policy: &Policy, findings: &mut Vec<Finding>) 
                 fix: "list the repositories the workloads use (apps/team-a/**)".into(),
             });
         }
-        if spec.allow_static_copy {
-            findings.push(Finding {
+        let copy = policy
+            .credentials()
+            .get(&spec.credential)
+            .and_then(|c| c.upstream_copy())
+            .filter(|_| spec.allows_upstream_copy() && spec.purposes.contains(&Purpose::Sync));
+        match copy {
+            Some(UpstreamCopy::Password) => findings.push(Finding {
                 severity: Severity::Warning,
                 code: "grant.static-copy",
                 objects: vec![here.clone()],
-                message: format!("allowStaticCopy copies the upstream password of {:?} into every selected namespace", spec.credential),
+                message: format!("allowUpstreamCopy copies the upstream password of {:?} into every selected namespace", spec.credential),
                 fix: "use KEP-4412 (nothing copied) or a tokenIssuer/exec credential (short-lived copies)".into(),
+            }),
+            Some(UpstreamCopy::Token) => findings.push(Finding {
+                severity: Severity::Warning,
+                code: "grant.upstream-copy",
+                objects: vec![here.clone()],
+                message: format!("allowUpstreamCopy copies the upstream token of {:?} into every selected namespace: it opens every repository its identity can read, whatever the grant's repositories, and stays valid upstream until it expires even after the synced Secret is deleted (the grant's ttl caps only the Secret)", spec.credential),
+                fix: "use KEP-4412 (nothing copied) or a tokenIssuer credential (repository-scoped, minted per namespace)".into(),
+            }),
+            None => {}
+        }
+        if spec.allow_static_copy {
+            findings.push(Finding {
+                severity: Severity::Info,
+                code: "grant.deprecated-field",
+                objects: vec![here.clone()],
+                message: "allowStaticCopy is deprecated (it now covers every upstream copy)".into(),
+                fix: "rename it to allowUpstreamCopy".into(),
             });
         }
     }
@@ -554,5 +577,80 @@ fn audit_policy(inp: &Inputs<'_>, policy: &Policy, findings: &mut Vec<Finding>) 
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Named;
+
+    fn findings(grant: &str) -> Vec<(&'static str, String)> {
+        let creds = vec![
+            Named {
+                name: "ecr".into(),
+                spec: serde_yaml::from_str(
+                    "registries: [e.example]\nsource: {exec: {command: ecr-credential-provider}}",
+                )
+                .unwrap(),
+            },
+            Named {
+                name: "static".into(),
+                spec: serde_yaml::from_str(
+                    "registries: [s.example]\nsource: {secretRef: {name: p}}",
+                )
+                .unwrap(),
+            },
+        ];
+        let grants = vec![Named {
+            name: "g".into(),
+            spec: serde_yaml::from_str(grant).unwrap(),
+        }];
+        let (policy, problems) = Policy::new(creds, grants, BTreeMap::new());
+        assert!(problems.is_empty(), "{problems:?}");
+        let report = audit(&Inputs {
+            secrets: &[],
+            accounts: &[],
+            pods: &[],
+            policy: Some(&policy),
+            credential_states: &[],
+            now: 0,
+            warn_within: 0,
+            hash_key: [0; 32],
+        });
+        report
+            .findings
+            .into_iter()
+            .map(|f| (f.code, f.message))
+            .filter(|(code, _)| code.starts_with("grant.") && !code.starts_with("grant.every"))
+            .collect()
+    }
+
+    const SYNC: &str = "subjects: {namespaces: [team-a], serviceAccounts: [app]}\nrepositories: [apps/**]\npurposes: [sync]\n";
+
+    #[test]
+    fn every_upstream_copy_is_flagged() {
+        let token = findings(&format!("credential: ecr\n{SYNC}allowUpstreamCopy: true\n"));
+        assert_eq!(token.len(), 1, "{token:?}");
+        assert_eq!(token[0].0, "grant.upstream-copy");
+        assert!(
+            token[0].1.contains("valid upstream until it expires"),
+            "{}",
+            token[0].1
+        );
+        let password = findings(&format!(
+            "credential: static\n{SYNC}allowUpstreamCopy: true\n"
+        ));
+        assert_eq!(
+            password.iter().map(|f| f.0).collect::<Vec<_>>(),
+            ["grant.static-copy"]
+        );
+        // The deprecated spelling still copies, and says it is deprecated.
+        let old = findings(&format!("credential: ecr\n{SYNC}allowStaticCopy: true\n"));
+        let mut codes: Vec<_> = old.iter().map(|f| f.0).collect();
+        codes.sort();
+        assert_eq!(codes, ["grant.deprecated-field", "grant.upstream-copy"]);
+        // Without the opt-in nothing is copied, so nothing is flagged.
+        assert!(findings(&format!("credential: ecr\n{SYNC}")).is_empty());
     }
 }

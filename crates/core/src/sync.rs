@@ -16,8 +16,10 @@
 //!   new signing key, a new upstream password); a static copy does not
 //!   expire and is rewritten only then — never with identical content;
 //! - secrets without our label are never deleted, whatever their name;
-//! - a static upstream password (a `secretRef` credential) is synced only when
-//!   the grant sets `allowStaticCopy`; otherwise the grant is reported blocked;
+//! - an upstream secret (a `secretRef` credential's password, an exec
+//!   source's token) is synced only when the grant sets `allowUpstreamCopy`
+//!   (or the deprecated `allowStaticCopy`); otherwise the grant is reported
+//!   blocked;
 //! - a managed secret lives in a tenant's namespace, so the tenant can edit
 //!   it: what the controller wrote carries a [`seal`] (a keyed MAC over its
 //!   data, our labels and our annotations, rotation times included) and one
@@ -30,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::policy::decide::Policy;
 use crate::policy::glob::name_matches;
-use crate::policy::model::{PullGrantSpec, Purpose};
+use crate::policy::model::{PullGrantSpec, Purpose, UpstreamCopy};
 
 /// Label on every object pullbroker manages.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "pullbroker");
@@ -279,6 +281,8 @@ pub struct GrantReport {
     /// Why the grant cannot sync, if it cannot.
     pub blocked: Option<String>,
     pub static_copy: bool,
+    /// An exec source's upstream token is copied (`allowUpstreamCopy`).
+    pub upstream_copy: bool,
 }
 
 /// The decisions for one pass.
@@ -322,26 +326,40 @@ fn grant_selects_sa(grant: &PullGrantSpec, sa: &str) -> bool {
 
 /// The managed secrets a service account's pods should carry: those of the
 /// sync grants that select its namespace and name it, and that the
-/// controller can serve (a static copy only with `allowStaticCopy`).
+/// controller can serve (an upstream copy only with `allowUpstreamCopy`).
 /// Admission adds them to pods created before the account was patched.
 pub fn secrets_for_account(policy: &Policy, namespace: &str, service_account: &str) -> Vec<String> {
     policy
         .grants()
         .iter()
         .filter(|g| g.spec.purposes.contains(&Purpose::Sync))
-        .filter(|g| {
-            let static_source = policy
-                .credentials()
-                .get(&g.spec.credential)
-                .is_some_and(|c| c.source.secret_ref.is_some());
-            !static_source || g.spec.allow_static_copy
-        })
+        .filter(|g| copy_blocked(policy, &g.spec).is_none())
         .filter(|g| {
             policy.selects_namespace(&g.spec, namespace)
                 && grant_selects_sa(&g.spec, service_account)
         })
         .map(|g| secret_name(&g.name))
         .collect()
+}
+
+fn upstream_copy(policy: &Policy, grant: &PullGrantSpec) -> Option<UpstreamCopy> {
+    policy
+        .credentials()
+        .get(&grant.credential)
+        .and_then(|c| c.upstream_copy())
+}
+
+/// Why a sync grant may not copy its credential's upstream secret, if it
+/// may not: every upstream copy needs the operator's explicit opt-in.
+fn copy_blocked(policy: &Policy, grant: &PullGrantSpec) -> Option<String> {
+    let copy = upstream_copy(policy, grant)?;
+    (!grant.allows_upstream_copy()).then(|| {
+        format!(
+            "credential {:?} is {}; syncing it copies it into every selected namespace — set allowUpstreamCopy: true to accept that",
+            grant.credential,
+            copy.describe()
+        )
+    })
 }
 
 /// The desired secrets and references.
@@ -356,19 +374,15 @@ pub fn desired(
             continue;
         }
         let mut report = GrantReport::default();
-        let static_source = policy
-            .credentials()
-            .get(&g.spec.credential)
-            .is_some_and(|c| c.source.secret_ref.is_some());
-        if static_source && !g.spec.allow_static_copy {
-            report.blocked = Some(format!(
-                "credential {:?} is a static upstream password; syncing it copies it into every selected namespace — set allowStaticCopy: true to accept that",
-                g.spec.credential
-            ));
+        if let Some(why) = copy_blocked(policy, &g.spec) {
+            report.blocked = Some(why);
             reports.insert(g.name.clone(), report);
             continue;
         }
+        let copy = upstream_copy(policy, &g.spec);
+        let static_source = copy == Some(UpstreamCopy::Password);
         report.static_copy = static_source;
+        report.upstream_copy = copy == Some(UpstreamCopy::Token);
         for ns in observed
             .namespaces
             .iter()
@@ -507,6 +521,7 @@ mod tests {
         let creds = vec![
             Named { name: "corp".into(), spec: serde_yaml::from_str("registries: [r.example]\nsource: {tokenIssuer: {signingKeySecretRef: {name: k}, service: s, issuer: i}}").unwrap() },
             Named { name: "static".into(), spec: serde_yaml::from_str("registries: [s.example]\nsource: {secretRef: {name: p}}").unwrap() },
+            Named { name: "ecr".into(), spec: serde_yaml::from_str("registries: [e.example]\nsource: {exec: {command: ecr-credential-provider}}").unwrap() },
         ];
         let grants = grants
             .iter()
@@ -803,33 +818,47 @@ mod tests {
     }
 
     #[test]
-    fn static_passwords_need_an_explicit_opt_in() {
-        let copy = "credential: static\nsubjects: {namespaces: [team-a], serviceAccounts: ['*']}\nrepositories: ['**']\npurposes: [sync]\n";
+    fn every_upstream_copy_needs_an_explicit_opt_in() {
         let o = Observed {
             namespaces: ns(&["team-a"]),
             ..Default::default()
         };
-        let blocked = plan(&policy(&[("g", copy)], &[]), &o, 0, 0.5);
-        assert!(blocked.actions.is_empty());
-        assert!(blocked.grants["g"]
+        for (credential, kind) in [
+            ("static", UpstreamCopy::Password),
+            ("ecr", UpstreamCopy::Token),
+        ] {
+            let copy = format!("credential: {credential}\nsubjects: {{namespaces: [team-a], serviceAccounts: ['*']}}\nrepositories: ['**']\npurposes: [sync]\n");
+            let blocked = plan(&policy(&[("g", &copy)], &[]), &o, 0, 0.5);
+            assert!(blocked.actions.is_empty(), "{credential}");
+            let why = blocked.grants["g"].blocked.as_deref().unwrap();
+            assert!(why.contains("allowUpstreamCopy"), "{why}");
+            assert!(why.contains(kind.describe()), "{why}");
+            assert!(secrets_for_account(&policy(&[("g", &copy)], &[]), "team-a", "app").is_empty());
+            // The new field, and the deprecated one it generalises.
+            for opt_in in ["allowUpstreamCopy", "allowStaticCopy"] {
+                let p = policy(&[("g", &format!("{copy}{opt_in}: true\n"))], &[]);
+                let allowed = plan(&p, &o, 0, 0.5);
+                assert!(
+                    matches!(
+                        &allowed.actions[..],
+                        [Action::IssueSecret(IssueSecret { static_copy, .. })] if *static_copy == (kind == UpstreamCopy::Password)
+                    ),
+                    "{credential} {opt_in}: {:?}",
+                    allowed.actions
+                );
+                let report = &allowed.grants["g"];
+                assert_eq!(
+                    (report.static_copy, report.upstream_copy),
+                    (kind == UpstreamCopy::Password, kind == UpstreamCopy::Token),
+                    "flagged for status"
+                );
+                assert_eq!(secrets_for_account(&p, "team-a", "app"), [secret_name("g")]);
+            }
+        }
+        // A token issuer mints per namespace: no opt-in needed.
+        assert!(plan(&policy(&[("g", TEAM_A)], &[]), &o, 0, 0.5).grants["g"]
             .blocked
-            .as_deref()
-            .unwrap()
-            .contains("allowStaticCopy"));
-        let allowed = plan(
-            &policy(&[("g", &format!("{copy}allowStaticCopy: true\n"))], &[]),
-            &o,
-            0,
-            0.5,
-        );
-        assert!(matches!(
-            &allowed.actions[..],
-            [Action::IssueSecret(IssueSecret {
-                static_copy: true,
-                ..
-            })]
-        ));
-        assert!(allowed.grants["g"].static_copy, "flagged for status");
+            .is_none());
     }
 
     #[test]

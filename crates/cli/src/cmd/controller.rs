@@ -14,8 +14,8 @@ use pullbroker_controller::{Metrics, Settings};
     after_long_help = "Sync mode for clusters without KEP-4412 kubelet plugins: for every PullGrant with \
 purpose `sync`, each selected namespace gets one managed kubernetes.io/dockerconfigjson Secret \
 (`pullbroker-<grant>`) holding a short-lived credential minted for that namespace, referenced from the \
-granted service accounts' imagePullSecrets and rotated before it expires. Static upstream passwords are \
-copied only for grants that set allowStaticCopy: true.\n\n\
+granted service accounts' imagePullSecrets and rotated before it expires. Upstream secrets (a static password, an exec source's token) are \
+copied only for grants that set allowUpstreamCopy: true.\n\n\
 Connects like kubectl: in-cluster service account, else KUBECONFIG / ~/.kube/config. Several replicas may \
 run; a Lease in the system namespace elects the one that writes.\n\n\
 With --serving-certificate the leader also keeps the broker's TLS certificate and, with \

@@ -144,7 +144,15 @@ pub struct PullGrantSpec {
     /// on behalf of the subject namespaces (purpose `resolve`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolvers: Vec<String>,
-    /// Sync may copy a static upstream password into namespaces (flagged).
+    /// Sync may copy the credential's upstream secret into namespaces
+    /// (flagged): a static password, or an exec source's token, which opens
+    /// everything its upstream identity can read and stays valid upstream
+    /// until its own expiry even after the synced Secret is deleted. A token
+    /// issuer's credentials are minted per namespace and need no opt-in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_upstream_copy: bool,
+    /// Deprecated: use `allowUpstreamCopy` (still honoured, for every kind of
+    /// upstream copy; `pullbroker audit` flags it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_static_copy: bool,
     /// How admission pinning treats images this grant covers (purpose `resolve`).
@@ -320,9 +328,13 @@ pub struct PullGrantStatus {
     /// Namespaces the grant currently selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_namespaces: Option<i64>,
-    /// Set when `allowStaticCopy` makes sync copy a static upstream password.
+    /// Set when `allowUpstreamCopy` makes sync copy a static upstream password.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub static_copy: bool,
+    /// Set when `allowUpstreamCopy` makes sync copy an upstream token (an
+    /// exec source's), valid upstream until its own expiry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream_copy: bool,
 }
 
 /// The longest duration any setting takes (ten years); longer is refused.
@@ -405,7 +417,39 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// What sync copies of a credential whose upstream secret itself would
+/// reach tenant namespaces ([`RegistryCredentialSpec::upstream_copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamCopy {
+    /// A static password (`secretRef`): valid until someone rotates it.
+    Password,
+    /// A refreshing source's token (`exec`): account- or registry-wide,
+    /// valid upstream until its own expiry whatever we delete.
+    Token,
+}
+
+impl UpstreamCopy {
+    pub fn describe(self) -> &'static str {
+        match self {
+            UpstreamCopy::Password => "a static upstream password",
+            UpstreamCopy::Token => "an upstream token that opens everything its identity can read, valid upstream until it expires",
+        }
+    }
+}
+
 impl RegistryCredentialSpec {
+    /// What sync would copy verbatim into namespaces; `None` for a token
+    /// issuer, whose synced credentials are minted per namespace.
+    pub fn upstream_copy(&self) -> Option<UpstreamCopy> {
+        if self.source.secret_ref.is_some() {
+            Some(UpstreamCopy::Password)
+        } else if self.source.exec.is_some() {
+            Some(UpstreamCopy::Token)
+        } else {
+            None
+        }
+    }
+
     /// The central Secrets its source reads: a static copy's, or a token
     /// issuer's signing keys (current, then previous). None for exec.
     pub fn secret_names(&self) -> impl Iterator<Item = &str> {
@@ -500,6 +544,12 @@ impl PullGrantSpec {
         }
         bounded("ttl", &self.ttl, MAX_TTL)?;
         Ok(())
+    }
+
+    /// Whether sync may copy an upstream secret (`allowUpstreamCopy`, or
+    /// the deprecated `allowStaticCopy`).
+    pub fn allows_upstream_copy(&self) -> bool {
+        self.allow_upstream_copy || self.allow_static_copy
     }
 
     /// The grant's lifetime cap.
