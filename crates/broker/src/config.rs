@@ -150,6 +150,32 @@ pub struct AdmissionSpec {
     /// `registries-skipping-tag-resolving`: exact `host[:port]` match).
     #[serde(default)]
     pub skip_registries: Vec<String>,
+    /// Admission's own listener (TLS with the broker's certificate). When
+    /// set, `/v1/admission/pin` is served there and nowhere else, with its
+    /// own concurrency limit, so a pull storm on the credential port cannot
+    /// make pod creation fail, and a NetworkPolicy can admit only the API
+    /// server to it.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// PEM bundle of the CA that signs the API server's client certificate
+    /// (kube-apiserver's `AdmissionConfiguration` kubeconfig): a client
+    /// without a certificate it signed is refused at the TLS handshake,
+    /// before any registry is asked anything. Needs `listen`.
+    #[serde(default, rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Reviews served at once on that listener; more are answered 503 at
+    /// once (default 256).
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+}
+
+/// Admission's own listener ([`AdmissionSpec::listen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionListener {
+    pub listen: SocketAddr,
+    /// Client certificates required, signed by this CA bundle.
+    pub client_ca_file: Option<PathBuf>,
+    pub max_concurrent_requests: usize,
 }
 
 /// How the broker listens.
@@ -160,6 +186,8 @@ pub struct Listeners {
     pub tls: Option<TlsSpec>,
     /// Extra plain-HTTP listener (loopback only).
     pub plain_http: Option<SocketAddr>,
+    /// Admission's own listener; `None` serves admission on `listen`.
+    pub admission: Option<AdmissionListener>,
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -508,6 +536,10 @@ fn parse_with(
             _ => {}
         }
     }
+    let admission = admission_listener(&broker, base, tls.is_some())
+        .map_err(|e| problems.push(e))
+        .ok()
+        .flatten();
     let limits = limits(&broker.limits).map_err(|e| problems.push(e));
     if !problems.is_empty() {
         return Err(report(path, problems));
@@ -523,7 +555,8 @@ fn parse_with(
         issuer: IssuerSettings {
             // Only a broker no other machine can reach may trust the
             // development issuer (plainHttpListen is loopback-only anyway).
-            dev_keys_allowed: is_loopback(&listen),
+            dev_keys_allowed: is_loopback(&listen)
+                && admission.as_ref().is_none_or(|a| is_loopback(&a.listen)),
             ..issuer.expect("no problems")
         },
         token_review: token_review.clone(),
@@ -532,6 +565,7 @@ fn parse_with(
             listen,
             tls,
             plain_http,
+            admission,
         },
         admission_skip_registries: broker.admission.skip_registries.clone(),
         limits: limits.expect("no problems"),
@@ -575,6 +609,40 @@ fn secret_data(doc: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
         }
     }
     Ok(out)
+}
+
+fn admission_listener(
+    broker: &BrokerConfigSpec,
+    base: &Path,
+    tls: bool,
+) -> Result<Option<AdmissionListener>, String> {
+    let a = &broker.admission;
+    let Some(listen) = &a.listen else {
+        return match (&a.client_ca_file, a.max_concurrent_requests) {
+            (None, None) => Ok(None),
+            _ => Err("admission.clientCAFile and admission.maxConcurrentRequests need admission.listen (admission's own listener)".into()),
+        };
+    };
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("admission.listen {listen:?} is not an address like 0.0.0.0:8444"))?;
+    if !tls && !is_loopback(&addr) {
+        return Err(format!("admission.listen {addr}: the API server calls webhooks over TLS only; configure tls (plain HTTP is for loopback development)"));
+    }
+    if a.client_ca_file.is_some() && !tls {
+        return Err("admission.clientCAFile: client certificates need tls".into());
+    }
+    let max = a.max_concurrent_requests.unwrap_or(256);
+    if !(1..=65_536).contains(&max) {
+        return Err(format!(
+            "admission.maxConcurrentRequests {max} must be between 1 and 65536"
+        ));
+    }
+    Ok(Some(AdmissionListener {
+        listen: addr,
+        client_ca_file: a.client_ca_file.as_ref().map(|f| resolve(base, f)),
+        max_concurrent_requests: max,
+    }))
 }
 
 fn issuer_settings(
@@ -710,6 +778,42 @@ mod tests {
             }
             other => panic!("expected the problems, got {:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn admissions_own_listener_is_checked_whole() {
+        let with = |admission: &str| {
+            BROKER.replace(
+                "  policySource",
+                &format!("  admission: {admission}\n  policySource"),
+            )
+        };
+        let problems = |admission: &str| match load(&write(&with(admission)).1) {
+            Err(Error::Invalid { problems, .. }) => problems.join("; "),
+            other => panic!(
+                "{admission}: expected problems, got {:?}",
+                other.map(|s| s.listeners)
+            ),
+        };
+        assert!(problems("{clientCAFile: ca.crt}").contains("need admission.listen"));
+        assert!(problems("{listen: '0.0.0.0:8444'}").contains("over TLS only"));
+        assert!(problems("{listen: '127.0.0.1:8444', clientCAFile: ca.crt}").contains("need tls"));
+        assert!(problems("{listen: 'port 80'}").contains("not an address"));
+        assert!(
+            problems("{listen: '127.0.0.1:8444', maxConcurrentRequests: 0}")
+                .contains("between 1 and 65536")
+        );
+        let (_d, path) = write(&with("{listen: '127.0.0.1:8444'}"));
+        let a = load(&path).unwrap().listeners.admission.unwrap();
+        assert_eq!(
+            (a.listen.port(), a.max_concurrent_requests, a.client_ca_file),
+            (8444, 256, None)
+        );
+        assert!(load(&write(BROKER).1)
+            .unwrap()
+            .listeners
+            .admission
+            .is_none());
     }
 
     #[test]

@@ -147,10 +147,48 @@ impl ReloadingCert {
 
     /// A rustls server configuration that asks this resolver on every handshake.
     pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        self.config_with(rustls::server::WebPkiClientVerifier::no_client_auth())
+    }
+
+    /// As [`ReloadingCert::server_config`], and every client must present a
+    /// certificate that a CA of the PEM bundle `client_ca_file` signed (the
+    /// API server's, for admission): others fail the handshake.
+    pub fn server_config_requiring_clients(
+        self: &Arc<Self>,
+        client_ca_file: &std::path::Path,
+    ) -> crate::Result<Arc<rustls::ServerConfig>> {
+        let pem = std::fs::read(client_ca_file).map_err(crate::Error::read(client_ca_file))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert =
+                cert.map_err(|e| crate::Error::Tls(format!("{}: {e}", client_ca_file.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| crate::Error::Tls(format!("{}: {e}", client_ca_file.display())))?;
+        }
+        if roots.is_empty() {
+            return Err(crate::Error::Tls(format!(
+                "{}: no CA certificate in it",
+                client_ca_file.display()
+            )));
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| crate::Error::Tls(format!("{}: {e}", client_ca_file.display())))?;
+        Ok(self.config_with(verifier))
+    }
+
+    fn config_with(
+        self: &Arc<Self>,
+        clients: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Arc<rustls::ServerConfig> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")
-            .with_no_client_auth()
+            .with_client_cert_verifier(clients)
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)

@@ -1,6 +1,7 @@
 //! The broker's limits: beyond `maxConcurrentRequests` a request is answered
 //! 503 at once (probes still answer), and one that outlives `requestTimeout`
-//! is answered 503 and its work dropped. The slow work is a real exec source
+//! is answered 503 and its handler dropped (an exec source's run goes on in
+//! the refresher's own task, for the callers that follow). The slow work is a real exec source
 //! that waits until the test releases it, so nothing here depends on timing
 //! beyond the timeout itself.
 

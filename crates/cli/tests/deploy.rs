@@ -184,6 +184,8 @@ fn the_checked_in_webhook_is_what_webhook_config_prints_less_its_ca_bundle() {
         "webhook-config",
         "--service",
         "pullbroker-system/pullbroker",
+        "--port",
+        "8444",
         "--ca-file",
         ca.to_str().unwrap(),
     ]);
@@ -201,6 +203,69 @@ fn the_checked_in_webhook_is_what_webhook_config_prints_less_its_ca_bundle() {
         printed,
         "deploy/components/admission/webhook.yaml is stale"
     );
+}
+
+/// The webhook reaches admission's own listener and nothing else: its
+/// Service port leads to the container port the broker's `admission.listen`
+/// binds, which is not the credential port.
+#[test]
+fn the_webhook_reaches_only_admissions_own_listener() {
+    let objects = render("admission");
+    let one = |kind: &str| -> &Value {
+        let all: Vec<_> = objects.iter().filter(|d| d["kind"] == kind).collect();
+        assert_eq!(all.len(), 1, "{kind}");
+        all[0]
+    };
+    let hook = &one("MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["service"];
+    let service = objects
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == hook["name"])
+        .expect("the webhook's Service");
+    let port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == hook["port"])
+        .expect("the webhook's port on its Service");
+    let broker = objects
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "pullbroker-broker")
+        .unwrap();
+    let container_port = broker["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port["targetPort"])
+        .expect("the Service's target port on the broker")["containerPort"]
+        .as_i64()
+        .unwrap();
+    let config: Value =
+        serde_yaml::from_str(one("ConfigMap")["data"]["broker.yaml"].as_str().unwrap()).unwrap();
+    let spec = &config["spec"];
+    let admission_port = |key: &Value| -> i64 {
+        key.as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(admission_port(&spec["admission"]["listen"]), container_port);
+    assert_ne!(admission_port(&spec["listen"]), container_port);
+    // Without the component, no admission listener is opened.
+    for overlay in ["kep4412", "sync"] {
+        let config: Value = serde_yaml::from_str(
+            render(overlay)
+                .iter()
+                .find(|d| d["kind"] == "ConfigMap")
+                .unwrap()["data"]["broker.yaml"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(config["spec"]["admission"].is_null(), "{overlay}");
+    }
 }
 
 /// Restricted Pod Security, probes and requests on every workload; the

@@ -175,34 +175,70 @@ impl Broker {
     /// at once, past `requestTimeout` it is answered 503 and its work (an
     /// exec source's run, a registry call) is dropped. Probes and metrics
     /// stay outside the limits.
+    ///
+    /// With admission on its own listener ([`config::AdmissionListener`])
+    /// this router does not serve `/v1/admission/pin`: see
+    /// [`Broker::admission_router`].
     pub fn router(&self) -> Router {
-        let limits = self.snapshot().limits;
-        let state = self.state.clone();
-        let bounded = tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(
-                move |e: tower::BoxError| limited(state.clone(), e),
-            ))
-            .load_shed()
-            .concurrency_limit(limits.max_concurrent_requests)
-            .timeout(limits.request_timeout)
-            .layer(axum::middleware::from_fn_with_state(
-                self.state.clone(),
-                in_flight,
-            ));
-        let api = Router::new()
+        let snapshot = self.snapshot();
+        let limits = snapshot.limits;
+        let mut api = Router::new()
             .route("/v1/exchange", post(exchange::exchange))
             .route("/token", get(token::token_get).post(token::token_post))
             .route("/v1/resolve", post(resolve::resolve))
             .route(
-                "/v1/admission/pin",
-                // The API server sends objects up to its own 3 MiB request limit.
-                post(admission::pin).layer(DefaultBodyLimit::max(3 * 1024 * 1024)),
-            )
-            .route(
                 "/v1/credentials/{name}/rootcertbundle",
                 get(ops::root_cert_bundle),
-            )
-            .layer(bounded);
+            );
+        if snapshot.listeners.admission.is_none() {
+            api = api.route("/v1/admission/pin", admission_route());
+        }
+        let api = self.limited(api, limits.max_concurrent_requests, limits.request_timeout);
+        self.with_probes(api)
+    }
+
+    /// Admission's own listener: `/v1/admission/pin` alone (and the probes),
+    /// under its own concurrency limit, so exchanges saturating theirs do
+    /// not make the API server's calls fail.
+    pub fn admission_router(&self) -> Router {
+        let snapshot = self.snapshot();
+        let max = snapshot
+            .listeners
+            .admission
+            .as_ref()
+            .map_or(snapshot.limits.max_concurrent_requests, |a| {
+                a.max_concurrent_requests
+            });
+        let pin = Router::new().route("/v1/admission/pin", admission_route());
+        self.with_probes(self.limited(pin, max, snapshot.limits.request_timeout))
+    }
+
+    /// `routes` bounded: beyond `max` requests at once the rest are answered
+    /// 503 at once, and none runs longer than `timeout`.
+    fn limited(
+        &self,
+        routes: Router<Arc<AppState>>,
+        max: usize,
+        timeout: Duration,
+    ) -> Router<Arc<AppState>> {
+        let state = self.state.clone();
+        routes.layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    move |e: tower::BoxError| limited(state.clone(), e),
+                ))
+                .load_shed()
+                .concurrency_limit(max)
+                .timeout(timeout)
+                .layer(axum::middleware::from_fn_with_state(
+                    self.state.clone(),
+                    in_flight,
+                )),
+        )
+    }
+
+    /// Probes and metrics, outside any limit, beside `api`.
+    fn with_probes(&self, api: Router<Arc<AppState>>) -> Router {
         Router::new()
             .merge(api)
             .route("/healthz", get(ops::healthz))
@@ -355,6 +391,11 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<String> {
 }
 
 /// Counts a request while its handler runs (inside the limits).
+fn admission_route() -> axum::routing::MethodRouter<Arc<AppState>> {
+    // The API server sends objects up to its own 3 MiB request limit.
+    post(admission::pin).layer(DefaultBodyLimit::max(3 * 1024 * 1024))
+}
+
 async fn in_flight(
     axum::extract::State(st): axum::extract::State<Arc<AppState>>,
     req: axum::extract::Request,
@@ -542,22 +583,7 @@ impl Broker {
         cert: Arc<crate::tls::ReloadingCert>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let handle = axum_server::Handle::new();
-        let stopper = handle.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stopper.graceful_shutdown(Some(Duration::from_secs(30)));
-        });
-        let config = axum_server::tls_rustls::RustlsConfig::from_config(cert.server_config());
-        // TCP_NODELAY, as axum::serve sets for plain HTTP: without it Nagle's
-        // algorithm and the peer's delayed ACK stall small TLS records ~40 ms.
-        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
-            .acceptor(axum_server::accept::NoDelayAcceptor::new());
-        axum_server::from_tcp(listener.into_std()?)?
-            .acceptor(acceptor)
-            .handle(handle)
-            .serve(self.router().into_make_service())
-            .await
+        serve_router_tls(listener, cert.server_config(), self.router(), shutdown).await
     }
 
     /// Serves plain HTTP on `listener` until `shutdown` resolves, then drains in-flight requests.
@@ -566,8 +592,73 @@ impl Broker {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        serve_router(listener, self.router(), shutdown).await
     }
+
+    /// Serves admission's own listener over TLS, requiring the API server's
+    /// client certificate when `admission.clientCAFile` is set. An error
+    /// here (an unreadable CA bundle) is a start-up error.
+    pub async fn serve_admission_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        cert: Arc<crate::tls::ReloadingCert>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> crate::Result<()> {
+        let client_ca = self
+            .snapshot()
+            .listeners
+            .admission
+            .as_ref()
+            .and_then(|a| a.client_ca_file.clone());
+        let config = match client_ca {
+            Some(ca) => cert.server_config_requiring_clients(&ca)?,
+            None => cert.server_config(),
+        };
+        serve_router_tls(listener, config, self.admission_router(), shutdown)
+            .await
+            .map_err(|e| crate::Error::Tls(format!("admission listener: {e}")))
+    }
+
+    /// Serves admission's own listener as plain HTTP (loopback development).
+    pub async fn serve_admission(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        serve_router(listener, self.admission_router(), shutdown).await
+    }
+}
+
+async fn serve_router_tls(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(30)));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+    // TCP_NODELAY, as axum::serve sets for plain HTTP: without it Nagle's
+    // algorithm and the peer's delayed ACK stall small TLS records ~40 ms.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    axum_server::from_tcp(listener.into_std()?)?
+        .acceptor(acceptor)
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await
+}
+
+async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -95,6 +95,14 @@ async fn serve(args: Args) -> Result<ExitCode> {
         ),
         None => None,
     };
+    let admission = match &listeners.admission {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (admission.listen)", a.listen))?,
+        ),
+        None => None,
+    };
     let watcher = broker.spawn_watcher(args.reload_interval);
     let cert_watcher = cert.as_ref().map(|c| c.spawn_watcher(args.reload_interval));
     let _cluster = cluster.map(|(system_namespace, client)| {
@@ -111,12 +119,31 @@ async fn serve(args: Args) -> Result<ExitCode> {
         tracing::warn!("serving plain HTTP on loopback (insecurePlainHttp): for development only");
     }
     let main = {
-        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        let (broker, shutdown, cert) = (broker.clone(), shutdown.clone(), cert.clone());
         async move {
             match cert {
                 Some(cert) => broker.serve_tls(listener, cert, shutdown).await,
                 None => broker.serve(listener, shutdown).await,
             }
+        }
+    };
+    let admission = {
+        let (broker, shutdown, cert) = (broker.clone(), shutdown.clone(), cert.clone());
+        async move {
+            let Some(l) = admission else {
+                tracing::warn!("admission is served on the main listener, beside exchange: set admission.listen to give it its own port and limit (docs/admission.md)");
+                return Ok::<_, anyhow::Error>(());
+            };
+            let client_certs = listeners
+                .admission
+                .as_ref()
+                .is_some_and(|a| a.client_ca_file.is_some());
+            tracing::info!(address = %l.local_addr()?, scheme, client_certs, "admission listener");
+            match cert {
+                Some(cert) => broker.serve_admission_tls(l, cert, shutdown).await?,
+                None => broker.serve_admission(l, shutdown).await?,
+            }
+            Ok(())
         }
     };
     let extra = async move {
@@ -128,7 +155,8 @@ async fn serve(args: Args) -> Result<ExitCode> {
             None => Ok(()),
         }
     };
-    tokio::try_join!(main, extra).context("server failed")?;
+    let servers = async { tokio::try_join!(main, extra).context("server failed") };
+    tokio::try_join!(servers, admission)?;
     watcher.abort();
     if let Some(w) = cert_watcher {
         w.abort();
