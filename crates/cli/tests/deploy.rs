@@ -58,6 +58,31 @@ pub fn render(overlay: &str) -> Vec<Value> {
     docs(&String::from_utf8(out.stdout).unwrap())
 }
 
+/// `deploy/overlays/NAME` with the optional `components` added, rendered from
+/// a kustomization of the test's own (kustomize takes only relative paths,
+/// so it lives under the workspace's `target/`).
+pub fn render_with(overlay: &str, components: &[&str]) -> Vec<Value> {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    std::fs::create_dir_all(&target).unwrap();
+    let dir = tempfile::tempdir_in(&target).unwrap();
+    let mut k = format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../deploy/overlays/{overlay}\ncomponents:\n");
+    for c in components {
+        k.push_str(&format!("  - ../../deploy/components/{c}\n"));
+    }
+    std::fs::write(dir.path().join("kustomization.yaml"), k).unwrap();
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir.path())
+        .output()
+        .expect("kubectl (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {overlay} + {components:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    docs(&String::from_utf8(out.stdout).unwrap())
+}
+
 /// The first place where `a` and `b` differ, as a JSON path.
 fn diff(path: &str, a: &Value, b: &Value) -> Option<String> {
     match (a, b) {
@@ -718,41 +743,10 @@ fn allows(g: &Granted, r: &ApiRequest) -> Option<(String, String, String)> {
 /// request the controller and the broker made to the fake API server in
 /// any test is allowed by `deploy/` (the admission overlay holds them all),
 /// and every verb of every rule there was used by some request.
-#[test]
-#[ignore = "needs the whole suite's requests first: scripts/test.sh runs it last"]
-fn the_shipped_rbac_allows_every_request_the_suite_made_and_nothing_unused() {
-    let requests = api_log::read_all().unwrap_or_else(|e| {
-        panic!(
-            "no recorded requests in {} ({e}): run scripts/test.sh",
-            api_log::dir().display()
-        )
-    });
-    let ours = [api_log::CONTROLLER, api_log::BROKER];
-    let requests: Vec<ApiRequest> = requests
-        .into_iter()
-        .filter(|r| ours.contains(&r.user.as_str()))
-        .collect();
-    for user in ours {
-        assert!(
-            requests.iter().any(|r| r.user == user),
-            "no request recorded as {user}"
-        );
-    }
-    let objects = render("admission");
-    let granted = grants(&objects);
-    let denied: Vec<String> = requests
-        .iter()
-        .filter(|r| !granted.iter().any(|g| allows(g, r).is_some()))
-        .map(|r| format!("{r:?}"))
-        .collect();
-    assert!(
-        denied.is_empty(),
-        "requests deploy/ does not allow:\n{}",
-        denied.join("\n")
-    );
-
+/// The rules (and, for our own roles, the verbs) no request in `requests` used.
+fn unused_rules(granted: &[Granted], requests: &[ApiRequest]) -> Vec<String> {
     let mut unused = Vec::new();
-    for g in granted.iter() {
+    for g in granted {
         let used_by: Vec<_> = requests.iter().filter_map(|r| allows(g, r)).collect();
         if used_by.is_empty() {
             unused.push(format!("{}: nothing used it ({:?})", g.binding, g.rule));
@@ -774,9 +768,165 @@ fn the_shipped_rbac_allows_every_request_the_suite_made_and_nothing_unused() {
             }
         }
     }
+    unused
+}
+
+/// The KEP-4412 overlay's own instructions work on a fresh cluster: the
+/// overlay creates the namespace its TLS Secret lives in, so the Secret is
+/// created only after the overlay is applied (or after the namespace is
+/// created by hand), and the broker waits for that Secret rather than
+/// starting without it.
+#[test]
+fn the_kep4412_instructions_create_the_namespace_before_its_secret() {
+    let objects = render("kep4412");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == "pullbroker-system"),
+        "the overlay creates the namespace"
+    );
+    let broker = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "pullbroker-broker")
+        .unwrap();
+    let tls = broker["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "pullbroker-broker-tls")
+        .expect("the broker mounts its TLS Secret");
+    assert_ne!(tls["secret"]["optional"], true, "the broker waits for it");
+
+    let text =
+        std::fs::read_to_string(deploy().join("overlays/kep4412/kustomization.yaml")).unwrap();
+    let commands: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim_start_matches('#').trim().strip_prefix("kubectl "))
+        .collect();
+    let at = |pred: &dyn Fn(&str) -> bool| commands.iter().position(|c| pred(c));
+    let secret = at(&|c| c.contains("create secret") && c.contains("pullbroker-broker-tls"))
+        .expect("the instructions create the TLS Secret");
+    assert!(
+        commands[secret].contains("-n pullbroker-system"),
+        "{}",
+        commands[secret]
+    );
+    let namespace_exists = at(&|c| {
+        c.starts_with("apply -k deploy/overlays/kep4412")
+            || c == "create namespace pullbroker-system"
+    })
+    .expect("the instructions apply the overlay");
+    assert!(
+        namespace_exists < secret,
+        "the Secret is created before its namespace exists: {commands:?}"
+    );
+}
+
+/// Pod deletion is an opt-in component: the shipped overlays neither pass
+/// `--recreate-stuck-pods` nor grant `delete` on pods; with the component
+/// they do both.
+#[test]
+fn pod_deletion_ships_only_in_its_opt_in_component() {
+    let deletes_pods = |objects: &[Value]| {
+        objects.iter().any(|o| {
+            o["kind"] == "ClusterRole"
+                && o["rules"].as_array().into_iter().flatten().any(|r| {
+                    r["resources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|x| x == "pods")
+                        && r["verbs"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|v| v == "delete")
+                })
+        })
+    };
+    let flag = |objects: &[Value]| {
+        objects.iter().any(|o| {
+            o["kind"] == "Deployment"
+                && o["spec"]["template"]["spec"]["containers"][0]["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a == "--recreate-stuck-pods")
+        })
+    };
+    for overlay in OVERLAYS {
+        let objects = render(overlay);
+        assert!(!deletes_pods(&objects) && !flag(&objects), "{overlay}");
+    }
+    for overlay in ["sync", "admission"] {
+        let objects = render_with(overlay, &["recreate-stuck-pods"]);
+        assert!(
+            deletes_pods(&objects) && flag(&objects),
+            "{overlay} + component"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the whole suite's requests first: scripts/test.sh runs it last"]
+fn the_shipped_rbac_allows_every_request_the_suite_made_and_nothing_unused() {
+    let requests = api_log::read_all().unwrap_or_else(|e| {
+        panic!(
+            "no recorded requests in {} ({e}): run scripts/test.sh",
+            api_log::dir().display()
+        )
+    });
+    let ours = [api_log::CONTROLLER, api_log::BROKER];
+    let requests: Vec<ApiRequest> = requests
+        .into_iter()
+        .filter(|r| ours.contains(&r.user.as_str()))
+        .collect();
+    for user in ours {
+        assert!(
+            requests.iter().any(|r| r.user == user),
+            "no request recorded as {user}"
+        );
+    }
+    // Everything the suite did, with every opt-in component: all allowed,
+    // and every rule used.
+    let full = grants(&render_with("admission", &["recreate-stuck-pods"]));
+    let denied = |granted: &[Granted]| -> Vec<String> {
+        requests
+            .iter()
+            .filter(|r| !granted.iter().any(|g| allows(g, r).is_some()))
+            .map(|r| format!("{r:?}"))
+            .collect()
+    };
+    let denied_full = denied(&full);
+    assert!(
+        denied_full.is_empty(),
+        "requests deploy/ does not allow:\n{}",
+        denied_full.join("\n")
+    );
+    let unused = unused_rules(&full, &requests);
     assert!(
         unused.is_empty(),
         "rules no request needed:\n{}",
+        unused.join("\n")
+    );
+    // Without the opt-in component: only pod deletion (--recreate-stuck-pods)
+    // is refused, and still no rule goes unused.
+    let plain = grants(&render("admission"));
+    for request in denied(&plain) {
+        assert!(
+            request.contains("\"delete\"") && request.contains("\"pods\""),
+            "only --recreate-stuck-pods needs the component: {request}"
+        );
+    }
+    let used: Vec<ApiRequest> = requests
+        .iter()
+        .filter(|r| plain.iter().any(|g| allows(g, r).is_some()))
+        .cloned()
+        .collect();
+    let unused = unused_rules(&plain, &used);
+    assert!(
+        unused.is_empty(),
+        "rules no request needed without the component:\n{}",
         unused.join("\n")
     );
     eprintln!(

@@ -44,7 +44,8 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     concurrency: u16,
     /// Delete pods stuck in ImagePullBackOff for want of the synced secret when a controller owns them,
-    /// so they are recreated with it (without this flag they only get a Warning Event).
+    /// so they are recreated with it (without this flag they only get a Warning Event). Needs `delete` on
+    /// pods: deploy/components/recreate-stuck-pods grants it and passes this flag.
     #[arg(long)]
     recreate_stuck_pods: bool,
     /// Directory of exec-source executables (RegistryCredential `source.exec.command` names a file here;
