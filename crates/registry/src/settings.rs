@@ -26,6 +26,9 @@ pub struct ClientSettings {
     /// Idle connections kept per host; should cover the resolver's concurrency.
     pub max_idle_per_host: usize,
     pub user_agent: String,
+    /// How long a registry's `/v2/` answer (transport, auth scheme, token
+    /// realm) is trusted before it is asked again.
+    pub endpoint_ttl: Duration,
 }
 
 impl Default for ClientSettings {
@@ -41,6 +44,7 @@ impl Default for ClientSettings {
             ca_pems: Vec::new(),
             max_idle_per_host: 64,
             user_agent: concat!("pullbroker/", env!("CARGO_PKG_VERSION")).to_string(),
+            endpoint_ttl: Duration::from_secs(600),
         }
     }
 }

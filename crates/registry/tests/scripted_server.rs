@@ -358,3 +358,40 @@ async fn absurd_token_lifetimes_never_poison_later_requests() {
         );
     }
 }
+
+/// A registry's `/v2/` answer is trusted for `endpoint_ttl`, then asked
+/// again: one that switched to token auth (another realm) is followed.
+#[tokio::test]
+async fn the_endpoint_is_asked_again_once_its_ttl_passes() {
+    let pings = Arc::new(AtomicUsize::new(0));
+    let p = pings.clone();
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let p = p.clone();
+        async move {
+            if req.uri().path() == "/v2/" {
+                p.fetch_add(1, Ordering::SeqCst);
+                return Response::new(Body::empty());
+            }
+            manifest_response(req.method(), Some(&good_digest()))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let reference: Reference = format!("{addr}/demo/app:v1").parse().unwrap();
+    for (ttl, expected) in [(Duration::from_secs(600), 1), (Duration::ZERO, 3)] {
+        pings.store(0, Ordering::SeqCst);
+        let client = RegistryClient::new(ClientSettings {
+            endpoint_ttl: ttl,
+            ..settings(addr)
+        })
+        .unwrap();
+        for _ in 0..3 {
+            client
+                .head_manifest(&reference, &[pullbroker_core::Credential::Anonymous])
+                .await
+                .unwrap();
+        }
+        assert_eq!(pings.load(Ordering::SeqCst), expected, "ttl {ttl:?}");
+    }
+}

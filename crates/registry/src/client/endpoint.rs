@@ -30,10 +30,14 @@ pub(super) enum AuthScheme {
 }
 
 impl RegistryClient {
-    /// The registry's endpoint, pinging `/v2/` on first use.
+    /// The registry's endpoint, pinging `/v2/` on first use and again once
+    /// `endpoint_ttl` has passed: a registry that moves to HTTPS or to
+    /// another token realm is followed without a restart.
     pub(super) async fn endpoint(&self, registry: &str) -> Result<Arc<Endpoint>, RegistryError> {
-        if let Some(ep) = self.inner.endpoints.lock().expect("poisoned").get(registry) {
-            return Ok(ep.clone());
+        if let Some((ep, learned)) = self.inner.endpoints.lock().expect("poisoned").get(registry) {
+            if learned.elapsed() < self.inner.settings.endpoint_ttl {
+                return Ok(ep.clone());
+            }
         }
         let this = self.clone();
         let reg = registry.to_string();
@@ -45,7 +49,7 @@ impl RegistryClient {
                     .endpoints
                     .lock()
                     .expect("poisoned")
-                    .insert(reg, ep.clone());
+                    .insert(reg, (ep.clone(), std::time::Instant::now()));
                 Ok(ep)
             })
             .await

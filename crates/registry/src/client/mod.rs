@@ -57,7 +57,8 @@ struct Inner {
     settings: ClientSettings,
     verified: reqwest::Client,
     unverified: reqwest::Client,
-    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    /// Each registry's endpoint and when it was learned ([`ClientSettings::endpoint_ttl`]).
+    endpoints: Mutex<HashMap<String, (Arc<Endpoint>, std::time::Instant)>>,
     pings: SingleFlight<String, Result<Arc<Endpoint>, RegistryError>>,
     tokens: TokenCache,
     token_fetches: SingleFlight<TokenKey, Result<Token, RegistryError>>,
