@@ -155,6 +155,8 @@ struct Inner {
     requests: crate::api_log::Recorder,
     /// `true` while requests hang (see [`FakeApi::set_hung`]).
     hung: tokio::sync::watch::Sender<bool>,
+    /// Writes carried out before the rest are refused ([`FakeApi::refuse_writes_after`]).
+    writes_left: Mutex<Option<usize>>,
 }
 
 /// The running fake API server.
@@ -335,6 +337,7 @@ impl FakeApi {
             url: url.clone(),
             requests: crate::api_log::Recorder::new(addr.port()),
             hung: tokio::sync::watch::channel(false).0,
+            writes_left: Mutex::new(None),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -450,6 +453,25 @@ impl FakeApi {
     /// answered.
     pub fn set_hung(&self, hung: bool) {
         self.inner.hung.send_replace(hung);
+    }
+
+    /// Carries out the next `n` writes (create, update, patch, delete), then
+    /// answers every later one 503 without touching anything, until
+    /// [`FakeApi::allow_writes`]: a component stopped at an exact point of
+    /// its work, whatever the machine's speed.
+    pub fn refuse_writes_after(&self, n: usize) {
+        *self.inner.writes_left.lock().expect("poisoned") = Some(n);
+    }
+
+    /// Whether writes are being refused ([`FakeApi::refuse_writes_after`]'s
+    /// budget is spent).
+    pub fn refusing_writes(&self) -> bool {
+        *self.inner.writes_left.lock().expect("poisoned") == Some(0)
+    }
+
+    /// Ends [`FakeApi::refuse_writes_after`].
+    pub fn allow_writes(&self) {
+        *self.inner.writes_left.lock().expect("poisoned") = None;
     }
 
     /// Drops watch history older than the newest event, as etcd compaction

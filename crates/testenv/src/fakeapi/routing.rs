@@ -133,6 +133,22 @@ pub(super) async fn handle(
     // A hung server holds every request until it is released.
     let mut hung = inner.hung.subscribe();
     let _ = hung.wait_for(|h| !*h).await;
+    // Past its write budget the server refuses every write.
+    if matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
+        let mut left = inner.writes_left.lock().expect("poisoned");
+        match left.as_mut() {
+            Some(0) => {
+                return status(
+                    503,
+                    "ServiceUnavailable",
+                    "writes refused (FakeApi::refuse_writes_after)".into(),
+                    json!({}),
+                )
+            }
+            Some(n) => *n -= 1,
+            None => {}
+        }
+    }
     let path = uri.path().to_string();
     record(&inner, &method, &uri, &headers);
     match (method.as_str(), path.as_str()) {
