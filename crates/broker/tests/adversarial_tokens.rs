@@ -643,11 +643,9 @@ async fn token_review_catches_revoked_tokens() {
 async fn a_failed_token_review_is_unavailable_not_revoked() {
     let a = TestIssuer::rsa(KUBE_ISSUER);
     let live = a.token("team-a", "app", AUD);
-    // Bound, then closed: nothing listens there.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    // Nothing listens there.
+    let refused = pullbroker_testenv::net::RefusedPort::new();
+    let dead = format!("http://{}", refused.host());
     let reviewer: Arc<dyn TokenReviewer> =
         Arc::new(HttpTokenReview::new(&dead, "reviewer-token".to_string().into(), None).unwrap());
     let v = Verifier::new(settings(JwksSource::Static(a.jwks())), Some(reviewer))

@@ -608,10 +608,8 @@ async fn signing_key_rotation_publishes_both_and_signs_with_the_new() {
 /// carry no URL of the API server.
 #[tokio::test]
 async fn token_review_outage_is_503_not_revoked() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let refused = pullbroker_testenv::net::RefusedPort::new();
+    let dead = refused.host();
     let reviewer: std::sync::Arc<dyn pullbroker_broker::tokenreview::TokenReviewer> =
         std::sync::Arc::new(
             pullbroker_broker::tokenreview::HttpTokenReview::new(

@@ -348,20 +348,20 @@ fn serve_reviews_tokens_over_the_cluster_connection_by_default() {
         let (status, body) = exchange(t);
         status == 401 && body.contains("revoked")
     };
+    // Each within 20 s of the deletion: the API server's ~10 s success
+    // cache plus the broker's 5 s, and 5 s to spare for a loaded machine.
+    let deleted = Instant::now();
     let took = wait(
         "the pod's token refused",
         Duration::from_secs(20),
         Box::new(|| revoked(&pod_token)),
     );
-    let took2 = wait(
+    wait(
         "the account's token refused",
-        Duration::from_secs(20),
+        Duration::from_secs(20).saturating_sub(deleted.elapsed()),
         Box::new(|| revoked(&other_token)),
     );
-    assert!(
-        took + took2 < Duration::from_secs(20),
-        "{took:?} + {took2:?}"
-    );
+    let took2 = deleted.elapsed() - took;
     // ~10 exchanges a second for up to 15 s per token: the cache keeps the
     // reviews to about one per 5 s per token.
     let sent = reviews() - before;

@@ -18,7 +18,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use pullbroker_core::policy::model::{PullGrant, RegistryCredential};
 use pullbroker_testenv::fakeapi::FakeApi;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
-use pullbroker_testenv::{registry, Env, PASSWORD, REPO, USER};
+use pullbroker_testenv::{Env, PASSWORD, REPO, USER};
 use serde_json::{json, Value};
 
 const CANARY: &str = "CANARY-diagnose-91c2";
@@ -260,7 +260,8 @@ async fn diagnose_names_the_cause_the_candidate_and_the_fix_for_each_real_failur
     let c = Cluster::start().await;
     let basic = env.basic.host();
     let tls = env.tls.host();
-    let refused = format!("127.0.0.1:{}", registry::free_port().unwrap());
+    let refused_port = pullbroker_testenv::net::RefusedPort::new();
+    let refused = refused_port.host();
     let hung = hung_registry();
     let good = env.image(&env.basic, "v1");
     let none = json!({});

@@ -155,10 +155,8 @@ async fn every_failure_exits_non_zero_with_one_token_free_line() {
     let s = start().await;
     let token = s.issuer.token("team-a", "app", AUDIENCE);
     let image = s.image("demo/app:v1");
-    let down = format!(
-        "http://127.0.0.1:{}",
-        pullbroker_testenv::registry::free_port().unwrap()
-    );
+    let refused = pullbroker_testenv::net::RefusedPort::new();
+    let down = format!("http://{}", refused.host());
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hung_url = format!("http://{}", hung.local_addr().unwrap());
     let foreign = TestIssuer::rsa(KUBE_ISSUER).token("team-a", "app", AUDIENCE);

@@ -283,7 +283,8 @@ async fn registry_down_fails_fast_and_a_hung_one_within_the_timeout() {
         ..Default::default()
     };
     // Nothing listens: connection refused on both transports.
-    let port = pullbroker_testenv::registry::free_port().unwrap();
+    let refused = pullbroker_testenv::net::RefusedPort::new();
+    let port = refused.addr().port();
     let r = resolver(
         settings.clone(),
         keychain_for_host(&format!("127.0.0.1:{port}")),
@@ -322,7 +323,8 @@ fn keychain_for_host(host: &str) -> Arc<dyn Keychain> {
 
 #[tokio::test]
 async fn digest_references_never_touch_the_network() {
-    let port = pullbroker_testenv::registry::free_port().unwrap();
+    let refused = pullbroker_testenv::net::RefusedPort::new();
+    let port = refused.addr().port();
     let digest = "sha256:683a5ba4d6838eb126aee099c4c2cb17c6d38c20b9084c9d8dd68a48565d2c81";
     let r = resolver(
         ClientSettings::default(),

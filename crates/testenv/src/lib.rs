@@ -14,6 +14,7 @@ pub mod fakeapi;
 pub mod fixtures;
 pub mod issuer;
 pub mod logs;
+pub mod net;
 pub mod pki;
 pub mod process;
 pub mod registry;
