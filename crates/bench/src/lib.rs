@@ -166,6 +166,34 @@ spec:
     Ok(path)
 }
 
+/// Serves `config` (from [`write_broker_config`]) as it ships: TLS on its
+/// listener, with a serving certificate for 127.0.0.1 from a CA written
+/// beside it (`ca.crt`), plus a loopback plain-HTTP listener on
+/// `plain_port` — so one broker process is measured over both in the same
+/// run. Returns the CA file's path.
+pub fn serve_tls_too(config: &Path, plain_port: u16) -> Result<PathBuf> {
+    let dir = config.parent().context("config dir")?;
+    let pair = pullbroker_broker::tls::make_serving_cert(&["127.0.0.1".into()], 30)
+        .map_err(anyhow::Error::msg)?;
+    std::fs::write(dir.join("serving.crt"), &pair.cert_pem)?;
+    std::fs::write(dir.join("serving.key"), &pair.key_pem)?;
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, &pair.ca_pem)?;
+    let text = std::fs::read_to_string(config)?;
+    ensure!(
+        text.contains("  insecurePlainHttp: true\n"),
+        "the bench config changed shape"
+    );
+    std::fs::write(
+        config,
+        text.replace(
+            "  insecurePlainHttp: true\n",
+            &format!("  tls: {{certFile: serving.crt, keyFile: serving.key}}\n  plainHttpListen: 127.0.0.1:{plain_port}\n"),
+        ),
+    )?;
+    Ok(ca)
+}
+
 pub fn start_broker(bin: &Path, config: &Path, addr: &str) -> Result<Child> {
     // Its warnings go to a file beside the config, quoted if it fails to start.
     let log_path = config.with_extension("log");

@@ -291,3 +291,80 @@ async fn after_an_outage_a_deleted_grant_stops_allowing_within_ten_seconds() {
     .await;
     eprintln!("grant deleted as the API returned: refused after {took:?}");
 }
+
+/// The API server hangs while the policy source re-lists (its watches were
+/// cut a moment before), with TokenReview on: exchanges do not wait for
+/// either. A token reviewed within the stale window is served its verdict,
+/// a never-seen one gets 503 once the review gives up — both well within the
+/// kubelet plugin's 5 s — and when the API answers again the policy is
+/// current again.
+#[tokio::test]
+async fn a_hung_api_server_stalls_neither_exchanges_nor_the_policy_for_good() {
+    let c = Cluster::start(REGISTRY, None).await;
+    c.tenant("team-a", &[("app", &[]), ("other", &[])]).await;
+    c.grant(
+        "team-a",
+        json!({"credential": "corp", "subjects": {"namespaces": ["team-a"], "serviceAccounts": ["app", "other"]},
+               "repositories": ["apps/team-a/**"], "purposes": ["pull"]}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("review-token"), "unused-by-the-fake\n").unwrap();
+    let file = broker_file(
+        dir.path(),
+        "broker.yaml",
+        &format!(
+            "discoveryUrl: {u}\n    tokenReview: {{apiServer: \"{u}\", tokenFile: review-token, cacheTtl: 0s}}",
+            u = c.fake.url
+        ),
+        true,
+    );
+    let (broker, url, _server) = serve_broker(&file).await;
+    let _source = AbortOnDrop::from(tokio::spawn(pullbroker_controller::policy_source::run(
+        c.broker.clone(),
+        std::sync::Arc::new(broker.clone()),
+        SYSTEM.into(),
+    )));
+    let image = "registry.corp.example/apps/team-a/web:1";
+    let (reviewed, unseen) = (
+        token(&c, "team-a", "app").await,
+        token(&c, "team-a", "other").await,
+    );
+    eventually("allowed", WAIT, || async {
+        (exchange(&url, &reviewed, image).await.0 == 200).then_some(())
+    })
+    .await;
+
+    // The watches are cut; the policy source re-lists into a hung server.
+    c.fake.set_down(true);
+    eventually("the policy is stale", WAIT, || async {
+        (health(&url).await["policy"]["current"] == false).then_some(())
+    })
+    .await;
+    c.fake.set_hung(true);
+    c.fake.set_down(false);
+
+    let started = std::time::Instant::now();
+    let (status, body) = exchange(&url, &reviewed, image).await;
+    let recent = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(recent < Duration::from_millis(1500), "took {recent:?}");
+
+    let started = std::time::Instant::now();
+    let (status, body) = exchange(&url, &unseen, image).await;
+    let refused = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["class"], "unavailable", "{body}");
+    assert!(refused < Duration::from_secs(3), "took {refused:?}");
+
+    c.fake.set_hung(false);
+    eventually("the policy is current again", WAIT, || async {
+        (health(&url).await["policy"]["current"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(
+        exchange(&url, &unseen, image).await.0,
+        200,
+        "reviewed again"
+    );
+}

@@ -14,8 +14,12 @@
 //!   the same run; TokenReview calls per distinct token per minute against
 //!   the cache's bound.
 //!
-//! The broker is the real release binary (`pullbroker serve`). Run with
-//! `scripts/bench-broker.sh`.
+//! - while the API server hangs (accepts, never answers): exchanges of
+//!   recently reviewed tokens and of never-seen ones.
+//!
+//! The broker is the real release binary (`pullbroker serve`), over TLS as
+//! it ships; the peak is also measured over plain HTTP from the same process
+//! (`plainHttpListen`) for comparison. Run with `scripts/bench-broker.sh`.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,8 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use pullbroker_bench::{
-    percentile, proc_cpu, push_blob, put_manifest, start_broker, write_broker_config,
-    BENCH_SERVICE as SERVICE,
+    percentile, proc_cpu, push_blob, put_manifest, serve_tls_too, start_broker,
+    write_broker_config, BENCH_SERVICE as SERVICE,
 };
 use pullbroker_broker::satoken::{IssuerSettings, JwksSource, Verifier};
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
@@ -124,6 +128,7 @@ fn wrk(
 
 /// Open-loop load at `rate` for `duration`; latencies from scheduled times.
 async fn open_loop(
+    client: impl Fn() -> reqwest::ClientBuilder,
     url: String,
     bodies: Arc<Vec<String>>,
     rate: f64,
@@ -136,12 +141,8 @@ async fn open_loop(
     let mut tasks = Vec::new();
     for k in 0..conns {
         let (url, bodies) = (url.clone(), bodies.clone());
+        let client = client().pool_max_idle_per_host(1).build()?;
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .no_proxy()
-                .build()
-                .unwrap();
             let mut lat = Vec::new();
             let mut errors = 0usize;
             let mut n = 0u32;
@@ -224,6 +225,14 @@ fn main() -> Result<()> {
     let port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
     let addr = format!("127.0.0.1:{port}");
     let config = write_broker_config(dir.path(), &registry.host(), &issuer, port)?;
+    let plain_port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
+    let ca = serve_tls_too(&config, plain_port)?;
+    let ca_pem = std::fs::read(&ca)?;
+    let tls_client = || {
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca_pem).expect("our CA")])
+    };
     let image = format!("{}/demo/app:v1", registry.host());
     let tokens: Vec<String> = (0..TOKENS)
         .map(|i| issuer.token("team-a", &format!("app-{i}"), "pullbroker"))
@@ -262,7 +271,7 @@ fn main() -> Result<()> {
     let tokens_env = tokens_env.to_str().context("path")?;
     // Warm-up: every token seen once (the broker remembers verified tokens).
     wrk(
-        &format!("http://{addr}/v1/exchange"),
+        &format!("https://{addr}/v1/exchange"),
         Some(&lua),
         &[],
         &Opts { duration: 2, ..o },
@@ -271,13 +280,21 @@ fn main() -> Result<()> {
 
     let cpu0 = proc_cpu(pid);
     let peak = wrk(
-        &format!("http://{addr}/v1/exchange"),
+        &format!("https://{addr}/v1/exchange"),
         Some(&lua),
         &[],
         &o,
         &[("TOKENS", tokens_env)],
     )?;
     let cpu_per_exchange = (proc_cpu(pid) - cpu0) / peak.requests.max(1) as u32;
+    // The same broker process over plain HTTP, for comparison.
+    let plain_peak = wrk(
+        &format!("http://127.0.0.1:{plain_port}/v1/exchange"),
+        Some(&lua),
+        &[],
+        &o,
+        &[("TOKENS", tokens_env)],
+    )?;
 
     let bodies: Arc<Vec<String>> = Arc::new(
         tokens
@@ -286,7 +303,8 @@ fn main() -> Result<()> {
             .collect(),
     );
     let (lat, errors) = rt.block_on(open_loop(
-        format!("http://{addr}/v1/exchange"),
+        tls_client,
+        format!("https://{addr}/v1/exchange"),
         bodies,
         o.rate,
         Duration::from_secs(o.duration),
@@ -297,19 +315,22 @@ fn main() -> Result<()> {
 
     // /token with a broker credential, and the registry ceiling.
     let exchange: serde_json::Value = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("http://{addr}/v1/exchange"))
+        tls_client()
+            .build()?
+            .post(format!("https://{addr}/v1/exchange"))
             .json(&serde_json::json!({"token": tokens[0], "image": image}))
             .send()
             .await?
             .json()
             .await
+            .map_err(anyhow::Error::from)
     })?;
     let password = exchange["password"]
         .as_str()
         .context("exchange gave no password")?;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("pullbroker:{password}"));
-    let token_url = format!("http://{addr}/token?service={SERVICE}&scope=repository:demo/app:pull");
+    let token_url =
+        format!("https://{addr}/token?service={SERVICE}&scope=repository:demo/app:pull");
     let token = wrk(
         &token_url,
         None,
@@ -346,12 +367,19 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .context("ab printed no rate")?;
 
-    println!("broker: pullbroker serve (release), {TOKENS} distinct RS256 SA tokens, warm JWKS, wrk -t2 -c{} -d{}s", o.connections, o.duration);
+    println!("broker: pullbroker serve (release) over TLS (rustls, ring), {TOKENS} distinct RS256 SA tokens, warm JWKS, wrk -t2 -c{} -d{}s (keep-alive)", o.connections, o.duration);
     println!();
     println!("{:<52} {:>12} {:>10} {:>10}", "", "req/s", "p50", "p99");
     println!(
         "{:<52} {:>12.0} {:>10} {:>10}",
-        "/v1/exchange peak (wrk, closed loop)", peak.rps, peak.p50, peak.p99
+        "/v1/exchange peak over TLS (wrk, closed loop)", peak.rps, peak.p50, peak.p99
+    );
+    println!(
+        "{:<52} {:>12.0} {:>10} {:>10}",
+        "/v1/exchange peak over plain HTTP (same process)",
+        plain_peak.rps,
+        plain_peak.p50,
+        plain_peak.p99
     );
     println!(
         "{:<52} {:>12.0} {:>10} {:>10}",
@@ -371,8 +399,9 @@ fn main() -> Result<()> {
     println!();
     println!("broker CPU per exchange at peak: {:.0} µs; one RS256 verification (never-seen token): {:.0} µs", cpu_per_exchange.as_secs_f64() * 1e6, verify_cost.as_secs_f64() * 1e6);
     println!(
-        "exchange peak vs 20,000/s target: {:.2}x",
-        peak.rps / 20_000.0
+        "exchange peak over TLS: {:.2}x the 40,000/s target; TLS / plain HTTP: {:.2}x",
+        peak.rps / 40_000.0,
+        peak.rps / plain_peak.rps
     );
     println!(
         "p99 at {:.0}/s: {} (target < 5 ms)",
@@ -384,7 +413,7 @@ fn main() -> Result<()> {
         token.rps / ceiling
     );
 
-    let review = review_section(&rt, &bin, dir.path(), &registry.host(), &image, &o)?;
+    let (review, hung) = review_section(&rt, &bin, dir.path(), &registry.host(), &image, &o)?;
     println!();
     println!(
         "TokenReview: {TOKENS} distinct tokens from the fake API server's TokenRequest, wrk -t2 -c{} -d{}s each",
@@ -412,6 +441,18 @@ fn main() -> Result<()> {
         60.0 / REVIEW_TTL_SECS as f64,
         REVIEW_TTL_SECS,
         uncached.per_token_minute
+    );
+    println!();
+    println!("API server hung (accepts connections, never answers), tokenReview cached as above:");
+    println!(
+        "  {TOKENS} tokens reviewed in the last minute (wrk 5 s): {:.0} exchanges/s, p50 {}, p99 {}, all 200 (stale verdicts served)",
+        hung.recent.rps, hung.recent.p50, hung.recent.p99
+    );
+    println!(
+        "  {UNSEEN} never-seen tokens at once: {} of {UNSEEN} answered 503, p50 {}, max {} (target p99 <= 3 s)",
+        hung.unseen_503,
+        ms(percentile(&hung.unseen, 0.5)),
+        ms(*hung.unseen.last().unwrap_or(&Duration::ZERO))
     );
     Ok(())
 }
@@ -447,6 +488,18 @@ struct ReviewRun {
     per_token_minute: f64,
 }
 
+/// Tokens kept for the hung-API measurement: never reviewed before it.
+const UNSEEN: usize = 32;
+
+/// `/v1/exchange` while the API server hangs.
+struct HungRun {
+    /// Tokens reviewed within the stale window: wrk's figures.
+    recent: WrkResult,
+    /// Never-seen tokens, all at once: each one's latency, and how many got 503.
+    unseen: Vec<Duration>,
+    unseen_503: usize,
+}
+
 /// `/v1/exchange` throughput offline, with cached and with uncached
 /// TokenReview, against the fake API server, and the reviews it sent.
 fn review_section(
@@ -456,10 +509,10 @@ fn review_section(
     registry: &str,
     image: &str,
     o: &Opts,
-) -> Result<Vec<ReviewRun>> {
+) -> Result<(Vec<ReviewRun>, HungRun)> {
     use pullbroker_testenv::fakeapi::FakeApi;
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
-    let tokens: Vec<String> = rt.block_on(async {
+    let mut tokens: Vec<String> = rt.block_on(async {
         let http = reqwest::Client::new();
         let post = |path: String, body: serde_json::Value| {
             let http = http.clone();
@@ -470,8 +523,8 @@ fn review_section(
             }
         };
         post("/api/v1/namespaces".into(), serde_json::json!({"metadata": {"name": "team-a"}})).await?;
-        let mut tokens = Vec::with_capacity(TOKENS);
-        for i in 0..TOKENS {
+        let mut tokens = Vec::with_capacity(TOKENS + UNSEEN);
+        for i in 0..TOKENS + UNSEEN {
             let sa = format!("app-{i}");
             post(
                 "/api/v1/namespaces/team-a/serviceaccounts".into(),
@@ -487,6 +540,8 @@ fn review_section(
         }
         Ok::<_, anyhow::Error>(tokens)
     })?;
+    // Kept out of every run: the tokens the API server has never reviewed.
+    let unseen = tokens.split_off(TOKENS);
     let tokens_file = dir.join("review-tokens.txt");
     std::fs::write(&tokens_file, tokens.join("\n") + "\n")?;
     std::fs::write(dir.join("reviewer-token"), "unused-by-the-fake\n")?;
@@ -503,15 +558,14 @@ fn review_section(
         ("tokenReview, uncached (cacheTtl 0s)", Some("0s")),
     ];
     let mut out = Vec::new();
+    let mut hung = None;
     for (name, ttl) in modes {
         let port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
         let addr = format!("127.0.0.1:{port}");
-        let base = std::fs::read_to_string(write_broker_config(
-            dir,
-            registry,
-            &TestIssuer::rsa(KUBE_ISSUER),
-            port,
-        )?)?;
+        let written = write_broker_config(dir, registry, &TestIssuer::rsa(KUBE_ISSUER), port)?;
+        let plain_port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
+        let ca = serve_tls_too(&written, plain_port)?;
+        let base = std::fs::read_to_string(written)?;
         let review = ttl.map_or(String::new(), |t| {
             format!(
                 ", tokenReview: {{apiServer: \"{}\", tokenFile: reviewer-token, cacheTtl: {t}, negativeCacheTtl: {t}}}",
@@ -530,13 +584,47 @@ fn review_section(
         let path = dir.join("review-broker.yaml");
         std::fs::write(&path, config)?;
         let mut broker = start_broker(bin, &path, &addr)?;
-        let url = format!("http://{addr}/v1/exchange");
+        let url = format!("https://{addr}/v1/exchange");
         let env = [("TOKENS", tokens_file.to_str().context("path")?)];
         // Warm-up: keys fetched, every token verified once.
         wrk(&url, Some(&lua), &[], &Opts { duration: 2, ..*o }, &env)?;
         let before = reviews();
         let run = wrk(&url, Some(&lua), &[], o, &env)?;
         let sent = reviews() - before;
+        if ttl == Some("5s") {
+            // The API server accepts connections and never answers.
+            fake.set_hung(true);
+            let measured = (|| {
+                let recent = wrk(&url, Some(&lua), &[], &Opts { duration: 5, ..*o }, &env)?;
+                let ca_pem = std::fs::read(&ca)?;
+                let (unseen, unseen_503) = rt.block_on(async {
+                    let client = reqwest::Client::builder()
+                        .no_proxy()
+                        .tls_certs_only([reqwest::Certificate::from_pem(&ca_pem)?])
+                        .build()?;
+                    let calls = unseen.iter().map(|t| {
+                        let (client, url) = (client.clone(), url.clone());
+                        let body = serde_json::json!({"token": t, "image": image});
+                        async move {
+                            let started = Instant::now();
+                            let status = client.post(url).json(&body).send().await?.status();
+                            Ok::<_, anyhow::Error>((started.elapsed(), status.as_u16()))
+                        }
+                    });
+                    let answers = futures::future::try_join_all(calls).await?;
+                    let mut lat: Vec<Duration> = answers.iter().map(|a| a.0).collect();
+                    lat.sort();
+                    Ok::<_, anyhow::Error>((lat, answers.iter().filter(|a| a.1 == 503).count()))
+                })?;
+                Ok::<_, anyhow::Error>(HungRun {
+                    recent,
+                    unseen,
+                    unseen_503,
+                })
+            })();
+            fake.set_hung(false);
+            hung = Some(measured?);
+        }
         let _ = Command::new("kill").arg(broker.id().to_string()).status();
         let _ = broker.wait();
         out.push(ReviewRun {
@@ -546,5 +634,5 @@ fn review_section(
             per_token_minute: sent as f64 / TOKENS as f64 / (o.duration as f64 / 60.0),
         });
     }
-    Ok(out)
+    Ok((out, hung.context("the cached mode ran")?))
 }

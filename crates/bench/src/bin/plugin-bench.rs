@@ -1,15 +1,20 @@
 //! Kubelet plugin benchmark: the real `pullbroker-credential-provider`
 //! binary exec'd as kubelet does (request on stdin) against a warm broker on
-//! loopback, ≥ 1,000 times. Reports exec-to-response latency (p50/p99), peak
-//! RSS (from wait4's rusage), and the binary's size; as a peer measured in the
-//! same run, `curl` performing the same exchange. Run with `scripts/bench-plugin.sh`.
+//! loopback, ≥ 1,000 times — over TLS, as it ships (every exec is a new
+//! process, so a full handshake), and over plain HTTP beside it, from the
+//! same broker process. Reports exec-to-response latency (p50/p99), peak RSS
+//! (from wait4's rusage), and the binary's size; as a peer measured in the
+//! same run, `curl` performing the same exchange over each. Run with
+//! `scripts/bench-plugin.sh`.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use pullbroker_bench::{exec_measured, percentile, start_broker, write_broker_config};
+use pullbroker_bench::{
+    exec_measured, percentile, serve_tls_too, start_broker, write_broker_config,
+};
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 
 fn main() -> Result<()> {
@@ -37,6 +42,8 @@ fn main() -> Result<()> {
     let addr = format!("127.0.0.1:{port}");
     let registry = "registry.bench.example:5000";
     let config = write_broker_config(dir.path(), registry, &issuer, port)?;
+    let plain_port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
+    let ca = serve_tls_too(&config, plain_port)?;
     let mut broker = start_broker(&broker_bin, &config, &addr)?;
 
     let token = issuer.token("team-a", "app", "pullbroker");
@@ -47,13 +54,19 @@ fn main() -> Result<()> {
     })
     .to_string();
     let body = serde_json::json!({"token": token, "image": image}).to_string();
-    let url = format!("http://{addr}");
-    let plugin = || {
+    let (tls_url, plain_url) = (
+        format!("https://{addr}"),
+        format!("http://127.0.0.1:{plain_port}"),
+    );
+    let plugin = |url: &str, tls: bool| {
         let mut c = Command::new(&plugin_bin);
-        c.env_clear().env("PULLBROKER_URL", &url);
+        c.env_clear().env("PULLBROKER_URL", url);
+        if tls {
+            c.env("PULLBROKER_CA_FILE", &ca);
+        }
         c
     };
-    let curl = || {
+    let curl = |url: &str, tls: bool| {
         let mut c = Command::new("curl");
         c.args([
             "-sf",
@@ -63,14 +76,19 @@ fn main() -> Result<()> {
             "content-type: application/json",
             "--data-binary",
             "@-",
-        ])
-        .arg(format!("{url}/v1/exchange"));
+        ]);
+        if tls {
+            c.arg("--cacert").arg(&ca);
+        }
+        c.arg(format!("{url}/v1/exchange"));
         c
     };
     // Warm up the broker (token verified once) and the page cache.
     for _ in 0..20 {
-        exec_measured(&mut plugin(), request.as_bytes())?;
-        exec_measured(&mut curl(), body.as_bytes())?;
+        for (url, tls) in [(&tls_url, true), (&plain_url, false)] {
+            exec_measured(&mut plugin(url, tls), request.as_bytes())?;
+            exec_measured(&mut curl(url, tls), body.as_bytes())?;
+        }
     }
     let measure = |make: &dyn Fn() -> Command,
                    input: &[u8],
@@ -92,12 +110,30 @@ fn main() -> Result<()> {
         Ok((lat, rss))
     };
     let key = format!("\"{registry}/demo/app\"");
-    let (plugin_lat, plugin_rss) = measure(&plugin, request.as_bytes(), &|o| {
-        String::from_utf8_lossy(o).contains(&key)
-    })?;
-    let (curl_lat, curl_rss) = measure(&curl, body.as_bytes(), &|o| {
-        String::from_utf8_lossy(o).contains("pbc1.")
-    })?;
+    let plugin_ok = |o: &[u8]| String::from_utf8_lossy(o).contains(&key);
+    let curl_ok = |o: &[u8]| String::from_utf8_lossy(o).contains("pbc1.");
+    let rows = [
+        (
+            "plugin over TLS (as shipped)",
+            measure(&|| plugin(&tls_url, true), request.as_bytes(), &plugin_ok)?,
+        ),
+        (
+            "plugin over plain HTTP",
+            measure(
+                &|| plugin(&plain_url, false),
+                request.as_bytes(),
+                &plugin_ok,
+            )?,
+        ),
+        (
+            "curl over TLS, same exchange (peer)",
+            measure(&|| curl(&tls_url, true), body.as_bytes(), &curl_ok)?,
+        ),
+        (
+            "curl over plain HTTP (peer)",
+            measure(&|| curl(&plain_url, false), body.as_bytes(), &curl_ok)?,
+        ),
+    ];
     let _ = Command::new("kill").arg(broker.id().to_string()).status();
     let _ = broker.wait();
 
@@ -105,32 +141,30 @@ fn main() -> Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("{runs} execs each against a warm `pullbroker serve` on loopback (request on stdin, as kubelet does)");
     println!();
-    println!("{:<36} {:>9} {:>9} {:>12}", "", "p50", "p99", "peak RSS");
-    println!(
-        "{:<36} {:>6.2} ms {:>6.2} ms {:>9.1} MB",
-        "pullbroker-credential-provider",
-        ms(percentile(&plugin_lat, 0.5)),
-        ms(percentile(&plugin_lat, 0.99)),
-        plugin_rss as f64 / 1024.0
-    );
-    println!(
-        "{:<36} {:>6.2} ms {:>6.2} ms {:>9.1} MB",
-        "curl, same exchange (peer)",
-        ms(percentile(&curl_lat, 0.5)),
-        ms(percentile(&curl_lat, 0.99)),
-        curl_rss as f64 / 1024.0
-    );
+    println!("{:<40} {:>9} {:>9} {:>12}", "", "p50", "p99", "peak RSS");
+    for (name, (lat, rss)) in &rows {
+        println!(
+            "{:<40} {:>6.2} ms {:>6.2} ms {:>9.1} MB",
+            name,
+            ms(percentile(lat, 0.5)),
+            ms(percentile(lat, 0.99)),
+            *rss as f64 / 1024.0
+        );
+    }
+    let p50 = |i: usize| ms(percentile(&rows[i].1 .0, 0.5));
     println!();
     println!(
-        "plugin / curl p50: {:.2}x",
-        ms(percentile(&plugin_lat, 0.5)) / ms(percentile(&curl_lat, 0.5))
+        "plugin TLS / plain p50: {:.2}x; plugin / curl p50: {:.2}x over TLS, {:.2}x over plain HTTP",
+        p50(0) / p50(1),
+        p50(0) / p50(2),
+        p50(1) / p50(3)
     );
     println!(
         "binary size: {:.2} MB ({} bytes)",
         size(&plugin_bin) as f64 / 1e6,
         size(&plugin_bin)
     );
-    println!("targets: p50 <= 3 ms, p99 <= 10 ms, peak RSS <= 10 MB");
+    println!("targets (over TLS): p50 <= 3 ms, p99 <= 10 ms, peak RSS <= 10 MB");
     let _ = dir;
     Ok(())
 }
