@@ -204,7 +204,7 @@ fn controller_help_teaches_and_bad_flags_are_usage_errors() {
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
-        "allowStaticCopy",
+        "allowUpstreamCopy",
         "--rotate-after",
         "--recreate-stuck-pods",
         "--exec-source-dir",
