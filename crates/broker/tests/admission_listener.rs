@@ -4,6 +4,8 @@
 //! the handshake — before any registry is asked anything — while one with it
 //! is pinned against a real htpasswd `docker-registry`.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,18 +21,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
 use serde_json::Value;
-
-/// Answers once the file `release` exists beside it (gives up after 60 s).
-const SLOW_SOURCE: &str = r#"#!/bin/sh
-dir=$(dirname "$0")
-cat > /dev/null
-n=0
-while [ ! -e "$dir/release" ]; do
-  n=$((n + 1)); [ "$n" -gt 1200 ] && exit 1
-  sleep 0.05
-done
-echo '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"600s","auth":{"r.example":{"username":"u","password":"p"}}}'
-"#;
 
 /// The API server's client identity: a CA and a certificate it signed for
 /// client authentication, as in kube-apiserver's AdmissionConfiguration.
@@ -102,7 +92,7 @@ async fn start(client_ca: Option<&str>) -> Running {
     std::fs::write(dir.path().join("jwks.json"), issuer.jwks()).unwrap();
     std::fs::create_dir(dir.path().join("sources")).unwrap();
     let source = dir.path().join("sources/slow");
-    std::fs::write(&source, SLOW_SOURCE).unwrap();
+    std::fs::write(&source, support::SLOW_SOURCE).unwrap();
     std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
     let serving = make_serving_cert(&["127.0.0.1".into()], 1).unwrap();
     std::fs::create_dir_all(dir.path().join("tls")).unwrap();

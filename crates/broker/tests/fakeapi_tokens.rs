@@ -11,39 +11,45 @@ use pullbroker_testenv::fakeapi::FakeApi;
 use pullbroker_testenv::issuer::{now, TestIssuer, KUBE_ISSUER};
 use serde_json::{json, Value};
 
-#[tokio::test]
-async fn tokens_from_token_request_verify_by_discovery_and_review() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
-    let http = reqwest::Client::new();
-    let resp = http
+/// Creates service account `team-a/NAME` on the fake API server.
+async fn create_account(fake: &FakeApi, name: &str) {
+    let resp = reqwest::Client::new()
         .post(format!(
             "{}/api/v1/namespaces/team-a/serviceaccounts",
             fake.url
         ))
-        .json(&json!({"metadata": {"name": "app"}}))
+        .json(&json!({"metadata": {"name": name}}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
-    let token_for = |audience: &str| {
-        let (http, url) = (http.clone(), fake.url.clone());
-        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": [audience], "expirationSeconds": 600}});
-        async move {
-            let v: Value = http
-                .post(format!(
-                    "{url}/api/v1/namespaces/team-a/serviceaccounts/app/token"
-                ))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["status"]["token"].as_str().unwrap().to_string()
-        }
-    };
+}
+
+/// A token for `team-a/ACCOUNT` from the fake's TokenRequest.
+async fn token_request(fake: &FakeApi, account: &str, audience: &str) -> String {
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [audience], "expirationSeconds": 600}});
+    let v: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/namespaces/team-a/serviceaccounts/{account}/token",
+            fake.url
+        ))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["status"]["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn tokens_from_token_request_verify_by_discovery_and_review() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    create_account(&fake, "app").await;
+    let token_for = |audience: &'static str| token_request(&fake, "app", audience);
     let reviewer: Arc<dyn TokenReviewer> =
         Arc::new(HttpTokenReview::new(&fake.url, "unused".to_string().into(), None).unwrap());
     let settings = IssuerSettings {
@@ -205,39 +211,13 @@ async fn a_hung_api_server_serves_recent_verdicts_and_refuses_the_rest_promptly(
     use pullbroker_broker::tokenreview::ReviewCacheSettings;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
-    let http = reqwest::Client::new();
     for account in ["app", "other"] {
-        let created = http
-            .post(format!(
-                "{}/api/v1/namespaces/team-a/serviceaccounts",
-                fake.url
-            ))
-            .json(&json!({"metadata": {"name": account}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(created.status().as_u16(), 201);
+        create_account(&fake, account).await;
     }
-    let token = |account: &'static str| {
-        let (http, url) = (http.clone(), fake.url.clone());
-        async move {
-            let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"audiences": ["pullbroker"], "expirationSeconds": 600}});
-            let v: Value = http
-                .post(format!(
-                    "{url}/api/v1/namespaces/team-a/serviceaccounts/{account}/token"
-                ))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["status"]["token"].as_str().unwrap().to_string()
-        }
-    };
-    let (known, unknown) = (token("app").await, token("other").await);
+    let (known, unknown) = (
+        token_request(&fake, "app", "pullbroker").await,
+        token_request(&fake, "other", "pullbroker").await,
+    );
     let reviewer: Arc<dyn TokenReviewer> =
         Arc::new(HttpTokenReview::new(&fake.url, "unused".to_string().into(), None).unwrap());
     let settings = IssuerSettings {

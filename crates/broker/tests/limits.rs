@@ -16,18 +16,6 @@ use pullbroker_registry::ClientSettings;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use support::metrics;
 
-/// Answers once the file `release` exists beside it (gives up after 60 s).
-const SLOW_SOURCE: &str = r#"#!/bin/sh
-dir=$(dirname "$0")
-cat > /dev/null
-n=0
-while [ ! -e "$dir/release" ]; do
-  n=$((n + 1)); [ "$n" -gt 1200 ] && exit 1
-  sleep 0.05
-done
-echo '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"600s","auth":{"r.example":{"username":"u","password":"p"}}}'
-"#;
-
 struct Running {
     url: String,
     token: String,
@@ -47,7 +35,7 @@ async fn start(limits: &str) -> Running {
     std::fs::write(dir.path().join("jwks.json"), issuer.jwks()).unwrap();
     std::fs::create_dir(dir.path().join("sources")).unwrap();
     let source = dir.path().join("sources/slow");
-    std::fs::write(&source, SLOW_SOURCE).unwrap();
+    std::fs::write(&source, support::SLOW_SOURCE).unwrap();
     std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = dir.path().join("broker.yaml");
     std::fs::write(

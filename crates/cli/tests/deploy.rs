@@ -45,14 +45,20 @@ fn docs(yaml: &str) -> Vec<Value> {
 
 /// `kubectl kustomize deploy/overlays/NAME`, as objects.
 pub fn render(overlay: &str) -> Vec<Value> {
+    kustomize(&deploy().join("overlays").join(overlay))
+}
+
+/// `kubectl kustomize DIR`, as objects.
+fn kustomize(dir: &Path) -> Vec<Value> {
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(deploy().join("overlays").join(overlay))
+        .arg(dir)
         .output()
         .expect("kubectl (scripts/test.sh installs it)");
     assert!(
         out.status.success(),
-        "kubectl kustomize {overlay}: {}",
+        "kubectl kustomize {}: {}",
+        dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     docs(&String::from_utf8(out.stdout).unwrap())
@@ -70,17 +76,7 @@ pub fn render_with(overlay: &str, components: &[&str]) -> Vec<Value> {
         k.push_str(&format!("  - ../../deploy/components/{c}\n"));
     }
     std::fs::write(dir.path().join("kustomization.yaml"), k).unwrap();
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(dir.path())
-        .output()
-        .expect("kubectl (scripts/test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {overlay} + {components:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    docs(&String::from_utf8(out.stdout).unwrap())
+    kustomize(dir.path())
 }
 
 /// The first place where `a` and `b` differ, as a JSON path.

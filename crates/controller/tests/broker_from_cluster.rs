@@ -134,6 +134,15 @@ fn broker_file(
     file
 }
 
+/// The cluster policy source feeding `broker`, until dropped.
+fn follow_cluster(c: &Cluster, broker: &pullbroker_broker::Broker) -> AbortOnDrop {
+    AbortOnDrop::from(tokio::spawn(pullbroker_controller::policy_source::run(
+        c.broker.clone(),
+        std::sync::Arc::new(broker.clone()),
+        SYSTEM.into(),
+    )))
+}
+
 async fn health(url: &str) -> Value {
     serde_json::from_str(&get(url, "/healthz").await.1).unwrap()
 }
@@ -164,11 +173,7 @@ async fn started_against_dead_dependencies_the_broker_becomes_ready_by_itself() 
     c.fake.set_down(true);
     let (cluster_broker, cluster_url, _s1) = serve_broker(&discovery).await;
     let (_file_broker, file_url, _s2) = serve_broker(&jwks).await;
-    let source = AbortOnDrop::from(tokio::spawn(pullbroker_controller::policy_source::run(
-        c.broker.clone(),
-        std::sync::Arc::new(cluster_broker.clone()),
-        SYSTEM.into(),
-    )));
+    let source = follow_cluster(&c, &cluster_broker);
     for url in [&cluster_url, &file_url] {
         assert_eq!(get(url, "/healthz").await.0, 200, "alive");
         let (code, why) = get(url, "/readyz").await;
@@ -229,11 +234,7 @@ async fn after_an_outage_a_deleted_grant_stops_allowing_within_ten_seconds() {
         true,
     );
     let (broker, url, _server) = serve_broker(&file).await;
-    let _source = AbortOnDrop::from(tokio::spawn(pullbroker_controller::policy_source::run(
-        c.broker.clone(),
-        std::sync::Arc::new(broker.clone()),
-        SYSTEM.into(),
-    )));
+    let _source = follow_cluster(&c, &broker);
     let image = "registry.corp.example/apps/team-a/web:1";
     let t = token(&c, "team-a", "app").await;
     eventually("allowed", WAIT, || async {
@@ -320,11 +321,7 @@ async fn a_hung_api_server_stalls_neither_exchanges_nor_the_policy_for_good() {
         true,
     );
     let (broker, url, _server) = serve_broker(&file).await;
-    let _source = AbortOnDrop::from(tokio::spawn(pullbroker_controller::policy_source::run(
-        c.broker.clone(),
-        std::sync::Arc::new(broker.clone()),
-        SYSTEM.into(),
-    )));
+    let _source = follow_cluster(&c, &broker);
     let image = "registry.corp.example/apps/team-a/web:1";
     let (reviewed, unseen) = (
         token(&c, "team-a", "app").await,

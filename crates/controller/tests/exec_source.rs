@@ -20,6 +20,24 @@ fn runs(dir: &std::path::Path) -> usize {
     std::fs::read_to_string(dir.join("runs")).map_or(0, |s| s.lines().count())
 }
 
+/// Writes `script` as the executable `dir/name`.
+fn executable(dir: &std::path::Path, name: &str, script: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A controller replica whose exec sources live in `dir`.
+fn replica_with_exec_dir(c: &Cluster, dir: &std::path::Path) -> Replica {
+    Replica::start(
+        c.controller.clone(),
+        Settings {
+            exec_source_dir: Some(dir.to_path_buf()),
+            ..settings("r1")
+        },
+    )
+}
+
 #[tokio::test]
 async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
     let env = Env::shared();
@@ -27,16 +45,10 @@ async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
     let dir = tempfile::tempdir().unwrap();
     // The "cloud": answers with the registry's current password, valid 4 s.
     std::fs::write(dir.path().join("password"), PASSWORD).unwrap();
-    let script = dir.path().join("issue-token");
-    std::fs::write(
-        &script,
-        format!(
+    executable(dir.path(), "issue-token", &format!(
             "#!/bin/sh\ncat >/dev/null\necho run >> '{d}/runs'\nprintf '{{\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"kind\":\"CredentialProviderResponse\",\"cacheKeyType\":\"Registry\",\"cacheDuration\":\"4s\",\"auth\":{{\"{host}\":{{\"username\":\"{USER}\",\"password\":\"%s\"}}}}}}' \"$(cat '{d}/password')\"\n",
             d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ));
 
     let c = Cluster::start(REGISTRY, None).await;
     c.create::<RegistryCredential>(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
@@ -56,13 +68,7 @@ async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
                "repositories": ["**"], "purposes": ["sync"], "allowUpstreamCopy": true}),
     )
     .await;
-    let replica = Replica::start(
-        c.controller.clone(),
-        Settings {
-            exec_source_dir: Some(dir.path().to_path_buf()),
-            ..settings("r1")
-        },
-    );
+    let replica = replica_with_exec_dir(&c, dir.path());
     let mut first = Vec::new();
     for ns in namespaces {
         first.push(eventually("synced", WAIT, || async { c.secret(ns, SECRET).await }).await);
@@ -127,9 +133,7 @@ async fn an_exec_source_is_synced_refreshed_from_its_expiry_and_pulls() {
 #[tokio::test]
 async fn an_upstream_token_is_copied_only_on_opt_in_and_for_at_most_the_ttl() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("long-token");
-    std::fs::write(&script, format!("#!/bin/sh\ncat >/dev/null\necho run >> '{}/runs'\nprintf '{{\"kind\":\"CredentialProviderResponse\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"cacheDuration\":\"12h\",\"auth\":{{\"ecr.example\":{{\"username\":\"AWS\",\"password\":\"CANARY-long\"}}}}}}'\n", dir.path().display())).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    executable(dir.path(), "long-token", &format!("#!/bin/sh\ncat >/dev/null\necho run >> '{}/runs'\nprintf '{{\"kind\":\"CredentialProviderResponse\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"cacheDuration\":\"12h\",\"auth\":{{\"ecr.example\":{{\"username\":\"AWS\",\"password\":\"CANARY-long\"}}}}}}'\n", dir.path().display()));
     let c = Cluster::start(REGISTRY, None).await;
     c.create::<RegistryCredential>(json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
         "metadata": {"name": "ecr"}, "spec": {"registries": ["ecr.example"], "source": {"exec": {"command": "long-token"}}}}))
@@ -141,13 +145,7 @@ async fn an_upstream_token_is_copied_only_on_opt_in_and_for_at_most_the_ttl() {
                "repositories": ["**"], "purposes": ["sync"], "ttl": "15m"}),
     )
     .await;
-    let replica = Replica::start(
-        c.controller.clone(),
-        Settings {
-            exec_source_dir: Some(dir.path().to_path_buf()),
-            ..settings("r1")
-        },
-    );
+    let replica = replica_with_exec_dir(&c, dir.path());
     let status = eventually("blocked status", WAIT, || async {
         Api::<pullbroker_core::policy::PullGrant>::all(c.client.clone())
             .get("ecr")
@@ -206,9 +204,7 @@ async fn an_upstream_token_is_copied_only_on_opt_in_and_for_at_most_the_ttl() {
 #[tokio::test]
 async fn the_broker_hands_out_an_exec_sources_credential_capped_by_its_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("short-token");
-    std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\nprintf '{\"kind\":\"CredentialProviderResponse\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"cacheDuration\":\"90s\",\"auth\":{\"ecr.example\":{\"username\":\"AWS\",\"password\":\"CANARY-ecr-pw\"}}}'\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    executable(dir.path(), "short-token", "#!/bin/sh\ncat >/dev/null\nprintf '{\"kind\":\"CredentialProviderResponse\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"cacheDuration\":\"90s\",\"auth\":{\"ecr.example\":{\"username\":\"AWS\",\"password\":\"CANARY-ecr-pw\"}}}'\n");
     let c = Cluster::start(REGISTRY, None).await;
     c.tenant("team-a", &[("app", &[])]).await;
     let file = dir.path().join("broker.yaml");

@@ -16,6 +16,19 @@ use pullbroker_testenv::registry::TokenAuth;
 use pullbroker_testenv::{fixtures, skopeo, Auth, Registry, RegistryOptions};
 
 pub const AUDIENCE: &str = "pullbroker";
+
+/// An exec source that answers once the file `release` exists beside it
+/// (gives up after 60 s): slow work the test decides the end of.
+pub const SLOW_SOURCE: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+cat > /dev/null
+n=0
+while [ ! -e "$dir/release" ]; do
+  n=$((n + 1)); [ "$n" -gt 1200 ] && exit 1
+  sleep 0.05
+done
+echo '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"600s","auth":{"r.example":{"username":"u","password":"p"}}}'
+"#;
 pub const SERVICE: &str = "pullbroker-e2e-registry";
 pub const REGISTRY_ISSUER: &str = "pullbroker-e2e";
 /// A recognisable upstream password for the static credential (canary).
