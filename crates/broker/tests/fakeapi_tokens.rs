@@ -11,6 +11,22 @@ use pullbroker_testenv::fakeapi::FakeApi;
 use pullbroker_testenv::issuer::{now, TestIssuer, KUBE_ISSUER};
 use serde_json::{json, Value};
 
+/// The issuer as a cluster's: keys by OIDC discovery at `url`.
+fn discovery_settings(url: impl Into<String>) -> IssuerSettings {
+    IssuerSettings {
+        issuer: KUBE_ISSUER.into(),
+        audience: "pullbroker".into(),
+        jwks: JwksSource::Discovery(url.into()),
+        leeway: Duration::from_secs(30),
+        fetch_token: None,
+        ca_pem: None,
+        min_refresh_interval: Duration::from_secs(10),
+        keys_refresh_interval: Duration::from_secs(300),
+        review_cache: Default::default(),
+        dev_keys_allowed: false,
+    }
+}
+
 /// Creates service account `team-a/NAME` on the fake API server.
 async fn create_account(fake: &FakeApi, name: &str) {
     let resp = reqwest::Client::new()
@@ -52,18 +68,7 @@ async fn tokens_from_token_request_verify_by_discovery_and_review() {
     let token_for = |audience: &'static str| token_request(&fake, "app", audience);
     let reviewer: Arc<dyn TokenReviewer> =
         Arc::new(HttpTokenReview::new(&fake.url, "unused".to_string().into(), None).unwrap());
-    let settings = IssuerSettings {
-        issuer: KUBE_ISSUER.into(),
-        audience: "pullbroker".into(),
-        jwks: JwksSource::Discovery(fake.url.clone()),
-        leeway: Duration::from_secs(30),
-        fetch_token: None,
-        ca_pem: None,
-        min_refresh_interval: Duration::from_secs(10),
-        keys_refresh_interval: Duration::from_secs(300),
-        review_cache: Default::default(),
-        dev_keys_allowed: false,
-    };
+    let settings = discovery_settings(fake.url.clone());
     let verifier = Verifier::new(settings, Some(reviewer)).await.unwrap();
     let verified = verifier
         .verify(&token_for("pullbroker").await, now())
@@ -96,18 +101,7 @@ async fn discovery_by_base_url_or_full_document_url() {
         format!("{}/", fake.url),
         format!("{}/.well-known/openid-configuration", fake.url),
     ] {
-        let settings = IssuerSettings {
-            issuer: KUBE_ISSUER.into(),
-            audience: "pullbroker".into(),
-            jwks: JwksSource::Discovery(url.clone()),
-            leeway: Duration::from_secs(30),
-            fetch_token: None,
-            ca_pem: None,
-            min_refresh_interval: Duration::from_secs(10),
-            keys_refresh_interval: Duration::from_secs(300),
-            review_cache: Default::default(),
-            dev_keys_allowed: false,
-        };
+        let settings = discovery_settings(url.clone());
         let verifier = Verifier::new(settings, None)
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -221,20 +215,12 @@ async fn a_hung_api_server_serves_recent_verdicts_and_refuses_the_rest_promptly(
     let reviewer: Arc<dyn TokenReviewer> =
         Arc::new(HttpTokenReview::new(&fake.url, "unused".to_string().into(), None).unwrap());
     let settings = IssuerSettings {
-        issuer: KUBE_ISSUER.into(),
-        audience: "pullbroker".into(),
-        jwks: JwksSource::Discovery(fake.url.clone()),
-        leeway: Duration::from_secs(30),
-        fetch_token: None,
-        ca_pem: None,
-        min_refresh_interval: Duration::from_secs(10),
-        keys_refresh_interval: Duration::from_secs(300),
         // No positive caching: every verification below asks TokenReview.
         review_cache: ReviewCacheSettings {
             positive: Duration::ZERO,
             ..Default::default()
         },
-        dev_keys_allowed: false,
+        ..discovery_settings(fake.url.clone())
     };
     let defaults = ReviewCacheSettings::default();
     let verifier = Verifier::new(settings, Some(reviewer)).await.unwrap();
