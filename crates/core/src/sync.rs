@@ -31,8 +31,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use sha2::{Digest as _, Sha256};
 
 use crate::policy::decide::Policy;
-use crate::policy::glob::name_matches;
 use crate::policy::model::{PullGrantSpec, Purpose, UpstreamCopy};
+use crate::policy::Subject;
 
 /// Label on every object pullbroker manages.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "pullbroker");
@@ -316,14 +316,6 @@ impl Plan {
     }
 }
 
-fn grant_selects_sa(grant: &PullGrantSpec, sa: &str) -> bool {
-    grant
-        .subjects
-        .service_accounts
-        .iter()
-        .any(|p| name_matches(p, sa))
-}
-
 /// The managed secrets a service account's pods should carry: those of the
 /// sync grants that select its namespace and name it, and that the
 /// controller can serve (an upstream copy only with `allowUpstreamCopy`).
@@ -334,10 +326,7 @@ pub fn secrets_for_account(policy: &Policy, namespace: &str, service_account: &s
         .iter()
         .filter(|g| g.spec.purposes.contains(&Purpose::Sync))
         .filter(|g| copy_blocked(policy, &g.spec).is_none())
-        .filter(|g| {
-            policy.selects_namespace(&g.spec, namespace)
-                && grant_selects_sa(&g.spec, service_account)
-        })
+        .filter(|g| policy.selects(&g.spec, &Subject::new(namespace, service_account)))
         .map(|g| secret_name(&g.name))
         .collect()
 }
@@ -386,7 +375,7 @@ pub fn desired(
         for ns in observed
             .namespaces
             .iter()
-            .filter(|n| !n.terminating && policy.selects_namespace(&g.spec, &n.name))
+            .filter(|n| !n.terminating && policy.selects(&g.spec, &Subject::namespace(&n.name)))
         {
             report.selected_namespaces += 1;
             secrets.push(DesiredSecret {
@@ -480,7 +469,9 @@ pub fn plan(policy: &Policy, observed: &Observed, now: i64, rotate_after: f64) -
                     .grants()
                     .iter()
                     .find(|g| g.name == d.grant)
-                    .is_some_and(|g| grant_selects_sa(&g.spec, &sa.name))
+                    .is_some_and(|g| {
+                        policy.selects(&g.spec, &Subject::new(&sa.namespace, &sa.name))
+                    })
             })
             .map(|d| d.name.as_str())
             .collect();

@@ -432,7 +432,7 @@ fn page(
     pods: &[PodInfo],
     policy: Option<&Policy>,
 ) -> String {
-    use pullbroker_core::policy::glob::name_matches;
+    use pullbroker_core::policy::Subject;
     use serde_json::json;
     let mut namespaces: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     namespaces.extend(accounts.iter().map(|a| a.namespace.as_str()));
@@ -453,7 +453,7 @@ fn page(
             .map(|p| {
                 p.grants()
                     .iter()
-                    .filter(|g| p.selects_namespace(&g.spec, ns))
+                    .filter(|g| p.selects(&g.spec, &Subject::namespace(ns)))
                     .map(|g| g.name.as_str())
                     .collect()
             })
@@ -471,12 +471,11 @@ fn page(
                         .iter()
                         .copied()
                         .filter(|g| {
-                            policy
-                                .and_then(|p| p.grants().iter().find(|x| x.name == *g))
-                                .is_some_and(|x| {
-                                    x.spec.subjects.service_accounts.is_empty()
-                                        || x.spec.subjects.service_accounts.iter().any(|pat| name_matches(pat, &a.name))
+                            policy.is_some_and(|p| {
+                                p.grants().iter().find(|x| x.name == *g).is_some_and(|x| {
+                                    p.selects(&x.spec, &Subject::new(*ns, a.name.as_str()))
                                 })
+                            })
                         })
                         .collect();
                     json!({"name": a.name, "grants": covering, "pullSecrets": a.pull_secrets})

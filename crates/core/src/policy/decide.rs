@@ -286,8 +286,38 @@ impl Policy {
         &self.grants
     }
 
+    /// Whether `grant` names `subject` among its subjects: its namespace
+    /// selected (by name glob or label selector) and, for a service account,
+    /// its name matched (a namespace subject — a synced secret's holder —
+    /// needs its namespace only). **The one subject matcher**: `decide`,
+    /// sync's choice of secrets and references, admission's pull secrets and
+    /// the audit page all ask it, so none can disagree with another.
+    pub fn selects(&self, grant: &PullGrantSpec, subject: &Subject) -> bool {
+        self.subject_miss(grant, subject).is_none()
+    }
+
+    /// Why `grant` does not name `subject`, if it does not.
+    fn subject_miss(&self, grant: &PullGrantSpec, subject: &Subject) -> Option<String> {
+        if !self.selects_namespace(grant, &subject.namespace) {
+            return Some(format!("namespace {} is not a subject", subject.namespace));
+        }
+        if !subject.is_namespace()
+            && !grant
+                .subjects
+                .service_accounts
+                .iter()
+                .any(|p| name_matches(p, &subject.service_account))
+        {
+            return Some(format!(
+                "service account {} is not a subject",
+                subject.service_account
+            ));
+        }
+        None
+    }
+
     /// Does `grant` select namespace `ns` (by name glob or label selector)?
-    pub fn selects_namespace(&self, grant: &PullGrantSpec, ns: &str) -> bool {
+    fn selects_namespace(&self, grant: &PullGrantSpec, ns: &str) -> bool {
         grant
             .subjects
             .namespaces
@@ -412,36 +442,21 @@ impl Policy {
         }
         match req.on_behalf_of {
             None => {
-                if !self.selects_namespace(spec, &req.subject.namespace) {
-                    return Err(Some(format!(
-                        "namespace {} is not a subject",
-                        req.subject.namespace
-                    )));
+                if let Some(miss) = self.subject_miss(spec, req.subject) {
+                    return Err(Some(miss));
                 }
-                if req.subject.is_namespace() {
-                    // A synced secret serves its whole namespace; the grant's
-                    // serviceAccounts only say whose imagePullSecrets carry it.
-                    if req.purpose != Purpose::Sync {
-                        return Err(Some(format!(
-                            "a whole namespace may only hold sync credentials, not {}",
-                            req.purpose
-                        )));
-                    }
-                } else if !spec
-                    .subjects
-                    .service_accounts
-                    .iter()
-                    .any(|p| name_matches(p, &req.subject.service_account))
-                {
+                // A synced secret serves its whole namespace; the grant's
+                // serviceAccounts only say whose imagePullSecrets carry it.
+                if req.subject.is_namespace() && req.purpose != Purpose::Sync {
                     return Err(Some(format!(
-                        "service account {} is not a subject",
-                        req.subject.service_account
+                        "a whole namespace may only hold sync credentials, not {}",
+                        req.purpose
                     )));
                 }
             }
             Some(ns) => {
-                if !self.selects_namespace(spec, ns) {
-                    return Err(Some(format!("namespace {ns} is not a subject")));
+                if let Some(miss) = self.subject_miss(spec, &Subject::namespace(ns)) {
+                    return Err(Some(miss));
                 }
                 let caller = format!("{}/{}", req.subject.namespace, req.subject.service_account);
                 let is_resolver = spec.resolvers.iter().any(|r| {
