@@ -86,7 +86,7 @@ fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
     let (status, _) = http_get(&addr, "/metrics");
     assert_eq!(status, 200);
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    pullbroker_testenv::process::terminate(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}");
     lines.extend(rx.iter());
@@ -309,7 +309,7 @@ fn serve_over_tls_with_a_certificate_from_tls_cert() {
     // graceful stop has nothing left to wait for.
     drop(rt);
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    pullbroker_testenv::process::terminate(&child);
     let status = child.wait().unwrap();
     let rest: Vec<String> = rx.iter().collect();
     assert!(status.success(), "{status}: {rest:?}");
@@ -564,7 +564,7 @@ fn the_readme_walk_through_works_on_the_example() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    pullbroker_testenv::process::terminate(&child);
     assert!(child.wait().unwrap().success());
     lines.extend(rx.iter());
     assert!(

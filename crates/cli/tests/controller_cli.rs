@@ -177,7 +177,7 @@ fn controller_syncs_and_stops_on_sigterm() {
         assert!(start.elapsed() < Duration::from_secs(60), "never led again");
         std::thread::sleep(Duration::from_millis(100));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    pullbroker_testenv::process::terminate(&child);
     let status = child.wait().unwrap();
     logs.extend(rx.iter());
     let logs = logs.join("\n");
@@ -375,7 +375,7 @@ fn serve_reviews_tokens_over_the_cluster_connection_by_default() {
     fake.set_down(false);
     assert_eq!(exchange(&unseen_token).0, 200);
 
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    pullbroker_testenv::process::terminate(&child);
     assert!(child.wait().unwrap().success());
     eprintln!("revoked after {took:?} (pod) and {took2:?} (service account); {sent} TokenReviews");
 }

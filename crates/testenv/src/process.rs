@@ -55,6 +55,14 @@ pub fn forget(child: &Child) {
 }
 
 /// Fails with a clear message when a required tool is missing.
+/// Sends SIGTERM to `child` (a graceful stop, as the kubelet sends), so the
+/// product's tests need no `unsafe` of their own.
+pub fn terminate(child: &Child) {
+    // SAFETY: kill(2) on our own child, not yet waited for (we hold it), so
+    // the pid is still ours.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+}
+
 pub fn require_tools(tools: &[&str]) -> Result<(), String> {
     let missing: Vec<&str> = tools
         .iter()
