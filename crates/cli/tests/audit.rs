@@ -105,6 +105,32 @@ impl Cluster {
     }
 }
 
+/// A pod created as the fixture `case` (a real kubelet 1.32's report of a
+/// failing pull) shows it: its image, and its container's `state.waiting`.
+async fn failing_pod(c: &Cluster, ns: &str, name: &str, case: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../core/tests/fixtures/kubelet-events-v1.32")
+        .join(format!("{case}.json"));
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // The fixture's pod whose container kubelet reported waiting.
+    let pod = fixture["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["containerStatuses"][0]["state"]["waiting"].is_object())
+        .unwrap();
+    c.pod(ns, name, "default", pod["image"].as_str().unwrap(), &[])
+        .await;
+    Api::<Pod>::namespaced(c.client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Pending", "containerStatuses": pod["containerStatuses"]}})),
+        )
+        .await
+        .unwrap();
+}
+
 async fn cluster() -> Cluster {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
     let c = Cluster {
@@ -216,6 +242,11 @@ async fn cluster() -> Cluster {
         )
         .await;
     }
+    // Pods failing to pull right now, from a registry no credential of the
+    // cluster names: only kubelet's own report tells.
+    c.ns("failing").await;
+    failing_pod(&c, "failing", "unauthorized-0", "a-unauthorized").await;
+    failing_pod(&c, "failing", "backoff-0", "i-sa-race").await;
     c.ns("lonely").await;
     c.sa("lonely", "late", &["pull"]).await;
     c.pull_secret(
@@ -418,6 +449,8 @@ async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_ob
             ),
             ("warning", "pod.missing-secret", "Pod broken/app-0"),
             ("warning", "pod.no-credential", "Pod lonely/nothing-0"),
+            ("error", "pod.pull-failing", "Pod failing/unauthorized-0"),
+            ("error", "pod.pull-failing", "Pod failing/backoff-0"),
             ("warning", "pod.no-credential", "Pod lonely/raced-0"),
             ("warning", "grant.every-namespace", "PullGrant wide"),
             ("info", "grant.every-service-account", "PullGrant wide"),
@@ -453,6 +486,37 @@ async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_ob
             raced["fix"].as_str().unwrap().contains("recreate the pod"),
             "{raced}"
         );
+        // A pod failing now: kubelet's reason, the class, and where to look.
+        let failing = |object: &str| -> Value {
+            report["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["objects"][0] == object)
+                .unwrap()
+                .clone()
+        };
+        let unauthorized = failing("Pod failing/unauthorized-0");
+        let message = unauthorized["message"].as_str().unwrap();
+        assert!(
+            message.contains("ErrImagePull") && message.contains("unauthorized"),
+            "{message}"
+        );
+        assert!(
+            unauthorized["fix"]
+                .as_str()
+                .unwrap()
+                .starts_with("pullbroker diagnose pod failing/unauthorized-0"),
+            "{unauthorized}"
+        );
+        let backoff = failing("Pod failing/backoff-0");
+        assert!(
+            backoff["message"]
+                .as_str()
+                .unwrap()
+                .contains("ImagePullBackOff"),
+            "{backoff}"
+        );
         let copied = report["findings"]
             .as_array()
             .unwrap()
@@ -465,7 +529,7 @@ async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_ob
         );
 
         // What was read, and the inventory (registries and users, no secrets).
-        assert_eq!(report["scanned"]["pods"], CLEAN * 2 + 6);
+        assert_eq!(report["scanned"]["pods"], CLEAN * 2 + 8);
         let old = report["pullSecrets"]
             .as_array()
             .unwrap()
@@ -486,7 +550,7 @@ async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_ob
             .unwrap();
         assert_eq!(expiring["entries"][0]["username"], "robot2");
         assert!(expiring["entries"][0]["expiresAt"].as_i64().is_some());
-        assert_eq!(report["counts"]["error"], 4);
+        assert_eq!(report["counts"]["error"], 6);
 
         // Gating, and the other formats (also canary-checked by `audit`).
         assert_eq!(audit(&c, &["-A", "--fail-on", "error"]).0, 1);
@@ -498,6 +562,10 @@ async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_ob
         );
         assert!(
             table.contains("ERROR    secret.malformed  Secret broken/not-json"),
+            "{table}"
+        );
+        assert!(
+            table.contains("ERROR    pod.pull-failing  Pod failing/backoff-0"),
             "{table}"
         );
         let (_, yaml) = audit(&c, &["-A", "-o", "yaml"]);
@@ -607,6 +675,10 @@ fn page_in_a_browser(c: &Cluster) {
         "a legacy edge"
     );
     assert!(dom.contains(r#"data-code="secret.copied""#));
+    assert!(
+        dom.contains(r#"data-code="pod.pull-failing""#),
+        "a pod failing to pull is on the page"
+    );
     assert_eq!(
         dom.matches("class=\"lane hidden\"").count(),
         0,

@@ -80,7 +80,29 @@ pub struct PodInfo {
     pub service_account: String,
     pub pull_secrets: Vec<String>,
     pub images: Vec<String>,
+    /// Containers kubelet reports waiting on a pull (`ErrImagePull`,
+    /// `ImagePullBackOff`, …) right now.
+    pub pull_waits: Vec<PullWait>,
 }
+
+/// A container waiting on an image pull, as kubelet reports it in the pod's
+/// status (`state.waiting`).
+#[derive(Debug, Clone, Default)]
+pub struct PullWait {
+    pub container: String,
+    pub image: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The `state.waiting.reason`s kubelet gives a container whose image it
+/// cannot pull.
+pub const PULL_WAIT_REASONS: [&str; 4] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+];
 
 /// A RegistryCredential's `Ready` condition, as its status reports it.
 #[derive(Debug, Clone)]
@@ -358,6 +380,34 @@ pub fn audit(inp: &Inputs<'_>) -> Report {
         .collect();
     for pod in inp.pods {
         let here = obj("Pod", &pod.namespace, &pod.name);
+        // Failing now, whatever the registry: kubelet's own report,
+        // classified as `pullbroker diagnose` does.
+        for w in &pod.pull_waits {
+            let failure = crate::diagnose::classify(&format!("{} {}", w.reason, w.message));
+            findings.push(Finding {
+                severity: Severity::Error,
+                code: "pod.pull-failing",
+                objects: vec![here.clone()],
+                message: format!(
+                    "container {} waits with {} pulling {}: {} — {}",
+                    w.container,
+                    w.reason,
+                    w.image,
+                    failure.name(),
+                    failure.hint()
+                ),
+                fix: format!(
+                    "pullbroker diagnose pod {}/{} (kubelet said: {})",
+                    pod.namespace,
+                    pod.name,
+                    if w.message.is_empty() {
+                        &w.reason
+                    } else {
+                        &w.message
+                    }
+                ),
+            });
+        }
         for s in &pod.pull_secrets {
             if !existing.contains(&(pod.namespace.as_str(), s.as_str())) {
                 findings.push(Finding {

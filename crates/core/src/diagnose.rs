@@ -39,6 +39,23 @@ pub enum PullFailure {
 }
 
 impl PullFailure {
+    /// Its name as reports print it (`unauthorized`, `not_found`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            PullFailure::Unauthorized => "unauthorized",
+            PullFailure::Forbidden => "forbidden",
+            PullFailure::NotFound => "not_found",
+            PullFailure::Tls => "tls",
+            PullFailure::Dns => "dns",
+            PullFailure::Refused => "refused",
+            PullFailure::Timeout => "timeout",
+            PullFailure::RateLimited => "rate_limited",
+            PullFailure::InvalidImageName => "invalid_image_name",
+            PullFailure::NotAPullFailure => "not_a_pull_failure",
+            PullFailure::Unknown => "unknown",
+        }
+    }
+
     /// What to do about it, in one line.
     pub fn hint(self) -> &'static str {
         match self {
@@ -456,6 +473,27 @@ pub fn verdict(f: &Facts<'_>) -> Verdict {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn names_are_the_serialized_names() {
+        use PullFailure::*;
+        for f in [
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Tls,
+            Dns,
+            Refused,
+            Timeout,
+            RateLimited,
+            InvalidImageName,
+            NotAPullFailure,
+            Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(f).unwrap(), f.name(), "{f:?}");
+        }
+    }
+
     use super::*;
 
     fn facts<'a>(

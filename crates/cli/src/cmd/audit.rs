@@ -282,6 +282,25 @@ async fn read(
         ListParams::default(),
         &|n| progress.set(n),
         |p: Pod| {
+            let status = p.status.unwrap_or_default();
+            let pull_waits = status
+                .init_container_statuses
+                .iter()
+                .flatten()
+                .chain(status.container_statuses.iter().flatten())
+                .filter_map(|c| {
+                    let waiting = c.state.as_ref()?.waiting.as_ref()?;
+                    let reason = waiting.reason.clone().unwrap_or_default();
+                    audit::PULL_WAIT_REASONS
+                        .contains(&reason.as_str())
+                        .then(|| audit::PullWait {
+                            container: c.name.clone(),
+                            image: c.image.clone(),
+                            reason,
+                            message: waiting.message.clone().unwrap_or_default(),
+                        })
+                })
+                .collect();
             let spec = p.spec.unwrap_or_default();
             let images = spec
                 .init_containers
@@ -298,6 +317,7 @@ async fn read(
                     .unwrap_or_else(|| "default".into()),
                 pull_secrets: names(spec.image_pull_secrets),
                 images,
+                pull_waits,
             }
         },
     )
