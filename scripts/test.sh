@@ -17,6 +17,9 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# No dependency that nothing uses (cargo-machete reads the sources, no build).
+command -v cargo-machete >/dev/null 2>&1 || cargo install --locked --quiet cargo-machete --version 0.9.2
+cargo machete
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # The fake API server records what our components ask of it (crates/testenv/src/api_log.rs);
