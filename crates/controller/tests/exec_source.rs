@@ -198,6 +198,31 @@ async fn an_upstream_token_is_copied_only_on_opt_in_and_for_at_most_the_ttl() {
     })
     .await;
     assert_eq!(status.conditions[0].reason, "SyncedUpstreamCopy");
+
+    // A ttl of 2 s: the copy is replaced within it, though the token is
+    // valid for 12 h.
+    Api::<pullbroker_core::policy::PullGrant>::all(c.client.clone())
+        .patch(
+            "ecr",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"ttl": "2s"}})),
+        )
+        .await
+        .unwrap();
+    let short = eventually("a copy for the shorter ttl", WAIT, || async {
+        let s = c.secret("team-a", SECRET).await?;
+        let ann = s.annotations();
+        let lifetime = chrono::DateTime::parse_from_rfc3339(&ann["pullbroker.dev/expires-at"])
+            .ok()?
+            - chrono::DateTime::parse_from_rfc3339(&ann["pullbroker.dev/issued-at"]).ok()?;
+        (lifetime.num_seconds() == 2).then(|| ann["pullbroker.dev/issued-at"].clone())
+    })
+    .await;
+    eventually("replaced within its ttl", WAIT, || async {
+        let s = c.secret("team-a", SECRET).await?;
+        (s.annotations()["pullbroker.dev/issued-at"] != short).then_some(())
+    })
+    .await;
     replica.stop().await;
 }
 

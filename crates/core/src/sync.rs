@@ -226,6 +226,8 @@ pub struct DesiredSecret {
     pub credential: String,
     /// A static upstream password copied on the grant's explicit opt-in.
     pub static_copy: bool,
+    /// The grant's ttl (seconds): a copy that would outlive it is reissued.
+    pub ttl: i64,
 }
 
 /// One step towards the desired state. The variants are declared in the
@@ -384,6 +386,7 @@ pub fn desired(
                 grant: g.name.clone(),
                 credential: g.spec.credential.clone(),
                 static_copy: static_source,
+                ttl: crate::time::secs(g.spec.ttl()),
             });
         }
         reports.insert(g.name.clone(), report);
@@ -434,7 +437,9 @@ pub fn plan(policy: &Policy, observed: &Observed, now: i64, rotate_after: f64) -
                 let expired = s
                     .due(rotate_after)
                     .is_some_and(|due| now >= due || now >= s.expires_at);
-                if source_changed || expired {
+                // The grant's ttl was shortened: no copy outlives the new one.
+                let outlives_ttl = !s.static_copy && s.expires_at > now.saturating_add(d.ttl);
+                if source_changed || expired || outlives_ttl {
                     actions.insert(issue(true, false));
                 }
             }
@@ -709,6 +714,32 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_that_outlives_a_shortened_ttl_is_reissued() {
+        let o = |expires_at| Observed {
+            namespaces: ns(&["team-a"]),
+            managed_secrets: vec![ObservedSecret {
+                namespace: "team-a".into(),
+                name: "pullbroker-team-a".into(),
+                grant: "team-a".into(),
+                issued_at: 1000,
+                expires_at,
+                source_version: String::new(),
+                static_copy: false,
+                damaged: false,
+            }],
+            ..Default::default()
+        };
+        // Issued for the default 15 min; the grant now says 2 min.
+        let short = policy(&[("team-a", &format!("{TEAM_A}ttl: 2m\n"))], &[]);
+        assert!(matches!(
+            plan(&short, &o(1900), 1001, 0.5).actions[..],
+            [Action::IssueSecret(IssueSecret { rotation: true, .. })]
+        ));
+        // Reissued for 2 min: nothing more until its rotation.
+        assert!(plan(&short, &o(1120), 1001, 0.5).actions.is_empty());
+    }
+
+    #[test]
     fn a_changed_source_reissues_and_a_static_copy_never_expires() {
         let secret = |static_copy, version: &str| ObservedSecret {
             namespace: "team-a".into(),
@@ -958,7 +989,8 @@ mod tests {
             name: "pullbroker-team-a".into(),
             grant: "team-a".into(),
             issued_at: 1000,
-            expires_at: 4_000_000_000,
+            // The grant's default 15 min: not due at 1001.
+            expires_at: 1900,
             source_version: String::new(),
             static_copy: false,
             damaged,
