@@ -19,6 +19,14 @@ pub struct DecisionLabels {
     pub outcome: &'static str,
 }
 
+/// A grant's use. Grant names are the operator's, as many as there are
+/// grants: no subject, no token.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrantLabels {
+    pub grant: String,
+    pub purpose: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub result: &'static str,
@@ -41,6 +49,11 @@ pub struct Metrics {
     pub in_flight_requests: Gauge,
     /// API requests answered 503 by the limits, by reason (`overloaded`, `timeout`).
     pub limited_requests: Family<LimitLabels, Counter>,
+    /// Allows per grant and purpose, and when the last one was.
+    pub grant_allows: Family<GrantLabels, Counter>,
+    pub grant_last_allowed: Family<GrantLabels, Gauge>,
+    /// When this process started counting (the window of the above).
+    pub started: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,8 +75,13 @@ impl Default for Metrics {
             issuer_keys_age_seconds: Gauge::default(),
             in_flight_requests: Gauge::default(),
             limited_requests: Family::default(),
+            grant_allows: Family::default(),
+            grant_last_allowed: Family::default(),
+            started: Gauge::default(),
             registry: Registry::default(),
         };
+        m.started
+            .set(pullbroker_core::time::UnixTime::from_system(std::time::SystemTime::now()).0);
         registry.register(
             "requests",
             "HTTP requests by endpoint and status",
@@ -113,6 +131,21 @@ impl Default for Metrics {
             "limited_requests",
             "API requests answered 503 by the broker's limits, by reason",
             m.limited_requests.clone(),
+        );
+        registry.register(
+            "grant_allows",
+            "Requests each PullGrant allowed, by purpose (since started_timestamp_seconds)",
+            m.grant_allows.clone(),
+        );
+        registry.register(
+            "grant_last_allowed_timestamp_seconds",
+            "When each PullGrant last allowed a request, by purpose",
+            m.grant_last_allowed.clone(),
+        );
+        registry.register(
+            "started_timestamp_seconds",
+            "When this broker started counting grant use",
+            m.started.clone(),
         );
         Metrics { registry, ..m }
     }

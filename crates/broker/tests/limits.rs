@@ -188,6 +188,20 @@ async fn beyond_the_concurrency_limit_requests_are_refused_at_once_and_probes_st
         Some("pullbroker_in_flight_requests 0")
     );
     assert_eq!(exchange(&r).await.status(), 200, "capacity is back");
+    // Each allow is counted for its grant and purpose (the refused one is no
+    // decision at all), and when it happened, for `audit --broker-url`.
+    assert_eq!(
+        metric(&r, "pullbroker_grant_allows_total").await.as_deref(),
+        Some(r#"pullbroker_grant_allows_total{grant="team-a",purpose="pull"} 3"#)
+    );
+    let last = metric(&r, "pullbroker_grant_last_allowed_timestamp_seconds{")
+        .await
+        .unwrap();
+    let started = metric(&r, "pullbroker_started_timestamp_seconds ")
+        .await
+        .unwrap();
+    let value = |line: &str| -> i64 { line.rsplit(' ').next().unwrap().parse().unwrap() };
+    assert!(value(&last) >= value(&started), "{last} / {started}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

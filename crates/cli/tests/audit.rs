@@ -581,12 +581,71 @@ async fn audit_finds_each_problem_once_with_its_severity_and_nothing_on_clean_ob
             "{one}"
         );
         assert_eq!(one["scanned"]["pods"], 2);
+        grants_unused_per_broker(&c);
         page_in_a_browser(&c);
         c
     })
     .await
     .unwrap();
     drop(c);
+}
+
+/// `--broker-url`: the broker's own `/metrics` (rendered by its metrics
+/// code, team-a's grant having allowed pulls) served on loopback; every
+/// other grant and purpose is reported unused, except sync of an upstream
+/// copy, which the broker cannot see.
+fn grants_unused_per_broker(c: &Cluster) {
+    use std::io::{Read, Write};
+    let metrics = pullbroker_broker::metrics::Metrics::default();
+    metrics
+        .grant_allows
+        .get_or_create(&pullbroker_broker::metrics::GrantLabels {
+            grant: "team-a".into(),
+            purpose: "pull".into(),
+        })
+        .inc_by(5);
+    let body = metrics.render();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        // One scrape; bounded.
+        if let Some(Ok(mut s)) = listener.incoming().next() {
+            let mut request = [0u8; 4096];
+            let _ = s.read(&mut request);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let (code, out) = audit(c, &["-A", "-o", "json", "--broker-url", &url]);
+    server.join().unwrap();
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let unused: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == "grant.unused")
+        .map(|f| {
+            (
+                f["objects"][0].as_str().unwrap().to_string(),
+                f["message"]
+                    .as_str()
+                    .unwrap()
+                    .split(' ')
+                    .nth(1)
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        unused,
+        [("PullGrant wide".to_string(), "pull".to_string())],
+        "{out}"
+    );
 }
 
 /// Headless Chromium (`--dump-dom` after the page's script ran), bounded.

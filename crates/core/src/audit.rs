@@ -152,6 +152,59 @@ pub struct Inputs<'a> {
     pub warn_within: i64,
     /// Key of the hash that groups identical credentials (random per run).
     pub hash_key: [u8; 32],
+    /// Each grant's use as a broker counted it (`audit --broker-url`).
+    pub grant_use: Option<&'a GrantUse>,
+}
+
+/// What a broker's `/metrics` says of each grant's use since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantUse {
+    /// Seconds the broker has been counting.
+    pub window_seconds: i64,
+    /// (grant, purpose) pairs that allowed at least one request.
+    pub used: BTreeSet<(String, String)>,
+}
+
+impl GrantUse {
+    /// Reads `pullbroker_grant_allows_total{grant=…,purpose=…} N` and
+    /// `pullbroker_started_timestamp_seconds T` from a broker's `/metrics`
+    /// (Prometheus or OpenMetrics text). Grant and purpose names are DNS
+    /// names and words: no escapes to undo.
+    pub fn parse(metrics: &str, now: i64) -> Result<GrantUse, String> {
+        let mut started = None;
+        let mut used = BTreeSet::new();
+        for line in metrics.lines() {
+            if let Some(v) = line.strip_prefix("pullbroker_started_timestamp_seconds ") {
+                started = v.trim().parse::<f64>().ok().map(|t| t as i64);
+            } else if let Some(rest) = line.strip_prefix("pullbroker_grant_allows_total{") {
+                let (labels, value) = rest
+                    .split_once("} ")
+                    .ok_or_else(|| format!("unreadable line {line:?}"))?;
+                let label = |key: &str| {
+                    labels.split(',').find_map(|kv| {
+                        let (k, v) = kv.split_once('=')?;
+                        (k == key).then(|| v.trim_matches('"').to_string())
+                    })
+                };
+                let count: f64 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("unreadable count in {line:?}"))?;
+                if let (Some(g), Some(p)) = (label("grant"), label("purpose")) {
+                    if count > 0.0 {
+                        used.insert((g, p));
+                    }
+                }
+            }
+        }
+        let started = started.ok_or(
+            "no pullbroker_started_timestamp_seconds: is that a pullbroker broker's /metrics?",
+        )?;
+        Ok(GrantUse {
+            window_seconds: now.saturating_sub(started).max(0),
+            used,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -511,6 +564,32 @@ fn audit_policy(inp: &Inputs<'_>, policy: &Policy, findings: &mut Vec<Finding>) 
     for g in policy.grants() {
         let here = obj("PullGrant", "", &g.name);
         let spec = &g.spec;
+        if let Some(usage) = inp.grant_use {
+            let copies = policy
+                .credentials()
+                .get(&spec.credential)
+                .and_then(|c| c.upstream_copy())
+                .is_some();
+            for purpose in &spec.purposes {
+                // A copied upstream secret is used at the registry, where
+                // the broker never sees it.
+                if *purpose == Purpose::Sync && copies {
+                    continue;
+                }
+                if !usage.used.contains(&(g.name.clone(), purpose.to_string())) {
+                    findings.push(Finding {
+                        severity: Severity::Info,
+                        code: "grant.unused",
+                        objects: vec![here.clone()],
+                        message: format!(
+                            "purpose {purpose} allowed nothing in the {}s the broker has been counting",
+                            usage.window_seconds
+                        ),
+                        fix: "least privilege: drop the purpose or the grant if nothing needs it (pullbroker can-i shows whom it covers)".into(),
+                    });
+                }
+            }
+        }
         let static_source = policy
             .credentials()
             .get(&spec.credential)
@@ -667,6 +746,7 @@ mod tests {
             now: 0,
             warn_within: 0,
             hash_key: [0; 32],
+            grant_use: None,
         });
         report
             .findings
@@ -677,6 +757,63 @@ mod tests {
     }
 
     const SYNC: &str = "subjects: {namespaces: [team-a], serviceAccounts: [app]}\nrepositories: [apps/**]\npurposes: [sync]\n";
+
+    #[test]
+    fn grants_that_allowed_nothing_are_reported_by_purpose() {
+        let metrics = "# HELP pullbroker_grant_allows Requests each PullGrant allowed\n\
+            # TYPE pullbroker_grant_allows counter\n\
+            pullbroker_grant_allows_total{grant=\"g\",purpose=\"pull\"} 3\n\
+            pullbroker_grant_allows_total{grant=\"g\",purpose=\"resolve\"} 0\n\
+            pullbroker_started_timestamp_seconds 1000\n";
+        let usage = GrantUse::parse(metrics, 4600).unwrap();
+        assert_eq!(usage.window_seconds, 3600);
+        assert_eq!(
+            usage.used,
+            BTreeSet::from([("g".to_string(), "pull".to_string())])
+        );
+        assert!(GrantUse::parse("other_metric 1\n", 0)
+            .unwrap_err()
+            .contains("pullbroker"));
+
+        let report = |grant: &str| {
+            let creds = vec![Named {
+                name: "corp".into(),
+                spec: serde_yaml::from_str("registries: [r.example]\nsource: {tokenIssuer: {signingKeySecretRef: {name: k}, service: s, issuer: i}}").unwrap(),
+            }];
+            let grants = vec![Named {
+                name: "g".into(),
+                spec: serde_yaml::from_str(grant).unwrap(),
+            }];
+            let (policy, _) = Policy::new(creds, grants, BTreeMap::new());
+            audit(&Inputs {
+                secrets: &[],
+                accounts: &[],
+                pods: &[],
+                policy: Some(&policy),
+                credential_states: &[],
+                now: 4600,
+                warn_within: 0,
+                hash_key: [0; 32],
+                grant_use: Some(&usage),
+            })
+            .findings
+            .into_iter()
+            .filter(|f| f.code == "grant.unused")
+            .map(|f| f.message)
+            .collect::<Vec<_>>()
+        };
+        let unused = report("credential: corp\nsubjects: {namespaces: [a], serviceAccounts: [app]}\nrepositories: ['**']\npurposes: [pull, resolve, sync]\n");
+        assert_eq!(unused.len(), 2, "{unused:?}");
+        assert!(
+            unused.iter().any(|m| m.starts_with("purpose resolve ")),
+            "{unused:?}"
+        );
+        assert!(
+            unused.iter().any(|m| m.starts_with("purpose sync ")),
+            "{unused:?}"
+        );
+        assert!(unused[0].contains("3600s"), "{unused:?}");
+    }
 
     #[test]
     fn every_upstream_copy_is_flagged() {

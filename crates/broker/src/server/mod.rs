@@ -519,6 +519,17 @@ impl AppState {
                 outcome,
             })
             .inc();
+        if let Some(a) = d.allow() {
+            let labels = crate::metrics::GrantLabels {
+                grant: a.grant.clone(),
+                purpose: req.purpose.to_string(),
+            };
+            self.metrics.grant_allows.get_or_create(&labels).inc();
+            self.metrics
+                .grant_last_allowed
+                .get_or_create(&labels)
+                .set(now());
+        }
         d
     }
 }

@@ -59,6 +59,44 @@ pub struct Args {
     /// findings marked; searchable by namespace or image (`FILE#q=…` opens it filtered).
     #[arg(long, value_name = "FILE")]
     html: Option<std::path::PathBuf>,
+    /// A broker's base URL (e.g. https://127.0.0.1:8443 through `kubectl
+    /// port-forward`): its /metrics tell which grants allowed nothing since
+    /// it started, reported as `grant.unused` (info). With several brokers,
+    /// ask each.
+    #[arg(long, value_name = "URL")]
+    broker_url: Option<String>,
+    /// PEM bundle of the CA that signed the broker's certificate.
+    #[arg(long, value_name = "FILE", requires = "broker_url")]
+    broker_ca: Option<std::path::PathBuf>,
+}
+
+/// The broker's count of each grant's use.
+async fn grant_use(args: &Args, now: i64) -> Result<Option<audit::GrantUse>> {
+    let Some(url) = &args.broker_url else {
+        return Ok(None);
+    };
+    let ca = match &args.broker_ca {
+        Some(f) => Some(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?),
+        None => None,
+    };
+    let http = pullbroker_broker::http_client(ca.as_deref())?;
+    let metrics_url = format!("{}/metrics", url.trim_end_matches('/'));
+    let text = http
+        .get(&metrics_url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--broker-url: cannot read {metrics_url}: {}",
+                e.without_url()
+            )
+        })?
+        .text()
+        .await?;
+    audit::GrantUse::parse(&text, now)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--broker-url {url}: {e}"))
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -394,15 +432,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
     progress.done();
     let mut hash_key = [0u8; 32];
     getrandom::fill(&mut hash_key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let now = UnixTime::from_system(std::time::SystemTime::now()).0;
+    let grant_use = runtime.block_on(grant_use(&args, now))?;
     let report = audit::audit(&Inputs {
         secrets: &secrets,
         accounts: &accounts,
         pods: &pods,
         policy: policy.as_ref(),
         credential_states: &states,
-        now: UnixTime::from_system(std::time::SystemTime::now()).0,
+        now,
         warn_within: i64::try_from(args.warn_within.as_secs()).unwrap_or(i64::MAX),
         hash_key,
+        grant_use: grant_use.as_ref(),
     });
     if let Some(file) = &args.html {
         let page = page(&report, &scanned, &accounts, &pods, policy.as_ref());
