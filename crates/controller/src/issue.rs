@@ -96,18 +96,13 @@ pub fn issue(
             // The copy lives at most the grant's ttl: past it the Secret is
             // reissued (or removed with the grant). The token itself stays
             // valid upstream until its own expiry; that we cannot shorten.
-            return Ok(if u.expires_at <= expires_at {
-                Issued {
-                    dockerconfigjson: u.dockerconfigjson.clone(),
-                    issued_at: u.issued_at,
-                    expires_at: u.expires_at,
-                }
-            } else {
-                Issued {
-                    dockerconfigjson: u.dockerconfigjson.clone(),
-                    issued_at: now,
-                    expires_at,
-                }
+            // Within the ttl the copy keeps the token's real times; past it,
+            // it is issued now for the ttl.
+            let capped = u.expires_at > expires_at;
+            return Ok(Issued {
+                dockerconfigjson: u.dockerconfigjson.clone(),
+                issued_at: if capped { now } else { u.issued_at },
+                expires_at: u.expires_at.min(expires_at),
             });
         }
         Current::Static(_) => {
