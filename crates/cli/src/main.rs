@@ -57,6 +57,8 @@ enum Command {
     WebhookConfig(cmd::webhook_config::Args),
     /// Find what is wrong with a cluster's pull secrets and grants (never printing a secret).
     Audit(cmd::audit::Args),
+    /// From pull secrets copied across namespaces to central credentials and the narrowest grants: proven, with the clean-up order.
+    Adopt(cmd::adopt::Args),
     /// Why a pod cannot pull its images (pod, deployment or ksvc): the cause, the credential that applies, the fix.
     Diagnose(cmd::diagnose::Args),
     /// Print the kubelet's CredentialProviderConfig for the KEP-4412 plugin (or, with --rbac, the nodes' RBAC).
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::WebhookConfig(args) => cmd::webhook_config::run(args),
         Command::KubeletConfig(args) => cmd::kubelet_config::run(args),
         Command::Audit(args) => cmd::audit::run(args),
+        Command::Adopt(args) => cmd::adopt::run(args),
         Command::Diagnose(args) => cmd::diagnose::run(args),
         Command::Resolve(args) => cmd::resolve::run(args),
         Command::Secret(c) => cmd::secret::run(c),

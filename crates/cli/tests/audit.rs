@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pullbroker_core::policy::model::{PullGrant, RegistryCredential};
 use pullbroker_testenv::fakeapi::FakeApi;
@@ -18,13 +18,9 @@ use serde_json::{json, Value};
 const CLEAN: usize = 260;
 const CANARY: &str = "CANARY-audit-7f3e";
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn config(registry: &str, user: &str, password: &str) -> String {
-    json!({"auths": {registry: {"username": user, "password": password}}}).to_string()
-}
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{b64, config, Cluster};
 
 /// An unsigned JWT-shaped password expiring at `exp` (audit reads expiry unverified).
 fn jwt(exp: i64) -> String {
@@ -34,75 +30,6 @@ fn jwt(exp: i64) -> String {
         enc(json!({"alg": "RS256"})),
         enc(json!({"exp": exp, "sub": "ci"}))
     )
-}
-
-struct Cluster {
-    fake: FakeApi,
-    client: kube::Client,
-}
-
-impl Cluster {
-    async fn ns(&self, name: &str) {
-        Api::<Namespace>::all(self.client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-    async fn secret(&self, ns: &str, name: &str, type_: &str, data: Value, meta: Value) {
-        let mut metadata = json!({"name": name});
-        metadata
-            .as_object_mut()
-            .unwrap()
-            .extend(meta.as_object().unwrap().clone());
-        Api::<Secret>::namespaced(self.client.clone(), ns)
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": metadata, "type": type_, "data": data}))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-    async fn pull_secret(&self, ns: &str, name: &str, text: &str) {
-        self.secret(
-            ns,
-            name,
-            "kubernetes.io/dockerconfigjson",
-            json!({".dockerconfigjson": b64(text)}),
-            json!({}),
-        )
-        .await;
-    }
-    async fn sa(&self, ns: &str, name: &str, secrets: &[&str]) {
-        let refs: Vec<Value> = secrets.iter().map(|s| json!({"name": s})).collect();
-        Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(
-                    json!({"metadata": {"name": name}, "imagePullSecrets": refs}),
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-    async fn pod(&self, ns: &str, name: &str, sa: &str, image: &str, secrets: &[&str]) {
-        let refs: Vec<Value> = secrets.iter().map(|s| json!({"name": s})).collect();
-        Api::<Pod>::namespaced(self.client.clone(), ns)
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(
-                    json!({"metadata": {"name": name}, "spec": {"serviceAccountName": sa,
-                    "imagePullSecrets": refs, "containers": [{"name": "c", "image": image}]}}),
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
 }
 
 /// A pod created as the fixture `case` (a real kubelet 1.32's report of a

@@ -235,6 +235,16 @@ impl DockerConfig {
         })
     }
 
+    /// The entries `keep` accepts, as a config of their own (no helpers):
+    /// one credential of a secret that holds several.
+    pub fn retain(&self, keep: impl Fn(&AuthEntry) -> bool) -> DockerConfig {
+        DockerConfig {
+            entries: self.entries.iter().filter(|e| keep(e)).cloned().collect(),
+            helper_entries: Vec::new(),
+            helpers: HelperInfo::default(),
+        }
+    }
+
     /// All entries, in key order.
     pub fn entries(&self) -> &[AuthEntry] {
         &self.entries

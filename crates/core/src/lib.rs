@@ -23,10 +23,13 @@
 //! - [`diagnose`]: why a pull failed, from kubelet's and containerd's messages.
 //! - [`audit`]: `pullbroker audit`'s findings from pull secrets, service
 //!   accounts, pods and the policy.
+//! - [`adopt`]: `pullbroker adopt`'s plan — central credentials and the
+//!   narrowest grants for copied pull secrets, proven and ordered.
 //! - [`time`]: [`UnixTime`](time::UnixTime), instants as RFC 3339 with
 //!   saturating arithmetic.
 
 pub mod admission;
+pub mod adopt;
 pub mod audit;
 pub mod credential;
 pub mod diagnose;

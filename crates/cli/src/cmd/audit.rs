@@ -126,14 +126,14 @@ enum Output {
 /// What was read, for the summary line.
 #[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Scanned {
-    scope: String,
-    secrets: usize,
-    pull_secrets: usize,
-    service_accounts: usize,
-    pods: usize,
-    pull_grants: Option<usize>,
-    registry_credentials: Option<usize>,
+pub(crate) struct Scanned {
+    pub scope: String,
+    pub secrets: usize,
+    pub pull_secrets: usize,
+    pub service_accounts: usize,
+    pub pods: usize,
+    pub pull_grants: Option<usize>,
+    pub registry_credentials: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -146,10 +146,10 @@ struct Out<'a> {
 }
 
 /// A spinner on a terminal's stderr (big clusters take a while), else nothing.
-struct Progress(Option<indicatif::ProgressBar>);
+pub(crate) struct Progress(Option<indicatif::ProgressBar>);
 
 impl Progress {
-    fn new() -> Progress {
+    pub(crate) fn new() -> Progress {
         if !std::io::stderr().is_terminal() {
             return Progress(None);
         }
@@ -172,7 +172,7 @@ impl Progress {
             b.set_position(n as u64);
         }
     }
-    fn done(&self) {
+    pub(crate) fn done(&self) {
         if let Some(b) = &self.0 {
             b.finish_and_clear();
         }
@@ -212,22 +212,26 @@ fn names(refs: Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>) ->
         .collect()
 }
 
-async fn read(
-    args: &Args,
+/// What audit (and adopt) read of a cluster.
+pub(crate) struct Inventory {
+    pub secrets: Vec<SecretInfo>,
+    pub accounts: Vec<AccountInfo>,
+    pub pods: Vec<PodInfo>,
+    pub policy: Option<Policy>,
+    pub states: Vec<CredentialState>,
+    pub scanned: Scanned,
+}
+
+/// Reads every Secret's metadata, the pull secrets' data, service
+/// accounts, pods and pullbroker's policy: of `namespace`, or of every
+/// namespace when it is `None`.
+pub(crate) async fn read(
+    client: &kube::Client,
+    namespace: Option<&str>,
     progress: &Progress,
-) -> Result<(
-    Vec<SecretInfo>,
-    Vec<AccountInfo>,
-    Vec<PodInfo>,
-    Option<Policy>,
-    Vec<CredentialState>,
-    Scanned,
-)> {
-    let client = super::kube_client(args.context.clone()).await?;
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
+) -> Result<Inventory> {
+    let all = namespace.is_none();
+    let namespace = namespace.unwrap_or_default().to_string();
     let scoped = |all: bool| -> Api<Secret> {
         if all {
             Api::all(client.clone())
@@ -235,7 +239,6 @@ async fn read(
             Api::namespaced(client.clone(), &namespace)
         }
     };
-    let all = args.all_namespaces;
     let mut scanned = Scanned {
         scope: if all {
             "all namespaces".into()
@@ -365,7 +368,7 @@ async fn read(
 
     // pullbroker's own objects, when its CRDs are installed.
     progress.stage("pullbroker grants");
-    let (policy, states) = match super::cluster::policy(&client, &|n| progress.set(n)).await? {
+    let (policy, states) = match super::cluster::policy(client, &|n| progress.set(n)).await? {
         None => (None, Vec::new()),
         Some(c) => {
             scanned.pull_grants = Some(c.grants);
@@ -373,14 +376,14 @@ async fn read(
             (Some(c.policy), c.states)
         }
     };
-    Ok((
-        secrets.into_values().collect(),
+    Ok(Inventory {
+        secrets: secrets.into_values().collect(),
         accounts,
         pods,
         policy,
         states,
         scanned,
-    ))
+    })
 }
 
 fn print_table(report: &Report, scanned: &Scanned, counts: &BTreeMap<Severity, usize>) {
@@ -427,8 +430,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let progress = Progress::new();
-    let (secrets, accounts, pods, policy, states, scanned) =
-        runtime.block_on(read(&args, &progress))?;
+    let Inventory {
+        secrets,
+        accounts,
+        pods,
+        policy,
+        states,
+        scanned,
+    } = runtime.block_on(async {
+        let client = super::kube_client(args.context.clone()).await?;
+        let namespace = match (&args.namespace, args.all_namespaces) {
+            (_, true) => None,
+            (Some(n), false) => Some(n.clone()),
+            (None, false) => Some(client.default_namespace().to_string()),
+        };
+        read(&client, namespace.as_deref(), &progress).await
+    })?;
     progress.done();
     let mut hash_key = [0u8; 32];
     getrandom::fill(&mut hash_key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;

@@ -1,3 +1,4 @@
+pub mod adopt;
 pub mod audit;
 pub mod can_i;
 pub mod cluster;

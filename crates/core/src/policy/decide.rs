@@ -278,6 +278,27 @@ impl Policy {
         )
     }
 
+    /// This policy with more documents, the namespaces' labels kept: what
+    /// the cluster would decide once they are applied (`pullbroker adopt`'s
+    /// proof). Problems are those of every document, as in [`Policy::new`].
+    pub fn extended(
+        &self,
+        credentials: Vec<Named<RegistryCredentialSpec>>,
+        grants: Vec<Named<PullGrantSpec>>,
+    ) -> (Policy, Vec<Problem>) {
+        let creds = self
+            .credentials
+            .iter()
+            .map(|(name, spec)| Named {
+                name: name.clone(),
+                spec: spec.clone(),
+            })
+            .chain(credentials)
+            .collect();
+        let grants = self.grants.iter().cloned().chain(grants).collect();
+        Policy::new(creds, grants, self.namespace_labels.clone())
+    }
+
     pub fn credentials(&self) -> &BTreeMap<String, RegistryCredentialSpec> {
         &self.credentials
     }

@@ -157,6 +157,8 @@ struct Inner {
     hung: tokio::sync::watch::Sender<bool>,
     /// Writes carried out before the rest are refused ([`FakeApi::refuse_writes_after`]).
     writes_left: Mutex<Option<usize>>,
+    /// What `/version` answers ([`FakeApi::set_version`]).
+    version: Mutex<(u32, u32)>,
 }
 
 /// The running fake API server.
@@ -337,6 +339,7 @@ impl FakeApi {
             url: url.clone(),
             requests: crate::api_log::Recorder::new(addr.port()),
             hung: tokio::sync::watch::channel(false).0,
+            version: Mutex::new((1, 36)),
             writes_left: Mutex::new(None),
         });
         let app = axum::Router::new()
@@ -451,6 +454,10 @@ impl FakeApi {
     /// requests read, but none is answered until `set_hung(false)`, as an
     /// overloaded or partitioned API server behaves. Held requests are then
     /// answered.
+    pub fn set_version(&self, major: u32, minor: u32) {
+        *self.inner.version.lock().expect("poisoned") = (major, minor);
+    }
+
     pub fn set_hung(&self, hung: bool) {
         self.inner.hung.send_replace(hung);
     }

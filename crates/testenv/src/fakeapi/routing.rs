@@ -160,6 +160,14 @@ pub(super) async fn handle(
         }
         ("GET", "/openid/v1/jwks") => return ([("content-type", "application/jwk-set+json")], inner.issuer.jwks()).into_response(),
         ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => return token_review(&inner, &body),
+        ("GET", "/version") => {
+            // The fields a real v1.36 server answers with, `version.Info`.
+            let (major, minor) = *inner.version.lock().expect("poisoned");
+            return axum::Json(json!({"major": major.to_string(), "minor": minor.to_string(),
+                "gitVersion": format!("v{major}.{minor}.0"), "gitCommit": "fake", "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}))
+            .into_response();
+        }
         // Not Kubernetes: the write counts, for benchmarks in another process.
         ("GET", "/fake/writes") => {
             return axum::Json(inner.store.lock().expect("poisoned").requests.clone()).into_response()
