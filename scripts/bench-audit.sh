@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `pullbroker audit` on a big cluster (issue 13): SECRETS ACCOUNTS PODS
+# `pullbroker audit` and `adopt` on a big cluster (issues 13, 25): SECRETS ACCOUNTS PODS
 # (default 10000 20000 50000) in the fake API server, against the pull-secret
 # guide's curl + jq recipe in the same run (see docs/benchmarks.md).
 set -euo pipefail

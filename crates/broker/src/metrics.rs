@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +26,30 @@ pub struct DecisionLabels {
 pub struct GrantLabels {
     pub grant: String,
     pub purpose: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The matched route (`/v1/exchange`), never the raw path.
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `pinned`, `skipped` or `failed`.
+    pub outcome: &'static str,
+    /// Why it failed (`rate_limited`, `timeout`, …); empty otherwise.
+    pub class: &'static str,
+}
+
+/// Latency buckets from a cached exchange (~1 ms) to the API server's
+/// longest webhook timeout (30 s), with the default 10 s in between.
+const DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +79,9 @@ pub struct Metrics {
     pub grant_last_allowed: Family<GrantLabels, Gauge>,
     /// When this process started counting (the window of the above).
     pub started: Gauge,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub admission_images: Family<AdmissionLabels, Counter>,
+    pub ready: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +106,9 @@ impl Default for Metrics {
             grant_allows: Family::default(),
             grant_last_allowed: Family::default(),
             started: Gauge::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
+            admission_images: Family::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
         };
         m.started
@@ -146,6 +177,21 @@ impl Default for Metrics {
             "started_timestamp_seconds",
             "When this broker started counting grant use",
             m.started.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer each request, by matched route (refusals by the limits included)",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "admission_images",
+            "Images admission reviewed, by outcome and failure class",
+            m.admission_images.clone(),
+        );
+        registry.register(
+            "ready",
+            "Whether /readyz answers ready (1) or not (0), as of this scrape",
+            m.ready.clone(),
         );
         Metrics { registry, ..m }
     }

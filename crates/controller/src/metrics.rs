@@ -3,6 +3,7 @@
 //! Prometheus text format by [`Metrics::render`] (a dozen lines of a fixed
 //! format — a registry crate would add types, not correctness).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
@@ -37,6 +38,18 @@ pub struct Metrics {
     pub rotation_lag_seconds: AtomicI64,
     /// Namespaces whose last reconcile failed (waiting out their backoff).
     pub backing_off: AtomicI64,
+    /// Each RegistryCredential as the last status pass found it.
+    pub credentials: std::sync::Mutex<BTreeMap<String, CredentialGauge>>,
+}
+
+/// One credential's state for `/metrics`: what its `Ready` condition says,
+/// when what it serves expires (exec sources), and whether its source's
+/// last refresh failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialGauge {
+    pub ready: bool,
+    pub expires_at: Option<i64>,
+    pub refresh_failing: bool,
 }
 
 impl Metrics {
@@ -173,6 +186,38 @@ impl Metrics {
             "gauge",
             "How far past its rotation time the most overdue managed secret is",
             &[("", self.rotation_lag_seconds.load(Ordering::Relaxed))],
+        );
+        // Credential names are DNS subdomains: nothing to escape in a label.
+        let creds = self.credentials.lock().expect("poisoned").clone();
+        let per = |f: &dyn Fn(&CredentialGauge) -> Option<i64>| -> Vec<(String, i64)> {
+            creds
+                .iter()
+                .filter_map(|(name, g)| f(g).map(|v| (format!("{{credential=\"{name}\"}}"), v)))
+                .collect()
+        };
+        fn borrow(v: &[(String, i64)]) -> Vec<(&str, i64)> {
+            v.iter().map(|(l, n)| (l.as_str(), *n)).collect()
+        }
+        let ready = per(&|g| Some(i64::from(g.ready)));
+        let expiry = per(&|g| g.expires_at);
+        let failing = per(&|g| Some(i64::from(g.refresh_failing)));
+        one(
+            "credential_ready",
+            "gauge",
+            "Whether each RegistryCredential is Ready (1) or not (0), as its status says",
+            &borrow(&ready),
+        );
+        one(
+            "credential_expiry_timestamp_seconds",
+            "gauge",
+            "When what each refreshing credential serves now expires",
+            &borrow(&expiry),
+        );
+        one(
+            "credential_refresh_failing",
+            "gauge",
+            "Whether each refreshing credential's last refresh failed (1: the previous one is served until it expires)",
+            &borrow(&failing),
         );
         out
     }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::CredentialGauge;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::ResourceExt;
@@ -209,17 +210,26 @@ async fn write_all(ctx: &Context) {
         .store(lag, std::sync::atomic::Ordering::Relaxed);
     let creds: Api<RegistryCredential> = Api::all(ctx.client.clone());
     let runtimes = ctx.runtimes(&policy);
+    let mut gauges = BTreeMap::new();
     for c in all_creds.iter() {
         let name = c.name_any();
         let old = c.status.clone().unwrap_or_default();
         let generation = c.metadata.generation;
-        let (ok, reason, message) = match problems
+        let (ok, reason, message, gauge) = match problems
             .iter()
             .find(|p| p.is_about(DocumentKind::RegistryCredential, &name))
         {
-            Some(p) => (false, "Invalid", p.message.clone()),
+            Some(p) => (false, "Invalid", p.message.clone(), None),
             None => credential_verdict(runtimes.get(&name), &name, now, rotate_after).await,
         };
+        gauges.insert(
+            name.clone(),
+            gauge.unwrap_or(CredentialGauge {
+                ready: false,
+                expires_at: None,
+                refresh_failing: false,
+            }),
+        );
         let (last, next) = times.get(&name).copied().unwrap_or((i64::MIN, i64::MAX));
         let verdict = Ready {
             ok,
@@ -238,9 +248,11 @@ async fn write_all(ctx: &Context) {
             }
         }
     }
+    *ctx.metrics.credentials.lock().expect("poisoned") = gauges;
 }
 
-/// A valid credential's readiness, from what it offers now: the same
+/// A valid credential's readiness (and its gauge for `/metrics`, when it
+/// offers something), from what it offers now: the same
 /// [`CredentialRuntime::current`] that issuing and the broker use, so the
 /// status says what a consumer would get.
 async fn credential_verdict(
@@ -248,8 +260,8 @@ async fn credential_verdict(
     name: &str,
     now: i64,
     rotate_after: f64,
-) -> (bool, &'static str, String) {
-    let unavailable = |why: String| (false, "SourceUnavailable", why);
+) -> (bool, &'static str, String, Option<CredentialGauge>) {
+    let unavailable = |why: String| (false, "SourceUnavailable", why, None);
     match runtime {
         // Valid documents always have a runtime; a race with a policy
         // change between the two reads lands here until the next pass.
@@ -257,16 +269,28 @@ async fn credential_verdict(
         Some(Err(e)) => unavailable(e.to_string()),
         Some(Ok(runtime)) => match runtime.current(name, now, rotate_after).await {
             Err(u) => unavailable(u.cause.to_string()),
-            Ok(c) => match c.refresh_failed() {
-                Some(e) => unavailable(format!(
-                    "{e}; the previous credential is served until it expires"
-                )),
-                None => (
-                    true,
-                    "SourceAvailable",
-                    "credential source is available".to_string(),
-                ),
-            },
+            Ok(c) => {
+                let failed = c.refresh_failed().map(ToString::to_string);
+                let gauge = CredentialGauge {
+                    ready: failed.is_none(),
+                    expires_at: c.expires_at(),
+                    refresh_failing: failed.is_some(),
+                };
+                match failed {
+                    Some(e) => (
+                        false,
+                        "SourceUnavailable",
+                        format!("{e}; the previous credential is served until it expires"),
+                        Some(gauge),
+                    ),
+                    None => (
+                        true,
+                        "SourceAvailable",
+                        "credential source is available".to_string(),
+                        Some(gauge),
+                    ),
+                }
+            }
         },
     }
 }

@@ -1,11 +1,14 @@
-//! `pullbroker audit` on a big cluster (issue 13): SECRETS secrets (a third
-//! of them pull secrets), ACCOUNTS service accounts and PODS pods in 500
-//! namespaces, served by the fake API server in its own process. Measures
-//! the audit's wall time and peak RSS (wait4), against the pull-secret
-//! guide's own recipe as the peer, in the same run: the same list calls
-//! (curl, as kubectl would make them without discovery) and the guide's jq
-//! steps — the registries of every dockerconfigjson secret and the pods
-//! without imagePullSecrets — which answer far less.
+//! `pullbroker audit` and `pullbroker adopt` on a big cluster (issues 13
+//! and 25): SECRETS secrets (a third of them pull secrets, a fifth of those
+//! copies of one credential across 100 namespaces), ACCOUNTS service
+//! accounts and PODS pods in 500 namespaces, served by the fake API server
+//! in its own process. Measures wall time and peak RSS (wait4), against the
+//! pull-secret guide's own recipe as the peer, in the same run: the same
+//! list calls (curl, as kubectl would make them without discovery) and the
+//! guide's jq steps — the registries of every dockerconfigjson secret and
+//! the pods without imagePullSecrets — which answer far less. Adopt reads
+//! what audit reads (plus Knative Services and /version) and is compared
+//! with audit.
 //!
 //! `scripts/bench-audit.sh [SECRETS] [ACCOUNTS] [PODS]` (10000 20000 50000).
 
@@ -68,8 +71,8 @@ async fn seed(
         let ns = i % NAMESPACES;
         let path = format!("/api/v1/namespaces/ns-{ns}/secrets");
         if i % 3 == 0 {
-            // Every 50th pull secret is a copy of one shared credential.
-            let user = if i % 150 == 0 { "shared".to_string() } else { format!("user-{i}") };
+            // Every 5th pull secret is a copy of one shared credential.
+            let user = if i % 15 == 0 { "shared".to_string() } else { format!("user-{i}") };
             let config = json!({"auths": {"registry.corp.example": {"username": user, "password": format!("pw-{}", if user == "shared" { 0 } else { i })}}});
             (path, json!({"metadata": {"name": format!("pull-{i}")}, "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&config.to_string())}}))
         } else {
@@ -160,6 +163,13 @@ fn main() -> Result<()> {
             .env_remove("KUBERNETES_SERVICE_HOST");
         c
     };
+    let adopt = || {
+        let mut c = Command::new(&pullbroker);
+        c.args(["adopt", "-o", "json"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        c
+    };
     let recipe = format!(
         "curl -sf '{base}/api/v1/secrets?fieldSelector=type%3Dkubernetes.io%2Fdockerconfigjson' \
          | jq -r '[.items[].data[\".dockerconfigjson\"] | @base64d | fromjson | .auths | keys[]] | unique | .[]' >/dev/null \
@@ -175,14 +185,18 @@ fn main() -> Result<()> {
     let (_, _, out) = exec_measured(&mut audit(), b"")?;
     let report: Value = serde_json::from_slice(&out).context("audit output")?;
     exec_measured(&mut peer(), b"")?;
-    let (mut a, mut p) = (Vec::new(), Vec::new());
+    let (_, _, out) = exec_measured(&mut adopt(), b"")?;
+    let plan: Value = serde_json::from_slice(&out).context("adopt output")?;
+    let (mut a, mut p, mut o) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let (d, rss, _) = exec_measured(&mut audit(), b"")?;
         a.push((d, rss));
         let (d, rss, _) = exec_measured(&mut peer(), b"")?;
         p.push((d, rss));
+        let (d, rss, _) = exec_measured(&mut adopt(), b"")?;
+        o.push((d, rss));
     }
-    let ((ad, ar), (pd, pr)) = (median(a), median(p));
+    let ((ad, ar), (pd, pr), (od, or)) = (median(a), median(p), median(o));
     println!("cluster: {secrets} secrets ({} pull secrets), {accounts} service accounts, {pods} pods, {NAMESPACES} namespaces; median of {RUNS}", report["scanned"]["pullSecrets"]);
     println!("{:<34} {:>9} {:>12}", "", "wall", "peak RSS");
     println!(
@@ -190,6 +204,12 @@ fn main() -> Result<()> {
         "pullbroker audit -A -o json",
         ad.as_secs_f64(),
         ar / 1024
+    );
+    println!(
+        "{:<34} {:>8.2}s {:>9} MiB",
+        "pullbroker adopt -o json",
+        od.as_secs_f64(),
+        or / 1024
     );
     println!(
         "{:<34} {:>8.2}s {:>9} MiB",
@@ -201,6 +221,19 @@ fn main() -> Result<()> {
         "ratio audit/recipe: wall {:.2}x, RSS {:.2}x",
         ad.as_secs_f64() / pd.as_secs_f64(),
         ar as f64 / pr as f64
+    );
+    println!(
+        "ratio adopt/audit: wall {:.2}x, RSS {:.2}x",
+        od.as_secs_f64() / ad.as_secs_f64(),
+        or as f64 / ar as f64
+    );
+    println!(
+        "adopt planned {} credential(s), {} grant(s), proved {} (pod, image) pair(s) ({} broken), {} clean-up steps",
+        plan["credentials"].as_array().map_or(0, Vec::len),
+        plan["grants"].as_array().map_or(0, Vec::len),
+        plan["proof"]["checked"],
+        plan["proof"]["broken"].as_array().map_or(0, Vec::len),
+        plan["cleanup"].as_array().map_or(0, Vec::len),
     );
     let mut by_code = std::collections::BTreeMap::<String, usize>::new();
     for f in report["findings"].as_array().into_iter().flatten() {

@@ -22,6 +22,7 @@ use pullbroker_core::policy::{FailurePolicy, Purpose, Request, Subject, Target};
 use super::resolve::{resolve_central, Failure};
 use super::{error, AppState};
 use crate::config::Snapshot;
+use crate::metrics::AdmissionLabels;
 
 /// The API server's default `timeoutSeconds`.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -146,6 +147,18 @@ async fn review(
     let (mut pinned, mut skipped, mut failed, mut denials) = (vec![], vec![], vec![], vec![]);
     for (slot, outcome) in spec.slots.iter().zip(outcomes) {
         let at = format!("{}[{}]", slot.list, slot.container);
+        let (counted, class) = match &outcome {
+            Outcome::Pin(_) => ("pinned", ""),
+            Outcome::Leave(_) => ("skipped", ""),
+            Outcome::Failed { failure, .. } => ("failed", failure.class),
+        };
+        st.metrics
+            .admission_images
+            .get_or_create(&AdmissionLabels {
+                outcome: counted,
+                class,
+            })
+            .inc();
         match outcome {
             Outcome::Pin(value) => {
                 pinned.push(format!("{at}={value}"));

@@ -245,6 +245,10 @@ impl Broker {
             .route("/readyz", get(ops::readyz))
             .route("/metrics", get(ops::metrics))
             .layer(DefaultBodyLimit::max(256 * 1024))
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                timed,
+            ))
             .with_state(self.state.clone())
     }
 
@@ -394,6 +398,27 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<String> {
 fn admission_route() -> axum::routing::MethodRouter<Arc<AppState>> {
     // The API server sends objects up to its own 3 MiB request limit.
     post(admission::pin).layer(DefaultBodyLimit::max(3 * 1024 * 1024))
+}
+
+/// Times every answer by its matched route, refusals by the limits and
+/// timeouts included (this layer wraps theirs).
+async fn timed(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .request_duration
+        .get_or_create(&crate::metrics::RouteLabels { route })
+        .observe(start.elapsed().as_secs_f64());
+    resp
 }
 
 async fn in_flight(

@@ -97,23 +97,21 @@ pub(super) async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 /// with `policySource: kubernetes`, the cluster's policy has arrived; 503
 /// with the reason otherwise.
 pub(super) async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let d = dependencies(&st);
+    match readiness(&dependencies(&st)) {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+fn readiness(d: &Dependencies) -> Result<(), String> {
     if d.kubernetes && !d.policy_arrived {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the policy from the cluster",
-        )
-            .into_response();
+        return Err("waiting for the policy from the cluster".into());
     }
     if d.keys == 0 {
-        let why = d.keys_error.unwrap_or_else(|| "not fetched yet".into());
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no service-account issuer keys loaded: {why}"),
-        )
-            .into_response();
+        let why = d.keys_error.as_deref().unwrap_or("not fetched yet");
+        return Err(format!("no service-account issuer keys loaded: {why}"));
     }
-    (StatusCode::OK, "ok").into_response()
+    Ok(())
 }
 
 pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
@@ -124,6 +122,7 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     m.issuer_keys.set(d.keys as i64);
     m.issuer_keys_age_seconds
         .set(d.keys_age.map_or(-1, |a| a as i64));
+    m.ready.set(i64::from(readiness(&d).is_ok()));
     (
         [(
             header::CONTENT_TYPE,
