@@ -113,6 +113,16 @@ impl Default for Metrics {
         };
         m.started
             .set(pullbroker_core::time::UnixTime::from_system(std::time::SystemTime::now()).0);
+        // Series the alerts rate() over exist from the start at 0, so a
+        // first refusal or failure is an increase, not a new series.
+        for reason in ["overloaded", "timeout"] {
+            let _ = m.limited_requests.get_or_create(&LimitLabels { reason });
+        }
+        for outcome in ["pinned", "skipped"] {
+            let _ = m
+                .admission_images
+                .get_or_create(&AdmissionLabels { outcome, class: "" });
+        }
         registry.register(
             "requests",
             "HTTP requests by endpoint and status",

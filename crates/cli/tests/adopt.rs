@@ -11,9 +11,7 @@
 //! the broker serves every pod's images with the credential its copy held.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
@@ -23,14 +21,16 @@ use pullbroker_core::audit::pull_secret_config;
 use pullbroker_core::policy::model::{PullGrant, RegistryCredential};
 use pullbroker_core::policy::{Named, Policy, Purpose, Request, Subject, Target};
 use pullbroker_core::{DockerConfig, Reference};
-use pullbroker_testenv::api_log;
 use pullbroker_testenv::fakeapi::FakeApi;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use serde_json::{json, Value};
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/procs.rs"]
+mod procs;
 use cluster::{b64, config, Cluster};
+use procs::{exchange, pod_token};
 
 const TEAMS: usize = 200;
 const REG: &str = "registry.corp.example";
@@ -617,8 +617,7 @@ async fn adopt_plans_proves_and_applies_grants_that_keep_every_pod_pulling() {
 
     // Applied: the broker, reading the cluster, answers every pod's images
     // with the credential its copy held.
-    let broker = Broker::start(&c.fake, dir.path());
-    broker.wait_ready();
+    let broker = procs::broker(&c.fake, dir.path());
     for ((ns, name, image), password) in &pulls {
         let token = pod_token(
             &c.fake,
@@ -626,7 +625,7 @@ async fn adopt_plans_proves_and_applies_grants_that_keep_every_pod_pulling() {
             name,
             &before.pods[&(ns.clone(), name.clone())].service_account,
         );
-        let (status, body) = broker.exchange(&token, image);
+        let (status, body) = exchange(&broker.url, &token, image);
         assert_eq!(status, 200, "{ns}/{name} {image}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
@@ -636,7 +635,7 @@ async fn adopt_plans_proves_and_applies_grants_that_keep_every_pod_pulling() {
         );
     }
     let token = pod_token(&c.fake, "outsider", "web-0", "app");
-    assert_eq!(broker.exchange(&token, &web).0, 403);
+    assert_eq!(exchange(&broker.url, &token, &web).0, 403);
 }
 
 /// `--mode sync`: grants also allow sync, with the upstream copy opted in
@@ -677,118 +676,4 @@ async fn sync_mode_is_chosen_for_clusters_without_kep_4412() {
     assert!(text.contains("every one allowed"), "{text}");
     assert!(text.contains("delete Secret a/regcred"), "{text}");
     assert!(!text.contains(CANARY));
-}
-
-/// A token for `sa` bound to the pod, as kubelet requests one.
-fn pod_token(fake: &FakeApi, ns: &str, pod: &str, sa: &str) -> String {
-    let (_, p) = http(
-        &fake.url,
-        "GET",
-        &format!("/api/v1/namespaces/{ns}/pods/{pod}"),
-        "",
-    );
-    let p: Value = serde_json::from_str(&p).unwrap();
-    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["pullbroker"], "expirationSeconds": 600,
-        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": p["metadata"]["uid"]}}});
-    let (status, out) = http(
-        &fake.url,
-        "POST",
-        &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"),
-        &body.to_string(),
-    );
-    assert_eq!(status, 201, "{out}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["status"]["token"].as_str().unwrap().to_string()
-}
-
-fn http(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let addr = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        out.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    )
-}
-
-/// `pullbroker serve` with the policy from the cluster, on loopback HTTP.
-struct Broker {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Broker {
-    fn start(fake: &FakeApi, dir: &std::path::Path) -> Broker {
-        let kubeconfig = dir.join("broker-kubeconfig");
-        std::fs::write(&kubeconfig, fake.kubeconfig_as(api_log::BROKER)).unwrap();
-        std::fs::write(dir.join("sa-token"), api_log::BROKER).unwrap();
-        let config = dir.join("broker.yaml");
-        std::fs::write(&config, format!("apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nmetadata: {{name: b}}\nspec:\n  insecurePlainHttp: true\n  policySource: kubernetes\n  serviceAccountIssuer:\n    issuer: {KUBE_ISSUER}\n    jwksUrl: {}/openid/v1/jwks\n    tokenFile: sa-token\n", fake.url)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .env("KUBECONFIG", &kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Log lines are read on a thread to the end, so the pipe never fills.
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let url = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("serve logs its address");
-            let json: Value = serde_json::from_str(&line).unwrap_or_default();
-            if json["message"] == "pullbroker serving" {
-                break format!("http://{}", json["address"].as_str().unwrap());
-            }
-        };
-        Broker { child, url }
-    }
-
-    fn wait_ready(&self) {
-        let start = Instant::now();
-        while http(&self.url, "GET", "/readyz", "").0 != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "broker not ready"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn exchange(&self, token: &str, image: &str) -> (u16, String) {
-        http(
-            &self.url,
-            "POST",
-            "/v1/exchange",
-            &json!({"token": token, "image": image}).to_string(),
-        )
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        pullbroker_testenv::process::terminate(&self.child);
-        let _ = self.child.wait();
-    }
 }

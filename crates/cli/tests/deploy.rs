@@ -931,3 +931,74 @@ fn the_shipped_rbac_allows_every_request_the_suite_made_and_nothing_unused() {
         ours.len()
     );
 }
+
+#[test]
+fn the_monitoring_component_scrapes_the_broker_and_controller_it_ships_with() {
+    let objects = render_with("sync", &["monitoring"]);
+    let find = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    for doc in objects
+        .iter()
+        .filter(|o| !["ServiceMonitor", "PrometheusRule"].contains(&o["kind"].as_str().unwrap()))
+    {
+        round_trip(doc).unwrap_or_else(|e| panic!("{}: {e}", name(doc)));
+    }
+    // Each ServiceMonitor selects exactly one Service, by its labels, and
+    // scrapes a port that Service names, which targets a container port of
+    // the Deployment that Service selects.
+    for (monitor, deployment) in [
+        ("pullbroker-broker", "pullbroker-broker"),
+        ("pullbroker-controller", "pullbroker-controller"),
+    ] {
+        let sm = find("ServiceMonitor", monitor);
+        let selector = sm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+        let services: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Service")
+            .filter(|o| {
+                selector
+                    .iter()
+                    .all(|(k, v)| o["metadata"]["labels"][k] == *v)
+            })
+            .collect();
+        assert_eq!(services.len(), 1, "{monitor} selects {services:?}");
+        let endpoint = &sm["spec"]["endpoints"][0];
+        let port = services[0]["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == endpoint["port"])
+            .unwrap_or_else(|| panic!("{monitor}: no port {}", endpoint["port"]));
+        let d = find("Deployment", deployment);
+        let container_ports = &d["spec"]["template"]["spec"]["containers"][0]["ports"];
+        assert!(
+            container_ports
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == port["targetPort"]),
+            "{monitor}: {} targets no container port of {deployment}",
+            port["targetPort"]
+        );
+        assert_eq!(endpoint["path"], "/metrics");
+    }
+    // The broker is scraped over TLS, verified: never insecureSkipVerify.
+    let broker = &find("ServiceMonitor", "pullbroker-broker")["spec"]["endpoints"][0];
+    assert_eq!(broker["scheme"], "https");
+    assert_eq!(
+        broker["tlsConfig"]["ca"]["secret"]["name"],
+        "pullbroker-broker-tls"
+    );
+    assert!(broker["tlsConfig"]["insecureSkipVerify"].is_null());
+    let rules = find("PrometheusRule", "pullbroker");
+    assert_eq!(rules["metadata"]["namespace"], "pullbroker-system");
+    let dashboard = find("ConfigMap", "pullbroker-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["pullbroker.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json["uid"], "pullbroker");
+}
