@@ -600,8 +600,34 @@ async fn adopt_plans_proves_and_applies_grants_that_keep_every_pod_pulling() {
         ]),
         "server-side applies of credentials and grants only: nothing deleted or patched"
     );
-    // Again: server-side apply converges.
-    assert!(adopt(&kubeconfig, &["--apply"]).status.success());
+    // Again: the same documents (the cluster's are the plan's own, not
+    // names taken), applied in place.
+    let again = adopt(&kubeconfig, &["-o", "json"]);
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let names = |p: &Value, what: &str| -> Vec<String> {
+        p[what]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&again, "credentials"), names(&plan, "credentials"));
+    assert_eq!(names(&again, "grants"), names(&plan, "grants"));
+    let before_again = c.fake.writes();
+    let out = adopt(&kubeconfig, &["--apply"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after_again = c.fake.writes();
+    let delta = |k: &str| after_again.get(k).unwrap_or(&0) - before_again.get(k).unwrap_or(&0);
+    assert_eq!(
+        (delta("apply pullgrants"), delta("create pullgrants")),
+        (pgs.len(), 0)
+    );
     let can_i = |user: &str, image: &str| {
         Command::new(env!("CARGO_BIN_EXE_pullbroker"))
             .args(["can-i", "--from-cluster", "--as", user, "pull", image])
@@ -615,8 +641,54 @@ async fn adopt_plans_proves_and_applies_grants_that_keep_every_pod_pulling() {
     assert_eq!(can_i("system:serviceaccount:team-5:app", &web), Some(0));
     assert_eq!(can_i("system:serviceaccount:outsider:app", &web), Some(1));
 
-    // Applied: the broker, reading the cluster, answers every pod's images
-    // with the credential its copy held.
+    // Applied and the controller run: every credential and grant it wrote
+    // is Ready by the controller's own status.
+    let _controller = procs::controller(&c.fake, dir.path());
+    let ready = |v: &Value| {
+        v["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let (_, grants) = procs::http(
+            &c.fake.url,
+            "GET",
+            "/apis/pullbroker.dev/v1alpha1/pullgrants",
+            "",
+        );
+        let (_, creds) = procs::http(
+            &c.fake.url,
+            "GET",
+            "/apis/pullbroker.dev/v1alpha1/registrycredentials",
+            "",
+        );
+        let (grants, creds): (Value, Value) = (
+            serde_json::from_str(&grants).unwrap(),
+            serde_json::from_str(&creds).unwrap(),
+        );
+        let items = |v: &Value| v["items"].as_array().unwrap().clone();
+        let not_ready: Vec<Value> = items(&grants)
+            .into_iter()
+            .chain(items(&creds))
+            .filter(|o| !ready(o))
+            .map(|o| json!([o["kind"], o["metadata"]["name"], o["status"]]))
+            .collect();
+        if not_ready.is_empty() && items(&grants).len() == pgs.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "not Ready: {not_ready:?}; {} grants of {}",
+            items(&grants).len(),
+            pgs.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // The broker, reading the cluster, answers every pod's images with the
+    // credential its copy held: the proof, after the fact.
     let broker = procs::broker(&c.fake, dir.path());
     for ((ns, name, image), password) in &pulls {
         let token = pod_token(

@@ -233,6 +233,9 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
     let mut values: BTreeMap<ValueKey, Value<'_>> = BTreeMap::new();
     // Values each secret holds (a secret may hold several).
     let mut held: BTreeMap<(&str, &str), Vec<ValueKey>> = BTreeMap::new();
+    // The system namespace's pull secrets: central, never copies (an
+    // earlier `adopt --apply` wrote some of them).
+    let mut central: BTreeMap<&str, Vec<ValueKey>> = BTreeMap::new();
     for s in inp.secrets.iter().filter(|s| !is_managed(s)) {
         let Ok(config) = crate::audit::pull_secret_config(&s.type_, s.config.as_deref()) else {
             continue; // not a pull secret, or one kubelet cannot use either
@@ -247,6 +250,10 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
         for (id, mut keys) in by_id {
             keys.sort();
             let key = (keys.clone(), id);
+            if s.namespace == inp.options.system_namespace {
+                central.entry(s.name.as_str()).or_default().push(key);
+                continue;
+            }
             let value = values.entry(key.clone()).or_insert_with(|| {
                 let subset = config.retain(|e| keys.iter().any(|k| k == e.key()));
                 Value {
@@ -312,22 +319,22 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
         }
     }
 
-    // Names taken: the cluster's documents and the system namespace's Secrets.
-    let mut credential_names: BTreeSet<String> = inp
-        .policy
-        .map(|p| p.credentials().keys().cloned().collect())
-        .unwrap_or_default();
-    credential_names.extend(
-        inp.secrets
+    // Names this plan gives out; a name the cluster already has is taken
+    // unless it is this plan's own from an earlier run (so `--apply` run
+    // again converges instead of adding `-2`s).
+    let mut credential_names: BTreeSet<String> = BTreeSet::new();
+    let mut grant_names: BTreeSet<String> = BTreeSet::new();
+    let existing_credential = |name: &str| inp.policy.and_then(|p| p.credentials().get(name));
+    let credential_taken = |name: &str, value: &ValueKey| {
+        let by_document = existing_credential(name)
+            .is_some_and(|c| c.source.secret_ref.as_ref().map(|r| r.name.as_str()) != Some(name));
+        let by_secret = inp
+            .secrets
             .iter()
-            .filter(|s| s.namespace == inp.options.system_namespace)
-            .map(|s| s.name.clone()),
-    );
-    let mut grant_names: BTreeSet<String> = inp
-        .policy
-        .map(|p| p.grants().iter().map(|g| g.name.clone()).collect())
-        .unwrap_or_default();
-
+            .any(|s| s.namespace == inp.options.system_namespace && s.name == name)
+            && central.get(name) != Some(&vec![value.clone()]);
+        by_document || by_secret
+    };
     let mut credentials = Vec::new();
     let mut grants = Vec::new();
     let mut pulls: Vec<(&PodInfo, String)> = Vec::new();
@@ -367,7 +374,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
             } else {
                 format!("{base}-previous-{rank}")
             };
-            let name = unique(&wanted, &mut credential_names);
+            let name = unique(&wanted, &mut credential_names, |n| credential_taken(n, key));
             if name != wanted {
                 notes.push(Finding {
                     severity: Severity::Info,
@@ -581,7 +588,13 @@ fn grants_for(
                     purposes.push(Purpose::Resolve);
                 }
                 PlannedGrant {
-                    name: unique(&wanted, taken),
+                    name: unique(&wanted, taken, |n| {
+                        inp.policy.is_some_and(|p| {
+                            p.grants()
+                                .iter()
+                                .any(|g| g.name == n && g.spec.credential != credential)
+                        })
+                    }),
                     spec: PullGrantSpec {
                         credential: credential.to_string(),
                         subjects: Subjects {
@@ -659,15 +672,16 @@ fn family_name<'a>(holders: impl Iterator<Item = &'a &'a SecretInfo>) -> String 
     }
 }
 
-/// `wanted`, or `wanted-2`, `wanted-3`, … whichever is free; marks it taken.
-fn unique(wanted: &str, taken: &mut BTreeSet<String>) -> String {
+/// `wanted`, or `wanted-2`, `wanted-3`, … whichever neither this plan
+/// (`planned`) nor the cluster (`taken`) uses; marks it planned.
+fn unique(wanted: &str, planned: &mut BTreeSet<String>, taken: impl Fn(&str) -> bool) -> String {
     let mut name = wanted.to_string();
     let mut n = 2;
-    while taken.contains(&name) {
+    while planned.contains(&name) || taken(&name) {
         name = format!("{wanted}-{n}");
         n += 1;
     }
-    taken.insert(name.clone());
+    planned.insert(name.clone());
     name
 }
 

@@ -361,3 +361,98 @@ fn a_copy_in_one_namespace_only_is_not_adopted() {
     let plan = run(&secrets, &[], &pods, false);
     assert!(plan.credentials.is_empty() && plan.grants.is_empty() && plan.cleanup.is_empty());
 }
+
+#[test]
+fn a_second_run_reuses_its_own_names_and_avoids_everyone_elses() {
+    use pullbroker_core::policy::model::{
+        CredentialSource, PullGrantSpec, RegistryCredentialSpec, SecretRef, Subjects,
+    };
+    use pullbroker_core::policy::{Named, Policy};
+    let secrets = vec![
+        secret("a", "regcred", 1, json!({REG: basic("bot", "pw")})),
+        secret("b", "regcred", 1, json!({REG: basic("bot", "pw")})),
+        // What the first run applied: the central copy of the same value.
+        secret(
+            "pullbroker-system",
+            "regcred",
+            2,
+            json!({REG: basic("bot", "pw")}),
+        ),
+    ];
+    let pods = [
+        pod("a", "p", "default", &[&format!("{REG}/x:1")], &["regcred"]),
+        pod("b", "p", "default", &[&format!("{REG}/x:1")], &["regcred"]),
+    ];
+    let cred = |secret: &str| RegistryCredentialSpec {
+        registries: vec![REG.into()],
+        source: CredentialSource {
+            secret_ref: Some(SecretRef {
+                name: secret.into(),
+            }),
+            ..Default::default()
+        },
+    };
+    let grant = |credential: &str| PullGrantSpec {
+        credential: credential.into(),
+        subjects: Subjects {
+            namespaces: vec!["a".into(), "b".into()],
+            namespace_selector: None,
+            service_accounts: vec!["default".into()],
+        },
+        repositories: vec!["x".into()],
+        purposes: vec![Purpose::Pull],
+        ttl: None,
+        resolvers: vec![],
+        allow_upstream_copy: false,
+        allow_static_copy: false,
+        admission: None,
+    };
+    let plan_with = |policy: &Policy| {
+        adopt::plan(&Inputs {
+            secrets: &secrets,
+            accounts: &[],
+            pods: &pods,
+            policy: Some(policy),
+            resolving_namespaces: &BTreeSet::new(),
+            options: Options {
+                system_namespace: "pullbroker-system".into(),
+                sync: false,
+            },
+        })
+    };
+    // Its own: same names, and the central Secret is not a copy to delete.
+    let (ours, problems) = Policy::new(
+        vec![Named {
+            name: "regcred".into(),
+            spec: cred("regcred"),
+        }],
+        vec![Named {
+            name: "regcred".into(),
+            spec: grant("regcred"),
+        }],
+        BTreeMap::new(),
+    );
+    assert!(problems.is_empty());
+    let plan = plan_with(&ours);
+    assert!(plan.is_safe(), "{:?}", plan.proof);
+    assert_eq!(plan.credentials[0].name, "regcred");
+    assert_eq!(plan.grants[0].name, "regcred");
+    assert!(!plan.cleanup.iter().any(|s| matches!(s,
+        Step::DeleteSecret { secret, .. } if secret.namespace == "pullbroker-system")));
+    // Someone else's credential and grant of that name: new names.
+    let (theirs, _) = Policy::new(
+        vec![Named {
+            name: "regcred".into(),
+            spec: cred("other-secret"),
+        }],
+        vec![Named {
+            name: "regcred".into(),
+            spec: grant("regcred"),
+        }],
+        BTreeMap::new(),
+    );
+    let plan = plan_with(&theirs);
+    assert_eq!(plan.credentials[0].name, "regcred-2");
+    assert_eq!(plan.grants[0].name, "regcred-2");
+    assert!(plan.is_safe());
+}

@@ -278,25 +278,34 @@ impl Policy {
         )
     }
 
-    /// This policy with more documents, the namespaces' labels kept: what
-    /// the cluster would decide once they are applied (`pullbroker adopt`'s
-    /// proof). Problems are those of every document, as in [`Policy::new`].
+    /// This policy with `credentials` and `grants` applied, the namespaces'
+    /// labels kept: what the cluster would decide once they are (`pullbroker
+    /// adopt`'s proof). A document named like one the policy has replaces
+    /// it, as applying it would. Problems are those of every document, as
+    /// in [`Policy::new`].
     pub fn extended(
         &self,
         credentials: Vec<Named<RegistryCredentialSpec>>,
         grants: Vec<Named<PullGrantSpec>>,
     ) -> (Policy, Vec<Problem>) {
-        let creds = self
-            .credentials
+        let mut creds: BTreeMap<String, RegistryCredentialSpec> = self.credentials.clone();
+        creds.extend(credentials.into_iter().map(|c| (c.name, c.spec)));
+        let mut all: BTreeMap<String, PullGrantSpec> = self
+            .grants
             .iter()
-            .map(|(name, spec)| Named {
-                name: name.clone(),
-                spec: spec.clone(),
-            })
-            .chain(credentials)
+            .map(|g| (g.name.clone(), g.spec.clone()))
             .collect();
-        let grants = self.grants.iter().cloned().chain(grants).collect();
-        Policy::new(creds, grants, self.namespace_labels.clone())
+        all.extend(grants.into_iter().map(|g| (g.name, g.spec)));
+        Policy::new(
+            creds
+                .into_iter()
+                .map(|(name, spec)| Named { name, spec })
+                .collect(),
+            all.into_iter()
+                .map(|(name, spec)| Named { name, spec })
+                .collect(),
+            self.namespace_labels.clone(),
+        )
     }
 
     pub fn credentials(&self) -> &BTreeMap<String, RegistryCredentialSpec> {
