@@ -35,6 +35,16 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    /// `host[:port]`; `other` past [`MAX_REGISTRY_LABELS`] distinct ones.
+    pub registry: String,
+}
+
+/// Distinct registries counted by name: the broker only contacts
+/// registries a credential names, but a `*.` pattern could name many.
+pub const MAX_REGISTRY_LABELS: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
     /// `pinned`, `skipped` or `failed`.
     pub outcome: &'static str,
@@ -82,6 +92,7 @@ pub struct Metrics {
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub admission_images: Family<AdmissionLabels, Counter>,
     pub ready: Gauge,
+    pub registry_rate_limited: Family<RegistryLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,6 +120,7 @@ impl Default for Metrics {
             request_duration: Family::new_with_constructor(duration_histogram),
             admission_images: Family::default(),
             ready: Gauge::default(),
+            registry_rate_limited: Family::default(),
             registry: Registry::default(),
         };
         m.started
@@ -199,6 +211,11 @@ impl Default for Metrics {
             m.admission_images.clone(),
         );
         registry.register(
+            "registry_rate_limited",
+            "429 Too Many Requests answers, by registry",
+            m.registry_rate_limited.clone(),
+        );
+        registry.register(
             "ready",
             "Whether /readyz answers ready (1) or not (0), as of this scrape",
             m.ready.clone(),
@@ -208,6 +225,26 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The registry client's hook: counts each 429 under its registry.
+    pub fn on_rate_limited(&self) -> pullbroker_registry::OnRateLimited {
+        let family = self.registry_rate_limited.clone();
+        let seen = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
+        pullbroker_registry::OnRateLimited(std::sync::Arc::new(move |registry: &str| {
+            let label = {
+                let mut seen = seen.lock().expect("poisoned");
+                if seen.contains(registry) || seen.len() < MAX_REGISTRY_LABELS {
+                    seen.insert(registry.to_string());
+                    registry.to_string()
+                } else {
+                    "other".to_string()
+                }
+            };
+            family
+                .get_or_create(&RegistryLabels { registry: label })
+                .inc();
+        }))
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -33,6 +33,7 @@ struct Pinning {
     dead: String,
     _dead_port: pullbroker_testenv::net::RefusedPort,
     hung: String,
+    limited: Limited,
     cert: Arc<ReloadingCert>,
     server: tokio::task::JoinHandle<()>,
     _hung_listener: std::thread::JoinHandle<()>,
@@ -41,6 +42,7 @@ struct Pinning {
 impl Drop for Pinning {
     fn drop(&mut self) {
         self.server.abort();
+        self.limited.server.abort();
     }
 }
 
@@ -58,7 +60,86 @@ fn hung_registry() -> (String, std::thread::JoinHandle<()>) {
     (addr, h)
 }
 
-fn config_yaml(env: &Env, token: &str, dead: &str, hung: &str) -> String {
+/// A registry that relays to `upstream` (a real `docker-registry`) until
+/// told to rate-limit: then every manifest request is answered 429 with
+/// `Retry-After: 30`, as Docker Hub answers past its pull limit.
+struct Limited {
+    host: String,
+    limiting: Arc<std::sync::atomic::AtomicBool>,
+    manifest_requests: Arc<std::sync::atomic::AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn limited_registry(upstream: String) -> Limited {
+    use axum::extract::{Request, State};
+    use axum::response::{IntoResponse, Response};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    #[derive(Clone)]
+    struct St {
+        upstream: String,
+        limiting: Arc<AtomicBool>,
+        manifests: Arc<AtomicUsize>,
+        http: reqwest::Client,
+    }
+    async fn relay(State(st): State<St>, req: Request) -> Response {
+        let path = req.uri().path().to_string();
+        if path.contains("/manifests/") {
+            st.manifests.fetch_add(1, Ordering::SeqCst);
+            if st.limiting.load(Ordering::SeqCst) {
+                return (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "30"), ("content-type", "application/json")],
+                    r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit"}]}"#,
+                )
+                    .into_response();
+            }
+        }
+        let mut up = st.http.request(
+            req.method().clone(),
+            format!("http://{}{path}", st.upstream),
+        );
+        if let Some(accept) = req.headers().get("accept") {
+            up = up.header("accept", accept);
+        }
+        let resp = up.send().await.unwrap();
+        let mut out = axum::http::Response::builder().status(resp.status().as_u16());
+        for h in [
+            "content-type",
+            "docker-content-digest",
+            "content-length",
+            "docker-distribution-api-version",
+        ] {
+            if let Some(v) = resp.headers().get(h) {
+                out = out.header(h, v.as_bytes());
+            }
+        }
+        out.body(axum::body::Body::from(resp.bytes().await.unwrap()))
+            .unwrap()
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let limiting = Arc::new(AtomicBool::new(false));
+    let manifests = Arc::new(AtomicUsize::new(0));
+    let st = St {
+        upstream,
+        limiting: limiting.clone(),
+        manifests: manifests.clone(),
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+    };
+    let app = axum::Router::new().fallback(relay).with_state(st);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Limited {
+        host,
+        limiting,
+        manifest_requests: manifests,
+        server,
+    }
+}
+
+fn config_yaml(env: &Env, token: &str, dead: &str, hung: &str, limited: &str) -> String {
     let basic = env.basic.host();
     let auth = |host: &str, user: &str, pw: &str| {
         format!(r#"{{"auths":{{"{host}":{{"username":"{user}","password":"{pw}"}}}}}}"#)
@@ -137,6 +218,26 @@ kind: PullGrant
 metadata: {{name: dead-ignore}}
 spec: {{credential: dead, subjects: {{namespaces: [team-soft], serviceAccounts: ['*']}}, repositories: ['**'], purposes: [resolve], admission: {{failurePolicy: Ignore}}}}
 ---
+apiVersion: v1
+kind: Secret
+metadata: {{name: limited-auth, namespace: pullbroker-system}}
+stringData: {{.dockerconfigjson: '{limited_auth}'}}
+---
+apiVersion: pullbroker.dev/v1alpha1
+kind: RegistryCredential
+metadata: {{name: limited}}
+spec: {{registries: ["{limited}"], source: {{secretRef: {{name: limited-auth}}}}}}
+---
+apiVersion: pullbroker.dev/v1alpha1
+kind: PullGrant
+metadata: {{name: limited-fail}}
+spec: {{credential: limited, subjects: {{namespaces: [team-a], serviceAccounts: ['*']}}, repositories: ['**'], purposes: [resolve]}}
+---
+apiVersion: pullbroker.dev/v1alpha1
+kind: PullGrant
+metadata: {{name: limited-ignore}}
+spec: {{credential: limited, subjects: {{namespaces: [team-soft], serviceAccounts: ['*']}}, repositories: ['**'], purposes: [resolve], admission: {{failurePolicy: Ignore}}}}
+---
 apiVersion: pullbroker.dev/v1alpha1
 kind: PullGrant
 metadata: {{name: hung-fail}}
@@ -145,6 +246,7 @@ spec: {{credential: hung, subjects: {{namespaces: [team-a], serviceAccounts: ['*
         basic_auth = auth(&basic, USER, PASSWORD),
         dead_auth = auth(dead, "u", DEAD_PASSWORD),
         hung_auth = auth(hung, "u", DEAD_PASSWORD),
+        limited_auth = auth(limited, "u", DEAD_PASSWORD),
         svc = support::SERVICE,
         iss = support::REGISTRY_ISSUER,
     )
@@ -219,7 +321,12 @@ async fn start() -> Pinning {
     let dead_port = pullbroker_testenv::net::RefusedPort::new();
     let dead = dead_port.host();
     let config_path = dir.path().join("broker.yaml");
-    std::fs::write(&config_path, config_yaml(env, &token.host(), &dead, &hung)).unwrap();
+    let limited = limited_registry(twin.host()).await;
+    std::fs::write(
+        &config_path,
+        config_yaml(env, &token.host(), &dead, &hung, &limited.host),
+    )
+    .unwrap();
     let snapshot = config::load(&config_path).unwrap();
     let tls = snapshot.listeners.tls.clone().expect("tls configured");
     let cert = ReloadingCert::load(&tls).unwrap();
@@ -244,6 +351,7 @@ async fn start() -> Pinning {
         dead,
         _dead_port: dead_port,
         hung,
+        limited,
         cert,
         server,
         _hung_listener: hung_listener,
@@ -561,6 +669,89 @@ async fn failure_policy_fail_denies_and_ignore_warns_inside_the_deadline() {
     let msg = body["response"]["status"]["message"].as_str().unwrap();
     assert!(msg.contains("timeout"), "{msg}");
     assert!(elapsed < Duration::from_secs(6), "answered in {elapsed:?}");
+    assert_no_credential_logged();
+}
+
+#[tokio::test]
+async fn a_rate_limited_registry_fails_fast_with_its_class_and_cached_digests_still_pin() {
+    use std::sync::atomic::Ordering;
+    let p = start().await;
+    let cached = format!("{}/demo/app:v1", p.limited.host);
+    let fresh = format!("{}/demo/app:latest", p.limited.host);
+    // Pinned while the registry answers: the digest is cached.
+    let review = admission::review("pod-create-by-user", "team-a", &[(WEB, &cached)]);
+    let resp = pin(&p, &review).await;
+    let want = skopeo_digest(&format!("{}/demo/app:v1", p.twin.host()), None);
+    assert_eq!(
+        replaced(&patch_of(&resp)),
+        vec![(
+            "/spec/containers/0/image".to_string(),
+            format!("{cached}@{want}")
+        )]
+    );
+
+    // The registry now rate-limits every manifest request.
+    p.limited.limiting.store(true, Ordering::SeqCst);
+    let before = p.limited.manifest_requests.load(Ordering::SeqCst);
+    // The cached digest still pins, without asking the registry.
+    let resp = pin(&p, &review).await;
+    assert_eq!(replaced(&patch_of(&resp)).len(), 1, "{resp}");
+    assert_eq!(p.limited.manifest_requests.load(Ordering::SeqCst), before);
+    // A tag not cached: Fail denies with class rate_limited, at once (the
+    // registry's Retry-After of 30 s is longer than any budget: no wait).
+    let review = admission::review("pod-create-by-user", "team-a", &[(WEB, &fresh)]);
+    let (status, body, elapsed) = post(&p, review.to_string().as_bytes(), "10s").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["response"]["allowed"], false, "{body}");
+    let msg = body["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("rate_limited") && msg.contains(&fresh),
+        "{msg}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "answered in {elapsed:?}");
+    assert_eq!(
+        p.limited.manifest_requests.load(Ordering::SeqCst),
+        before + 1,
+        "asked once, not retried sooner than the registry asks"
+    );
+    // Ignore admits it unchanged with a warning naming the class.
+    let review = admission::review("pod-create-by-user", "team-soft", &[(WEB, &fresh)]);
+    let resp = pin(&p, &review).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(resp.get("patch").is_none());
+    let warning = resp["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("rate_limited") && warning.contains("Ignore"),
+        "{warning}"
+    );
+
+    // /metrics counts the 429s per registry and the failures by class.
+    let metrics = client(&p.ca_pem)
+        .get(format!("{}/metrics", p.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |needle: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(needle))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{needle} missing from\n{metrics}"))
+    };
+    assert_eq!(
+        count(&format!(
+            "pullbroker_registry_rate_limited_total{{registry=\"{}\"}} ",
+            p.limited.host
+        )),
+        2
+    );
+    assert_eq!(
+        count("pullbroker_admission_images_total{outcome=\"failed\",class=\"rate_limited\"} "),
+        2
+    );
     assert_no_credential_logged();
 }
 

@@ -759,6 +759,43 @@ mod tests {
     const SYNC: &str = "subjects: {namespaces: [team-a], serviceAccounts: [app]}\nrepositories: [apps/**]\npurposes: [sync]\n";
 
     #[test]
+    fn a_pod_kubelet_reports_rate_limited_is_named_so() {
+        let pods = [PodInfo {
+            namespace: "team-a".into(),
+            name: "web-0".into(),
+            service_account: "default".into(),
+            images: vec!["docker.io/library/nginx:1.27".into()],
+            pull_waits: vec![PullWait {
+                container: "web".into(),
+                image: "docker.io/library/nginx:1.27".into(),
+                reason: "ErrImagePull".into(),
+                // containerd's message for Docker Hub's pull limit.
+                message: "failed to pull and unpack image \"docker.io/library/nginx:1.27\": failed to copy: httpReadSeeker: failed open: unexpected status code https://registry-1.docker.io/v2/library/nginx/manifests/sha256:ab: 429 Too Many Requests - Server message: toomanyrequests: You have reached your pull rate limit".into(),
+            }],
+            ..Default::default()
+        }];
+        let report = audit(&Inputs {
+            secrets: &[],
+            accounts: &[],
+            pods: &pods,
+            policy: None,
+            credential_states: &[],
+            now: 0,
+            warn_within: 0,
+            hash_key: [0; 32],
+            grant_use: None,
+        });
+        let f = report
+            .findings
+            .iter()
+            .find(|f| f.code == "pod.pull-failing")
+            .unwrap();
+        assert!(f.message.contains("rate_limited"), "{}", f.message);
+        assert!(f.message.contains("rate-limits"), "{}", f.message);
+        assert!(f.fix.starts_with("pullbroker diagnose pod team-a/web-0"));
+    }
+
+    #[test]
     fn grants_that_allowed_nothing_are_reported_by_purpose() {
         let metrics = "# HELP pullbroker_grant_allows Requests each PullGrant allowed\n\
             # TYPE pullbroker_grant_allows counter\n\

@@ -30,6 +30,15 @@ pub enum RegistryError {
     Connect { registry: String, detail: String },
     #[error("{registry}: no answer within {timeout:?}")]
     Timeout { registry: String, timeout: Duration },
+    /// 429 Too Many Requests: retried while the registry's `Retry-After`
+    /// fits the client's backoff, then given up (never waited out).
+    #[error("{registry}: rate-limited (HTTP 429) after {attempts} attempt(s){}", retry_after.map(|s| format!("; the registry asks to retry after {s}s")).unwrap_or_default())]
+    RateLimited {
+        registry: String,
+        attempts: u32,
+        /// The registry's `Retry-After`, in seconds.
+        retry_after: Option<u64>,
+    },
     #[error("{registry}: HTTP {status} after {attempts} attempt(s)")]
     Unavailable {
         registry: String,
@@ -70,6 +79,7 @@ impl RegistryError {
             RegistryError::NotFound { .. } => "not_found",
             RegistryError::Connect { .. } => "connect",
             RegistryError::Timeout { .. } => "timeout",
+            RegistryError::RateLimited { .. } => "rate_limited",
             RegistryError::Unavailable { .. } => "unavailable",
             RegistryError::DigestMismatch { .. } => "digest_mismatch",
             RegistryError::Protocol { .. } => "protocol",

@@ -29,6 +29,19 @@ pub struct ClientSettings {
     /// How long a registry's `/v2/` answer (transport, auth scheme, token
     /// realm) is trusted before it is asked again.
     pub endpoint_ttl: Duration,
+    /// Told the registry's name each time it answers 429 (the broker counts
+    /// them in `/metrics`).
+    pub on_rate_limited: Option<OnRateLimited>,
+}
+
+/// A hook called with a registry's name for each 429 it answers.
+#[derive(Clone)]
+pub struct OnRateLimited(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for OnRateLimited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnRateLimited(..)")
+    }
 }
 
 impl Default for ClientSettings {
@@ -45,6 +58,7 @@ impl Default for ClientSettings {
             max_idle_per_host: 64,
             user_agent: concat!("pullbroker/", env!("CARGO_PKG_VERSION")).to_string(),
             endpoint_ttl: Duration::from_secs(600),
+            on_rate_limited: None,
         }
     }
 }

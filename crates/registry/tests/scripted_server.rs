@@ -147,6 +147,73 @@ async fn retries_are_bounded() {
 }
 
 #[tokio::test]
+async fn rate_limits_are_retried_within_the_backoff_and_given_up_past_it() {
+    let limited = |retry_after: &'static str| {
+        move |_: &Request<Body>, _: usize| {
+            Response::builder()
+                .status(429)
+                .header("retry-after", retry_after)
+                .body(Body::empty())
+                .unwrap()
+        }
+    };
+    let counted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let hook = {
+        let counted = counted.clone();
+        pullbroker_registry::OnRateLimited(Arc::new(move |r: &str| {
+            counted.lock().unwrap().push(r.to_string())
+        }))
+    };
+    let client = |s: &Scripted, max_backoff: Duration| {
+        Resolver::new(
+            RegistryClient::new(ClientSettings {
+                max_backoff,
+                on_rate_limited: Some(hook.clone()),
+                ..settings(s.addr)
+            })
+            .unwrap(),
+            Arc::new(pullbroker_core::keychain::Anonymous),
+            ResolverOptions::default(),
+        )
+    };
+    // Retry-After 0 fits the backoff: retried, then given up as rate_limited.
+    let s = serve(limited("0")).await;
+    let err = client(&s, Duration::from_secs(2))
+        .resolve(&image(&s, "v1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::RateLimited { attempts: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(err.class(), "rate_limited");
+    assert_eq!(s.manifest_requests.load(Ordering::SeqCst), 3);
+    assert_eq!(counted.lock().unwrap().len(), 3);
+    // Retry-After 30 s is longer than any backoff: not retried sooner.
+    let s = serve(limited("30")).await;
+    let started = std::time::Instant::now();
+    let err = client(&s, Duration::from_secs(2))
+        .resolve(&image(&s, "v1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::RateLimited {
+                attempts: 1,
+                retry_after: Some(30),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("retry after 30s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(s.manifest_requests.load(Ordering::SeqCst), 1);
+    assert_eq!(counted.lock().unwrap().last().unwrap(), &s.addr.to_string());
+}
+
+#[tokio::test]
 async fn client_errors_are_not_retried() {
     let s = serve(|_, _| status(400)).await;
     let err = resolver(&s, ResolverOptions::default())

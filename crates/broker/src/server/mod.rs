@@ -144,7 +144,10 @@ impl Broker {
         let verifier = build_verifier(&snapshot, reviewer_override.clone()).await?;
         let metrics = Metrics::default();
         metrics.config_generation.set(1);
-        let client = RegistryClient::new(client_settings)?;
+        let client = RegistryClient::new(ClientSettings {
+            on_rate_limited: Some(metrics.on_rate_limited()),
+            ..client_settings
+        })?;
         Ok(Broker {
             state: Arc::new(AppState {
                 issuer_fingerprint: Mutex::new(issuer_fingerprint(&snapshot)),

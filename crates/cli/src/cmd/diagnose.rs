@@ -338,7 +338,7 @@ fn failure_of(e: &RegistryError) -> PullFailure {
         RegistryError::Denied { .. } => PullFailure::Forbidden,
         RegistryError::NotFound { .. } => PullFailure::NotFound,
         RegistryError::Timeout { .. } => PullFailure::Timeout,
-        RegistryError::Unavailable { status: 429, .. } => PullFailure::RateLimited,
+        RegistryError::RateLimited { .. } => PullFailure::RateLimited,
         RegistryError::Connect { detail, .. } => {
             let d = detail.to_ascii_lowercase();
             if d.contains("certificate") || d.contains("tls") || d.contains("handshake") {

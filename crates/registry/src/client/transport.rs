@@ -52,11 +52,25 @@ impl RegistryClient {
                 .await
                 .map_err(|e| from_transport(registry, &e, s.timeout))?;
             let status = resp.status();
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-            if !retryable {
+            let limited = status == StatusCode::TOO_MANY_REQUESTS;
+            if !limited && !status.is_server_error() {
                 return Ok(resp);
             }
-            if attempt > s.retries {
+            let asked = retry_after(resp.headers());
+            if limited {
+                if let Some(hook) = &s.on_rate_limited {
+                    (hook.0)(registry);
+                }
+                // A registry asking for longer than we would back off is
+                // not retried sooner than it asks: give up now.
+                if attempt > s.retries || asked.is_some_and(|a| a > s.max_backoff) {
+                    return Err(RegistryError::RateLimited {
+                        registry: registry.to_string(),
+                        attempts: attempt,
+                        retry_after: asked.map(|a| a.as_secs()),
+                    });
+                }
+            } else if attempt > s.retries {
                 return Err(RegistryError::Unavailable {
                     registry: registry.to_string(),
                     status: status.as_u16(),
@@ -64,9 +78,7 @@ impl RegistryClient {
                 });
             }
             let backoff = s.backoff.saturating_mul(1 << (attempt - 1).min(16));
-            let delay = retry_after(resp.headers())
-                .unwrap_or(backoff)
-                .min(s.max_backoff);
+            let delay = asked.unwrap_or(backoff).min(s.max_backoff);
             tracing::debug!(registry, %status, attempt, ?delay, "retrying");
             tokio::time::sleep(delay).await;
         }
