@@ -155,6 +155,23 @@ fn the_dashboards_queries_parse_as_promql() {
     promtool(dir.path(), &["check", "rules", "dashboard-queries.yaml"]);
 }
 
+/// A registry that answers `/v2/` and rate-limits everything else.
+async fn rate_limited_registry() -> String {
+    let app = axum::Router::new()
+        .route("/v2/", axum::routing::get(|| async { "{}" }))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "60")],
+                "",
+            )
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    host
+}
+
 /// `pullbroker_…` names in a PromQL expression.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -201,7 +218,8 @@ async fn every_metric_the_alerts_and_dashboard_name_is_exposed() {
     assert!(wanted.len() >= 15, "{wanted:?}");
 
     // A cluster with a grant, a broker that has answered an exchange and a
-    // controller that has synced it.
+    // resolution a registry rate-limited, and a controller that has synced it.
+    let limited = rate_limited_registry().await;
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
     let (key, cert) = pullbroker_credentials::keys::SigningKey::generate("m").unwrap();
     for (path, body) in [
@@ -217,7 +235,7 @@ async fn every_metric_the_alerts_and_dashboard_name_is_exposed() {
         (
             "/apis/pullbroker.dev/v1alpha1/registrycredentials",
             json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
-            "metadata": {"name": "corp"}, "spec": {"registries": ["registry.corp.example"],
+            "metadata": {"name": "corp"}, "spec": {"registries": ["registry.corp.example", limited],
             "source": {"tokenIssuer": {"signingKeySecretRef": {"name": "signer"}, "service": "s", "issuer": "i"}}}}),
         ),
         (
@@ -237,7 +255,7 @@ async fn every_metric_the_alerts_and_dashboard_name_is_exposed() {
             "/apis/pullbroker.dev/v1alpha1/pullgrants",
             json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "PullGrant",
             "metadata": {"name": "team-a"}, "spec": {"credential": "corp", "subjects": {"namespaces": ["team-a"],
-            "serviceAccounts": ["app"]}, "repositories": ["apps/**"], "purposes": ["pull", "sync"]}}),
+            "serviceAccounts": ["app"]}, "repositories": ["apps/**"], "purposes": ["pull", "sync", "resolve"]}}),
         ),
     ] {
         let (status, out) = procs::http(&fake.url, "POST", path, &body.to_string());
@@ -249,6 +267,17 @@ async fn every_metric_the_alerts_and_dashboard_name_is_exposed() {
     let token = procs::pod_token(&fake, "team-a", "web-0", "app");
     let (status, body) = procs::exchange(&broker.url, &token, "registry.corp.example/apps/web:1");
     assert_eq!(status, 200, "{body}");
+    let (status, body) = procs::http_with(
+        &broker.url,
+        "POST",
+        "/v1/resolve",
+        &json!({"namespace": "team-a", "images": [format!("{limited}/apps/web:1")]}).to_string(),
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    assert!(
+        status == 200 && body.contains("rate_limited"),
+        "{status} {body}"
+    );
     // Two scrapes: the first is timed into the second.
     procs::http(&broker.url, "GET", "/metrics", "");
     let mut found = families(&procs::http(&broker.url, "GET", "/metrics", "").1);
