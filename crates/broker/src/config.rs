@@ -23,7 +23,7 @@ use serde_yaml::Value;
 use crate::satoken::{IssuerSettings, JwksSource};
 use crate::Error;
 pub use pullbroker_credentials::runtime::{
-    assemble, credential_runtime, CredentialRuntime, Secrets,
+    assemble, credential_runtime, Assembled, CredentialRuntime, Secrets, Trust,
 };
 pub use pullbroker_credentials::source::Refreshers;
 
@@ -263,6 +263,8 @@ pub struct Snapshot {
     /// is made without copying the other.
     pub policy: std::sync::Arc<Policy>,
     pub credentials: std::sync::Arc<BTreeMap<String, CredentialRuntime>>,
+    /// How each credential's registries are reached (its `transport`).
+    pub trust: std::sync::Arc<BTreeMap<String, Trust>>,
     pub exec_source_dir: Option<PathBuf>,
     pub policy_source: PolicySource,
     pub system_namespace: String,
@@ -282,6 +284,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The registry client's per-registry trust, in credential-name order
+    /// (as grants decide), from each credential's `transport`.
+    pub fn registry_tls(&self) -> Vec<pullbroker_registry::RegistryTls> {
+        self.trust
+            .values()
+            .map(|t| pullbroker_registry::RegistryTls {
+                registries: t.registries.clone(),
+                ca_pems: t.ca_pem.iter().cloned().collect(),
+                ca_only: t.ca_only,
+                plain_http: t.plain_http,
+            })
+            .collect()
+    }
+
     /// The token-issuer credential whose registry `service` this is.
     pub fn by_service(&self, service: &str) -> Option<(&str, &CredentialRuntime)> {
         self.credentials.iter().find_map(|(name, c)| match c {
@@ -475,7 +491,12 @@ fn parse_with(
     }
 
     let exec_dir = broker.exec_source_dir.as_ref().map(|d| resolve(base, d));
-    let (policy, runtimes, policy_problems) = assemble(
+    let Assembled {
+        policy,
+        runtimes,
+        trust,
+        problems: policy_problems,
+    } = assemble(
         credentials,
         grants,
         &secrets,
@@ -549,6 +570,7 @@ fn parse_with(
     Ok(Snapshot {
         policy: policy.into(),
         credentials: runtimes.into(),
+        trust: trust.into(),
         exec_source_dir: exec_dir,
         policy_source: broker.policy_source,
         system_namespace: system_ns,

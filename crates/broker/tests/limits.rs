@@ -167,9 +167,12 @@ async fn beyond_the_concurrency_limit_requests_are_refused_at_once_and_probes_st
         .unwrap();
     assert_eq!(healthz.status(), 200, "probes are outside the limit");
     assert_eq!(
-        metric(&r, "pullbroker_limited_requests_total")
-            .await
-            .as_deref(),
+        metric(
+            &r,
+            r#"pullbroker_limited_requests_total{reason="overloaded"}"#
+        )
+        .await
+        .as_deref(),
         Some(r#"pullbroker_limited_requests_total{reason="overloaded"} 1"#)
     );
 
@@ -215,7 +218,7 @@ async fn a_request_past_its_timeout_is_answered_503_and_its_work_dropped() {
         "{body}"
     );
     assert_eq!(
-        metric(&r, "pullbroker_limited_requests_total")
+        metric(&r, r#"pullbroker_limited_requests_total{reason="timeout"}"#)
             .await
             .as_deref(),
         Some(r#"pullbroker_limited_requests_total{reason="timeout"} 1"#)

@@ -90,7 +90,7 @@ async fn a_policy_installed_while_a_reload_awaits_is_kept() {
     )
     .await
     .unwrap();
-    broker.install_policy(policy("before"), BTreeMap::new());
+    broker.install_policy(policy("before"), BTreeMap::new(), BTreeMap::new());
     assert_eq!(grants(&broker), ["before"]);
 
     // A new issuer URL: the reload builds a verifier and awaits its first fetch.
@@ -109,7 +109,7 @@ async fn a_policy_installed_while_a_reload_awaits_is_kept() {
         tokio::spawn(async move { b.reload().await })
     };
     asked.notified().await;
-    broker.install_policy(policy("during"), BTreeMap::new());
+    broker.install_policy(policy("during"), BTreeMap::new(), BTreeMap::new());
     release.send(()).unwrap();
     reloading.await.unwrap().unwrap();
     server.await.unwrap();

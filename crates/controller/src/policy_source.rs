@@ -22,8 +22,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use pullbroker_core::policy::{Problem, PullGrant, RegistryCredential};
-use pullbroker_credentials::runtime::PolicySink;
 use pullbroker_credentials::runtime::{assemble, Secrets};
+use pullbroker_credentials::runtime::{Assembled, PolicySink};
 use pullbroker_credentials::source::Refreshers;
 
 struct Caches {
@@ -54,7 +54,12 @@ impl Caches {
             .map(|n| (n.name_any(), n.labels().clone()))
             .collect();
         let exec_dir = sink.exec_source_dir();
-        let (policy, runtimes, problems) = assemble(
+        let Assembled {
+            policy,
+            runtimes,
+            trust,
+            problems,
+        } = assemble(
             credentials,
             grants,
             &secrets,
@@ -73,7 +78,7 @@ impl Caches {
             grants = policy.grants().len(),
             "policy from the cluster installed"
         );
-        sink.install(policy, runtimes);
+        sink.install(policy, runtimes, trust);
     }
 }
 

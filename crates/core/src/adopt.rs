@@ -431,6 +431,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
                         secret_ref: Some(SecretRef { name: name.clone() }),
                         ..Default::default()
                     },
+                    transport: None,
                 },
                 copies: holders,
                 username: v.username.clone(),

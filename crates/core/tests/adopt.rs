@@ -391,6 +391,7 @@ fn a_second_run_reuses_its_own_names_and_avoids_everyone_elses() {
             }),
             ..Default::default()
         },
+        transport: None,
     };
     let grant = |credential: &str| PullGrantSpec {
         credential: credential.into(),

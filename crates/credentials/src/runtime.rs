@@ -141,6 +141,65 @@ impl CredentialRuntime {
     }
 }
 
+/// How a credential's registries are reached: its `transport`, with the
+/// CA bundle read from its Secret. The registry client builds one HTTP
+/// client per distinct trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trust {
+    /// The credential's registry patterns.
+    pub registries: Vec<String>,
+    /// PEM certificates to trust (beside the system's roots unless `ca_only`).
+    pub ca_pem: Option<Vec<u8>>,
+    pub ca_only: bool,
+    pub plain_http: bool,
+}
+
+/// A credential's [`Trust`], `None` when it has no `transport`.
+pub fn trust(spec: &RegistryCredentialSpec, secrets: &Secrets) -> Result<Option<Trust>> {
+    let Some(t) = &spec.transport else {
+        return Ok(None);
+    };
+    let ca_pem = match &t.ca_bundle {
+        None => None,
+        Some(b) => {
+            let (_, data) = secrets.get(&b.secret_name).ok_or_else(|| Error::NoSecret {
+                name: b.secret_name.clone(),
+            })?;
+            let pem = data.get(&b.key).ok_or_else(|| {
+                Error::material("caBundle.key", format!("{:?} is not in the Secret", b.key))
+                    .in_secret(&b.secret_name)
+            })?;
+            // Refused here, with the Secret's name, rather than by every
+            // request failing later.
+            let text = std::str::from_utf8(pem).unwrap_or_default();
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(Error::material(
+                    "caBundle",
+                    format!("key {:?} holds no PEM certificate", b.key),
+                )
+                .in_secret(&b.secret_name));
+            }
+            Some(pem.clone())
+        }
+    };
+    Ok(Some(Trust {
+        registries: spec.registries.clone(),
+        ca_pem,
+        ca_only: t.ca_only,
+        plain_http: t.plain_http,
+    }))
+}
+
+/// What [`assemble`] makes of the documents.
+pub struct Assembled {
+    pub policy: Policy,
+    /// Usable credentials, by name.
+    pub runtimes: BTreeMap<String, CredentialRuntime>,
+    /// Each usable credential's [`Trust`], when it has a `transport`.
+    pub trust: BTreeMap<String, Trust>,
+    pub problems: Vec<Problem>,
+}
+
 /// The policy and usable credentials from documents, with every problem.
 /// The file loader refuses a file with any problem; a cluster source serves
 /// what is valid (invalid documents are left out, never widening access).
@@ -151,18 +210,24 @@ pub fn assemble(
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     exec_dir: Option<&Path>,
     refreshers: &Refreshers,
-) -> (Policy, BTreeMap<String, CredentialRuntime>, Vec<Problem>) {
+) -> Assembled {
     let mut problems = Vec::new();
     // Credentials need their secrets.
     let mut runtimes = BTreeMap::new();
+    let mut trusts = BTreeMap::new();
     for c in &credentials {
         // An invalid one is reported by `Policy::new` below.
         if c.spec.validate().is_err() {
             continue;
         }
-        match credential_runtime(&c.name, &c.spec, secrets, exec_dir, refreshers) {
-            Ok(rt) => {
+        let runtime = credential_runtime(&c.name, &c.spec, secrets, exec_dir, refreshers)
+            .and_then(|rt| Ok((rt, trust(&c.spec, secrets)?)));
+        match runtime {
+            Ok((rt, t)) => {
                 runtimes.insert(c.name.clone(), rt);
+                if let Some(t) = t {
+                    trusts.insert(c.name.clone(), t);
+                }
             }
             Err(e) => problems.push(Problem::credential(&c.name, e.to_string())),
         }
@@ -181,7 +246,12 @@ pub fn assemble(
     }
     let (policy, policy_problems) = Policy::new(credentials, grants, namespaces);
     problems.extend(policy_problems);
-    (policy, runtimes, problems)
+    Assembled {
+        policy,
+        runtimes,
+        trust: trusts,
+        problems,
+    }
 }
 
 fn secret_key<'a>(secrets: &'a Secrets, name: &str, key: &'static str) -> Result<&'a [u8]> {
@@ -254,7 +324,12 @@ pub fn credential_runtime(
 
 /// Where a freshly assembled policy goes, and where exec sources live.
 pub trait PolicySink: Send + Sync + 'static {
-    fn install(&self, policy: Policy, credentials: BTreeMap<String, CredentialRuntime>);
+    fn install(
+        &self,
+        policy: Policy,
+        credentials: BTreeMap<String, CredentialRuntime>,
+        trust: BTreeMap<String, Trust>,
+    );
     /// The operator's exec source directory (exec sources are refused without one).
     fn exec_source_dir(&self) -> Option<std::path::PathBuf>;
     /// Whether what was installed is current (`false`: the source cannot

@@ -128,7 +128,24 @@ pub(crate) fn from_transport(
     } else {
         RegistryError::Connect {
             registry: registry.to_string(),
-            detail: describe(e),
+            detail: tls_named(describe(e)),
         }
     }
+}
+
+/// rustls names certificate problems by enum variant; say them as an
+/// operator searches for them (Go's and curl's words), keeping rustls's.
+fn tls_named(detail: String) -> String {
+    let said = if detail.contains("UnknownIssuer") {
+        "certificate signed by unknown authority (trust its CA: RegistryCredential transport.caBundle)"
+    } else if detail.contains("NotValidForName") {
+        "certificate name mismatch: it is not valid for this registry's host name"
+    } else if detail.contains("Expired") {
+        "certificate has expired"
+    } else if detail.contains("NotValidYet") {
+        "certificate is not valid yet"
+    } else {
+        return detail;
+    };
+    format!("TLS: {said} — {detail}")
 }

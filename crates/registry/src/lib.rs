@@ -27,4 +27,4 @@ pub use client::{Manifest, ManifestInfo, RegistryClient};
 pub use error::{RegistryError, SetupError};
 pub use manifest::Platform;
 pub use resolve::{Resolved, Resolver, ResolverOptions};
-pub use settings::{ClientSettings, OnRateLimited};
+pub use settings::{ClientSettings, OnRateLimited, RegistryTls};

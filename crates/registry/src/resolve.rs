@@ -89,6 +89,11 @@ impl Resolver {
         &self.inner.options
     }
 
+    /// The registry client it resolves with.
+    pub fn client(&self) -> &RegistryClient {
+        &self.inner.client
+    }
+
     /// Resolves one reference to a digest with the keychain's credentials.
     pub async fn resolve(&self, image: &Reference) -> Outcome {
         if let Some(hit) = self.known(image) {

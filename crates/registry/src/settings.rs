@@ -32,6 +32,28 @@ pub struct ClientSettings {
     /// Told the registry's name each time it answers 429 (the broker counts
     /// them in `/metrics`).
     pub on_rate_limited: Option<OnRateLimited>,
+    /// Per-registry trust and transport, first match wins; replaceable at
+    /// run time ([`crate::RegistryClient::set_registry_tls`]).
+    pub registry_tls: Vec<RegistryTls>,
+}
+
+/// How a set of registries (grant-style patterns, `*` per DNS label) is
+/// reached: CAs to trust (beside the system's roots unless `ca_only`), or
+/// plain HTTP the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryTls {
+    pub registries: Vec<String>,
+    pub ca_pems: Vec<Vec<u8>>,
+    pub ca_only: bool,
+    pub plain_http: bool,
+}
+
+impl RegistryTls {
+    pub fn covers(&self, registry: &str) -> bool {
+        self.registries
+            .iter()
+            .any(|p| pullbroker_core::policy::glob::registry_matches(p, registry))
+    }
 }
 
 /// A hook called with a registry's name for each 429 it answers.
@@ -59,6 +81,7 @@ impl Default for ClientSettings {
             user_agent: concat!("pullbroker/", env!("CARGO_PKG_VERSION")).to_string(),
             endpoint_ttl: Duration::from_secs(600),
             on_rate_limited: None,
+            registry_tls: Vec::new(),
         }
     }
 }
@@ -75,6 +98,17 @@ impl ClientSettings {
     /// Transports to try for `registry`, in order. Loopback registries follow
     /// Docker: HTTPS first, then plain HTTP (containerd goes straight to HTTP).
     pub fn transports(&self, registry: &str) -> Vec<Transport> {
+        self.transports_with(registry, None)
+    }
+
+    /// [`Self::transports`], with the registry's own [`RegistryTls`] if any:
+    /// plain HTTP when it asks for it, HTTPS only when it names CAs.
+    pub fn transports_with(&self, registry: &str, tls: Option<&RegistryTls>) -> Vec<Transport> {
+        match tls {
+            Some(t) if t.plain_http => return vec![Transport::Http],
+            Some(t) if !t.ca_pems.is_empty() => return vec![Transport::Https],
+            _ => {}
+        }
         if self.plain_http.iter().any(|r| r == registry) {
             vec![Transport::Http]
         } else if self.insecure.iter().any(|r| r == registry) {

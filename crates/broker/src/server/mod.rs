@@ -146,6 +146,7 @@ impl Broker {
         metrics.config_generation.set(1);
         let client = RegistryClient::new(ClientSettings {
             on_rate_limited: Some(metrics.on_rate_limited()),
+            registry_tls: snapshot.registry_tls(),
             ..client_settings
         })?;
         Ok(Broker {
@@ -265,15 +266,19 @@ impl Broker {
         &self,
         policy: pullbroker_core::policy::Policy,
         credentials: std::collections::BTreeMap<String, config::CredentialRuntime>,
+        trust: std::collections::BTreeMap<String, pullbroker_credentials::runtime::Trust>,
     ) {
-        let (policy, credentials) = (Arc::new(policy), Arc::new(credentials));
+        let (policy, credentials, trust) =
+            (Arc::new(policy), Arc::new(credentials), Arc::new(trust));
         // rcu: a reload storing at the same moment is retried on, never
         // undone by, this. Cloning a snapshot copies settings, not policies.
         self.state.snapshot.rcu(|current| Snapshot {
             policy: policy.clone(),
             credentials: credentials.clone(),
+            trust: trust.clone(),
             ..Snapshot::clone(current)
         });
+        self.state.apply_registry_tls();
         self.state.cluster_policy.store(true, Ordering::Relaxed);
         let mut status = self.state.reload.lock().expect("poisoned");
         status.generation += 1;
@@ -306,12 +311,14 @@ impl Broker {
                     Snapshot {
                         policy: current.policy.clone(),
                         credentials: current.credentials.clone(),
+                        trust: current.trust.clone(),
                         ..snapshot.clone()
                     }
                 } else {
                     snapshot.clone()
                 }
             });
+            st.apply_registry_tls();
             Ok::<(), crate::Error>(())
         }
         .await;
@@ -471,6 +478,16 @@ fn error(status: StatusCode, class: &str, message: impl std::fmt::Display) -> Re
 }
 
 impl AppState {
+    /// Hands the snapshot's per-registry trust to the registry client. A
+    /// bundle that does not parse was refused when loaded; should one slip
+    /// through, the previous trust stays and the failure is logged.
+    fn apply_registry_tls(&self) {
+        let tls = self.snapshot.load().registry_tls();
+        if let Err(e) = self.resolver.client().set_registry_tls(tls) {
+            tracing::error!(error = %e, "registry trust not updated; keeping the previous one");
+        }
+    }
+
     fn count(&self, endpoint: &'static str, resp: Response) -> Response {
         self.metrics
             .requests
@@ -588,8 +605,9 @@ impl pullbroker_credentials::runtime::PolicySink for Broker {
         &self,
         policy: pullbroker_core::policy::Policy,
         credentials: BTreeMap<String, CredentialRuntime>,
+        trust: BTreeMap<String, pullbroker_credentials::runtime::Trust>,
     ) {
-        self.install_policy(policy, credentials)
+        self.install_policy(policy, credentials, trust)
     }
 
     fn exec_source_dir(&self) -> Option<PathBuf> {

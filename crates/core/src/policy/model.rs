@@ -43,6 +43,45 @@ pub struct RegistryCredentialSpec {
     #[schemars(length(min = 1))]
     pub registries: Vec<String>,
     pub source: CredentialSource,
+    /// How the broker reaches these registries (default: HTTPS verified
+    /// against the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<RegistryTransport>,
+}
+
+/// TLS trust and plain HTTP for a credential's registries. Every path
+/// that contacts them honours it: resolve, admission, token realms.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryTransport {
+    /// A PEM CA bundle the registries' certificates chain to (an internal
+    /// CA), from a Secret in the system namespace; trusted beside the
+    /// system's roots. A change takes effect without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+    /// Trust only `caBundle`, not the system's roots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ca_only: bool,
+    /// Speak plain HTTP to these registries: passwords and tokens cross the
+    /// network readable. Without it, only loopback registries fall back to
+    /// HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
+}
+
+/// A key of a Secret in the system namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaBundleRef {
+    /// Secret name in the broker's system namespace.
+    pub secret_name: String,
+    /// Key holding the PEM bundle (default `ca.crt`).
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 /// Exactly one source must be set.
@@ -450,13 +489,18 @@ impl RegistryCredentialSpec {
         }
     }
 
-    /// The central Secrets its source reads: a static copy's, or a token
-    /// issuer's signing keys (current, then previous). None for exec.
+    /// The central Secrets it reads: a static copy's, or a token issuer's
+    /// signing keys (current, then previous), and its CA bundle's.
     pub fn secret_names(&self) -> impl Iterator<Item = &str> {
         let s = &self.source;
         s.secret_ref
             .iter()
             .map(|r| r.name.as_str())
+            .chain(
+                self.transport
+                    .iter()
+                    .flat_map(|t| t.ca_bundle.iter().map(|b| b.secret_name.as_str())),
+            )
             .chain(s.token_issuer.iter().flat_map(|t| {
                 std::iter::once(t.signing_key_secret_ref.name.as_str()).chain(
                     t.previous_signing_key_secret_ref
@@ -503,6 +547,21 @@ impl RegistryCredentialSpec {
                 return Err("tokenIssuer.service and tokenIssuer.issuer are required".into());
             }
             bounded("tokenIssuer.tokenTtl", &t.token_ttl, MAX_TTL)?;
+        }
+        if let Some(t) = &self.transport {
+            if t.ca_only && t.ca_bundle.is_none() {
+                return Err(
+                    "transport.caOnly needs transport.caBundle (whom to trust instead)".into(),
+                );
+            }
+            if t.plain_http && t.ca_bundle.is_some() {
+                return Err("transport.plainHttp and transport.caBundle exclude each other: plain HTTP has no certificate to verify".into());
+            }
+            if let Some(b) = &t.ca_bundle {
+                if b.secret_name.is_empty() || b.key.is_empty() {
+                    return Err("transport.caBundle needs secretName and key".into());
+                }
+            }
         }
         Ok(())
     }

@@ -155,7 +155,7 @@ impl RegistryClient {
         // marked plain-HTTP/insecure by the operator): then a plain realm is too.
         let plain_accepted = ep.base.starts_with("http://") || !ep.verify_tls;
         realm_may_carry(registry, &realm_url, credential, plain_accepted)?;
-        let http = self.http(verify);
+        let http = self.http(registry, verify);
         let resp = self
             .send(registry, || {
                 let mut q: Vec<(&str, &str)> = vec![("scope", key.scope.as_str())];

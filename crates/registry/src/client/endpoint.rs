@@ -61,14 +61,19 @@ impl RegistryClient {
     async fn ping(&self, registry: &str) -> Result<Endpoint, RegistryError> {
         let host = api_host(registry);
         let mut first_error = None;
-        for transport in self.inner.settings.transports(registry) {
+        let tls = self.tls_for(registry).map(|(t, _)| t);
+        for transport in self.inner.settings.transports_with(registry, tls.as_ref()) {
             let (scheme, verify) = match transport {
                 Transport::Https => ("https", true),
                 Transport::HttpsNoVerify => ("https", false),
                 Transport::Http => ("http", true),
             };
             let base = format!("{scheme}://{host}");
-            let resp = self.http(verify).get(format!("{base}/v2/")).send().await;
+            let resp = self
+                .http(registry, verify)
+                .get(format!("{base}/v2/"))
+                .send()
+                .await;
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {

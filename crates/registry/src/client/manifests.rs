@@ -101,7 +101,7 @@ impl RegistryClient {
         let ep = self.endpoint(image.registry()).await?;
         let repository = image.repository();
         let url = format!("{}/v2/{repository}/tags/list?n=1", ep.base);
-        let http = self.http(ep.verify_tls);
+        let http = self.http(&ep.registry, ep.verify_tls);
         let (auth, _) = self.authorize(&ep, repository, credential).await?;
         let resp = self
             .send(&ep.registry, || {
@@ -207,7 +207,7 @@ impl RegistryClient {
     ) -> Result<Response, RegistryError> {
         let repository = image.repository();
         let url = format!("{}/v2/{repository}/manifests/{reference}", ep.base);
-        let http = self.http(ep.verify_tls);
+        let http = self.http(&ep.registry, ep.verify_tls);
         let mut renewed_token = false;
         let resp = loop {
             let (auth, token_key) = self.authorize(ep, repository, credential).await?;

@@ -8,12 +8,21 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use super::RegistryClient;
 use crate::challenge;
 use crate::error::{from_transport, RegistryError, SetupError};
-use crate::settings::ClientSettings;
+use crate::settings::{ClientSettings, RegistryTls};
 
 /// An HTTP client with the settings' timeouts and trusted CAs (rustls on
 /// ring); `verify: false` skips certificate checks. Also used by the broker
 /// for its own outbound calls, so both agree on TLS and timeouts.
 pub fn build_http(settings: &ClientSettings, verify: bool) -> Result<reqwest::Client, SetupError> {
+    build_http_with(settings, verify, None)
+}
+
+/// [`build_http`] trusting a registry's own CAs as well (or only them).
+pub(super) fn build_http_with(
+    settings: &ClientSettings,
+    verify: bool,
+    tls: Option<&RegistryTls>,
+) -> Result<reqwest::Client, SetupError> {
     // reqwest is built without a default crypto provider; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut b = reqwest::Client::builder()
@@ -27,6 +36,17 @@ pub fn build_http(settings: &ClientSettings, verify: bool) -> Result<reqwest::Cl
     for pem in &settings.ca_pems {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(SetupError::CaBundle)?;
         b = b.tls_certs_merge(certs);
+    }
+    if let Some(t) = tls {
+        let mut certs = Vec::new();
+        for pem in &t.ca_pems {
+            certs.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(SetupError::CaBundle)?);
+        }
+        b = if t.ca_only {
+            b.tls_certs_only(certs)
+        } else {
+            b.tls_certs_merge(certs)
+        };
     }
     if !verify {
         b = b.tls_danger_accept_invalid_certs(true);
