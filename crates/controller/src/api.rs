@@ -25,6 +25,17 @@ pub const WATCH_TIMEOUT_SECS: u32 = 20;
 pub fn bounded(mut config: kube::Config) -> kube::Config {
     config.read_timeout = Some(READ_TIMEOUT);
     config.reset_reader_on_write = true;
+    // kube takes `HTTPS_PROXY` for a kubeconfig's cluster. That variable is
+    // for registry traffic; the API server is never reached through it (and
+    // this build has no proxy connector: every request would fail).
+    let from_env = ["HTTPS_PROXY", "https_proxy"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .filter_map(|v| v.parse().ok())
+        .any(|v| config.proxy_url.as_ref() == Some(&v));
+    if from_env {
+        config.proxy_url = None;
+    }
     config
 }
 

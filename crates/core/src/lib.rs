@@ -25,6 +25,8 @@
 //!   accounts, pods and the policy.
 //! - [`adopt`]: `pullbroker adopt`'s plan — central credentials and the
 //!   narrowest grants for copied pull secrets, proven and ordered.
+//! - [`proxy`]: which proxy a request goes through, by Go's
+//!   `ProxyFromEnvironment` rules (`HTTPS_PROXY`, `NO_PROXY`, …).
 //! - [`time`]: [`UnixTime`](time::UnixTime), instants as RFC 3339 with
 //!   saturating arithmetic.
 
@@ -39,6 +41,7 @@ pub mod jwt;
 pub mod keychain;
 pub mod libtrust;
 pub mod policy;
+pub mod proxy;
 pub mod reference;
 pub mod secret;
 pub mod sync;

@@ -35,6 +35,9 @@ pub struct ClientSettings {
     /// Per-registry trust and transport, first match wins; replaceable at
     /// run time ([`crate::RegistryClient::set_registry_tls`]).
     pub registry_tls: Vec<RegistryTls>,
+    /// The proxy variables registry requests follow (Go's rules); `None`:
+    /// never proxied. Binaries pass their environment's.
+    pub proxy: Option<pullbroker_core::proxy::ProxyEnv>,
 }
 
 /// How a set of registries (grant-style patterns, `*` per DNS label) is
@@ -82,6 +85,7 @@ impl Default for ClientSettings {
             endpoint_ttl: Duration::from_secs(600),
             on_rate_limited: None,
             registry_tls: Vec::new(),
+            proxy: None,
         }
     }
 }
@@ -95,6 +99,16 @@ pub enum Transport {
 }
 
 impl ClientSettings {
+    /// The defaults, with the process's proxy variables: what a binary
+    /// that talks to registries starts from.
+    pub fn from_env() -> Self {
+        let proxy = pullbroker_core::proxy::ProxyEnv::from_vars(|k| std::env::var(k).ok());
+        ClientSettings {
+            proxy: proxy.is_set().then_some(proxy),
+            ..Default::default()
+        }
+    }
+
     /// Transports to try for `registry`, in order. Loopback registries follow
     /// Docker: HTTPS first, then plain HTTP (containerd goes straight to HTTP).
     pub fn transports(&self, registry: &str) -> Vec<Transport> {

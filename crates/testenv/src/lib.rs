@@ -19,6 +19,7 @@ pub mod pki;
 pub mod process;
 pub mod registry;
 pub mod skopeo;
+pub mod squid;
 pub mod token_server;
 
 use std::path::PathBuf;

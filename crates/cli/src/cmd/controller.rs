@@ -119,6 +119,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         };
         tracing::info!(identity = %settings.identity, namespace = %settings.system_namespace, "pullbroker controller starting");
         let metrics = Arc::new(Metrics::default());
+        // Before anything is announced: a signal from then on drains.
+        let shutdown = super::serve::shutdown_signal();
         let _health = match args.health_address.as_str() {
             "off" => None,
             addr => {
@@ -136,7 +138,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             client,
             settings,
             metrics,
-            super::serve::shutdown_signal(),
+            shutdown,
         )
         .await?;
         tracing::info!("pullbroker controller stopped");

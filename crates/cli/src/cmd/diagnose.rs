@@ -618,7 +618,8 @@ async fn diagnose(args: &Args) -> Result<Report> {
                 retries: 0,
                 plain_http: args.plain_http.clone(),
                 ca_pems,
-                ..Default::default()
+                // From where it runs, as docker or skopeo there would go.
+                ..ClientSettings::from_env()
             })
             .map_err(anyhow::Error::msg)?,
         )

@@ -143,7 +143,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         insecure: args.insecure.clone(),
         ca_pems,
         max_idle_per_host: args.concurrency as usize,
-        ..Default::default()
+        ..ClientSettings::from_env()
     };
     let client = RegistryClient::new(settings).map_err(anyhow::Error::msg)?;
 

@@ -76,14 +76,15 @@ async fn serve(args: Args) -> Result<ExitCode> {
     if reviewer.is_none() && snapshot.token_review.is_none() {
         tracing::warn!("tokens are verified offline only: a deleted service account's or pod's token is accepted until it expires (serviceAccountIssuer.tokenReview)");
     }
-    let broker = Broker::new(
-        snapshot,
-        Some(args.config.clone()),
-        ClientSettings::default(),
-        reviewer,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    // Registry traffic follows HTTPS_PROXY/NO_PROXY as Kubernetes components
+    // do; the API server, the issuer and TokenReview are never proxied.
+    let registry = ClientSettings::from_env();
+    if let Some(p) = &registry.proxy {
+        tracing::info!(no_proxy = %p.no_proxy, "registry requests go through the environment's proxy (HTTPS_PROXY/HTTP_PROXY)");
+    }
+    let broker = Broker::new(snapshot, Some(args.config.clone()), registry, reviewer)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -166,24 +167,31 @@ async fn serve(args: Args) -> Result<ExitCode> {
 }
 
 /// SIGINT or SIGTERM: stop accepting, finish in-flight requests, exit.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(e) => {
-            // Serve on; only SIGINT stops us gracefully then.
-            tracing::warn!(error = %e, "cannot listen for SIGTERM");
-            if ctrl_c.await.is_err() {
+/// The handlers are installed by this call, not when the future is first
+/// polled: a signal arriving right after the "serving" line is caught, not
+/// left to the default action (exit without a drain).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            (Ok(mut one), Err(e)) | (Err(e), Ok(mut one)) => {
+                tracing::warn!(error = %e, "cannot listen for one of SIGINT and SIGTERM");
+                one.recv().await;
+            }
+            (Err(e), Err(_)) => {
                 // No signal can reach us: serve until killed.
+                tracing::warn!(error = %e, "cannot listen for SIGINT or SIGTERM");
                 std::future::pending::<()>().await;
             }
-            tracing::info!("shutting down");
-            return;
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

@@ -67,6 +67,11 @@ fn spawn(mut cmd: Command, listening: &str) -> Running {
 /// `pullbroker serve` with the policy from the fake cluster, on loopback
 /// HTTP, reviewing tokens over the cluster connection.
 pub fn broker(fake: &FakeApi, dir: &std::path::Path) -> Running {
+    broker_with_env(fake, dir, &[])
+}
+
+/// [`broker`] with extra environment variables (a proxy, say).
+pub fn broker_with_env(fake: &FakeApi, dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
     let kubeconfig = dir.join("broker-kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig_as(api_log::BROKER)).unwrap();
     std::fs::write(dir.join("sa-token"), api_log::BROKER).unwrap();
@@ -75,7 +80,8 @@ pub fn broker(fake: &FakeApi, dir: &std::path::Path) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pullbroker"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
-        .env("KUBECONFIG", &kubeconfig);
+        .env("KUBECONFIG", &kubeconfig)
+        .envs(env.iter().copied());
     let b = spawn(cmd, "pullbroker serving");
     wait_for(&b.url, "/readyz", "the broker ready");
     b

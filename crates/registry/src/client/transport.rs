@@ -31,8 +31,14 @@ pub(super) fn build_http_with(
         .connect_timeout(settings.connect_timeout)
         .pool_max_idle_per_host(settings.max_idle_per_host)
         .redirect(reqwest::redirect::Policy::limited(5))
-        .no_proxy()
         .tcp_nodelay(true);
+    b = match settings.proxy.clone() {
+        // Every request asks the rules; loopback and NO_PROXY go direct.
+        Some(env) => b.proxy(reqwest::Proxy::custom(move |url| {
+            env.proxy_for(url.scheme(), url.host_str()?, url.port_or_known_default()?)
+        })),
+        None => b.no_proxy(),
+    };
     for pem in &settings.ca_pems {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(SetupError::CaBundle)?;
         b = b.tls_certs_merge(certs);

@@ -350,10 +350,15 @@ pub(super) fn replace(
     status_only: bool,
     q: &BTreeMap<String, String>,
 ) -> Response {
-    let new = match parse_body(body) {
+    let mut new = match parse_body(body) {
         Ok(o) => o,
         Err(e) => return e,
     };
+    // As on a real server, the route says what the body is: `stringData` is
+    // folded even when the body names no `kind`.
+    if r.resource.kind == "Secret" {
+        fold_string_data(&mut new);
+    }
     store_update(inner, r, "update", &manager_of(q), |old| {
         let rv = new["metadata"]["resourceVersion"].as_str();
         if rv.is_some_and(|rv| Some(rv) != old["metadata"]["resourceVersion"].as_str()) {
