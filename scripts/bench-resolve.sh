@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-tools.sh
-ensure_tools docker-registry=docker-registry skopeo=skopeo ab=apache2-utils
+ensure_tools docker-registry=docker-registry skopeo=skopeo ab=apache2-utils squid=squid
 cargo build --release -q -p pullbroker -p pullbroker-bench
 exec target/release/resolve-bench "$@"

@@ -1002,3 +1002,34 @@ fn the_monitoring_component_scrapes_the_broker_and_controller_it_ships_with() {
         serde_json::from_str(dashboard["data"]["pullbroker.json"].as_str().unwrap()).unwrap();
     assert_eq!(json["uid"], "pullbroker");
 }
+
+#[test]
+fn the_exec_sources_component_mounts_the_providers_read_only_at_one_directory() {
+    let objects = render_with("kep4412", &["exec-sources"]);
+    for doc in &objects {
+        round_trip(doc).unwrap_or_else(|e| panic!("{}: {e}", name(doc)));
+    }
+    let broker = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "pullbroker-broker")
+        .unwrap();
+    let pod = &broker["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "exec-sources")
+        .unwrap();
+    assert_eq!(mount["mountPath"], "/opt/pullbroker/exec");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "exec-sources")
+        .unwrap();
+    assert!(volume["image"]["reference"].is_string(), "{volume}");
+    // Documented as the directory to name in broker.yaml.
+    let docs = std::fs::read_to_string(deploy().join("../docs/cloud-registries.md")).unwrap();
+    assert!(docs.contains("execSourceDir: /opt/pullbroker/exec"));
+}

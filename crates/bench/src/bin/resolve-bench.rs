@@ -7,7 +7,10 @@
 //! - (c) a `skopeo inspect` loop over a sample,
 //!
 //! and reported as absolutes and ratios. Every digest is checked against the
-//! one computed when the manifest was pushed. Run with `scripts/bench-resolve.sh`.
+//! one computed when the manifest was pushed. With `--proxy`, (a) and (b) run
+//! again through a real forward proxy (Debian `squid` on loopback, which alone
+//! resolves the registry's name; `HTTP_PROXY` as an operator sets it), and
+//! the ratios proxied/direct are reported. Run with `scripts/bench-resolve.sh`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ struct Opts {
     skopeo_sample: usize,
     ab_requests: usize,
     json: Option<PathBuf>,
+    proxy: bool,
 }
 
 fn opts() -> Result<Opts> {
@@ -41,6 +45,7 @@ fn opts() -> Result<Opts> {
         skopeo_sample: 20,
         ab_requests: 6000,
         json: None,
+        proxy: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -58,8 +63,9 @@ fn opts() -> Result<Opts> {
             "--skopeo-sample" => o.skopeo_sample = num("--skopeo-sample")?.max(1),
             "--ab-requests" => o.ab_requests = num("--ab-requests")?,
             "--json" => o.json = Some(args.next().context("--json needs a path")?.into()),
+            "--proxy" => o.proxy = true,
             "-h" | "--help" => {
-                println!("resolve-bench [--repos 50] [--tags 20] [--concurrency 32] [--runs 3] [--skopeo-sample 20] [--ab-requests 6000] [--json FILE]");
+                println!("resolve-bench [--repos 50] [--tags 20] [--concurrency 32] [--runs 3] [--skopeo-sample 20] [--ab-requests 6000] [--json FILE] [--proxy]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -166,16 +172,28 @@ struct Run {
     registry_cpu_per_image: Duration,
 }
 
+/// How a run reaches the registry: directly, or by a name only the proxy
+/// resolves, through it.
+struct Via {
+    /// `(HTTP_PROXY, registry host as the proxy knows it)`.
+    proxy: Option<(String, String)>,
+}
+
 fn cold_run(
     bin: &PathBuf,
     file: &std::path::Path,
     expected: &HashMap<String, String>,
     o: &Opts,
     registry_pid: u32,
+    via: &Via,
 ) -> Result<Run> {
     let (cpu0, reg0) = (children_cpu(), proc_cpu(registry_pid));
     let start = Instant::now();
-    let out = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if let Some((proxy, name)) = &via.proxy {
+        cmd.env("HTTP_PROXY", proxy).args(["--plain-http", name]);
+    }
+    let out = cmd
         .args([
             "resolve",
             "--no-default-config",
@@ -217,9 +235,18 @@ async fn warm_runs(
     expected: &HashMap<String, String>,
     o: &Opts,
     registry_pid: u32,
+    via: &Via,
 ) -> Result<Vec<Run>> {
     let client = RegistryClient::new(ClientSettings {
         max_idle_per_host: o.concurrency,
+        plain_http: via.proxy.iter().map(|(_, name)| name.clone()).collect(),
+        proxy: via
+            .proxy
+            .as_ref()
+            .map(|(url, _)| pullbroker_core::proxy::ProxyEnv {
+                http_proxy: Some(url.clone()),
+                ..Default::default()
+            }),
         ..Default::default()
     })
     .map_err(anyhow::Error::msg)?;
@@ -326,10 +353,42 @@ fn main() -> Result<()> {
 
     let url = format!("http://{host}/v2/bench/r00/manifests/t000");
     let (ceiling, ab_reg_cpu) = ab_ceiling(&url, &o, pid)?;
+    let direct = Via { proxy: None };
     let cold: Vec<Run> = (0..o.runs)
-        .map(|_| cold_run(&bin, &file, &expected, &o, pid))
+        .map(|_| cold_run(&bin, &file, &expected, &o, pid, &direct))
         .collect::<Result<_>>()?;
-    let warm = rt.block_on(warm_runs(&refs, &expected, &o, pid))?;
+    let warm = rt.block_on(warm_runs(&refs, &expected, &o, pid, &direct))?;
+    // The same tags by a name only squid resolves, through it.
+    let proxied = if o.proxy {
+        let name = "registry.bench.test";
+        let squid = pullbroker_testenv::squid::Squid::start(&[name]).map_err(anyhow::Error::msg)?;
+        let named = format!("{name}:{}", host.rsplit_once(':').map_or("", |(_, p)| p));
+        let rename = |r: &str| r.replacen(&host, &named, 1);
+        let file = dir.join("tags-proxied.txt");
+        std::fs::write(
+            &file,
+            seeded
+                .iter()
+                .map(|(r, _)| format!("{}\n", rename(r)))
+                .collect::<String>(),
+        )?;
+        let expected: HashMap<String, String> =
+            seeded.iter().map(|(r, d)| (rename(r), d.clone())).collect();
+        let refs: Vec<Reference> = seeded
+            .iter()
+            .map(|(r, _)| Reference::parse(&rename(r)))
+            .collect::<Result<_, _>>()?;
+        let via = Via {
+            proxy: Some((squid.url(), named)),
+        };
+        let cold: Vec<Run> = (0..o.runs)
+            .map(|_| cold_run(&bin, &file, &expected, &o, pid, &via))
+            .collect::<Result<_>>()?;
+        let warm = rt.block_on(warm_runs(&refs, &expected, &o, pid, &via))?;
+        Some((cold, warm))
+    } else {
+        None
+    };
     let step = (seeded.len() / o.skopeo_sample).max(1);
     let sample: Vec<(String, String)> = seeded
         .iter()
@@ -384,6 +443,31 @@ fn main() -> Result<()> {
     let a_vs_c = cold_rate / skopeo_rate;
     let a_vs_d = cold_rate / ceiling;
     let b_vs_d = warm_rate / ceiling;
+    let mut proxy_json = serde_json::Value::Null;
+    if let Some((pcold, pwarm)) = &proxied {
+        let (pc, pw) = (med(pcold, |r| r.per_sec), med(pwarm, |r| r.per_sec));
+        println!(
+            "{:<44} {:>10.0} {:>13.0} µs {:>15.0} µs",
+            "(a') resolve, cold, through squid",
+            pc,
+            med(pcold, |r| us(r.cpu_per_image)),
+            med(pcold, |r| us(r.registry_cpu_per_image))
+        );
+        println!(
+            "{:<44} {:>10.0} {:>13.0} µs {:>15.0} µs",
+            "(b') resolver warm, through squid",
+            pw,
+            med(pwarm, |r| us(r.cpu_per_image)),
+            med(pwarm, |r| us(r.registry_cpu_per_image))
+        );
+        println!(
+            "time through the proxy / direct: cold {:.2}x, warm {:.2}x   (target <= 1.3x)",
+            cold_rate / pc,
+            warm_rate / pw
+        );
+        proxy_json = serde_json::json!({"cold_images_per_s": pc, "warm_images_per_s": pw,
+            "cold_time_ratio": cold_rate / pc, "warm_time_ratio": warm_rate / pw});
+    }
     println!("(a) / (c) = {a_vs_c:.1}x   (target >= 20x)");
     println!("(a) / (d) = {:.0}%   (target >= 70%)", a_vs_d * 100.0);
     println!("(b) / (d) = {:.0}%   (target >= 85%)", b_vs_d * 100.0);
@@ -395,6 +479,7 @@ fn main() -> Result<()> {
             "warm_images_per_s": warm_rate, "warm_cpu_us_per_image": warm_cpu,
             "skopeo_images_per_s": skopeo_rate, "skopeo_cpu_us_per_image": us(skopeo_cpu),
             "cold_vs_skopeo": a_vs_c, "cold_vs_ceiling": a_vs_d, "warm_vs_ceiling": b_vs_d,
+            "proxy": proxy_json,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
     }
