@@ -190,18 +190,18 @@ fn cold_run(
     let (cpu0, reg0) = (children_cpu(), proc_cpu(registry_pid));
     let start = Instant::now();
     let mut cmd = Command::new(bin);
+    cmd.args([
+        "resolve",
+        "--no-default-config",
+        "--no-progress",
+        "--concurrency",
+        &o.concurrency.to_string(),
+    ]);
     if let Some((proxy, name)) = &via.proxy {
         cmd.env("HTTP_PROXY", proxy).args(["--plain-http", name]);
     }
     let out = cmd
-        .args([
-            "resolve",
-            "--no-default-config",
-            "--no-progress",
-            "--concurrency",
-            &o.concurrency.to_string(),
-            "-f",
-        ])
+        .arg("-f")
         .arg(file)
         .stdin(Stdio::null())
         .output()?;
