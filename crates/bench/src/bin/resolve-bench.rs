@@ -200,11 +200,7 @@ fn cold_run(
     if let Some((proxy, name)) = &via.proxy {
         cmd.env("HTTP_PROXY", proxy).args(["--plain-http", name]);
     }
-    let out = cmd
-        .arg("-f")
-        .arg(file)
-        .stdin(Stdio::null())
-        .output()?;
+    let out = cmd.arg("-f").arg(file).stdin(Stdio::null()).output()?;
     let wall = start.elapsed();
     let (cpu, reg) = (children_cpu() - cpu0, proc_cpu(registry_pid) - reg0);
     ensure!(
