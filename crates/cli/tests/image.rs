@@ -172,7 +172,7 @@ fn the_image_is_reproducible_and_runs_under_containerd_as_nonroot_read_only() {
         .collect()
     };
     let version = Command::new("ctr")
-        .args(run("pb-version"))
+        .args(run(&format!("pb-version-{}", std::process::id())))
         .args(["/usr/local/bin/pullbroker", "--version"])
         .stdin(Stdio::null())
         .output()
@@ -189,7 +189,7 @@ fn the_image_is_reproducible_and_runs_under_containerd_as_nonroot_read_only() {
 
     // The standalone broker from inside the container, on the host network.
     let mut child = Command::new("ctr")
-        .args(run("pb-serve"))
+        .args(run(&format!("pb-serve-{}", std::process::id())))
         .args([
             "/usr/local/bin/pullbroker",
             "serve",
