@@ -147,6 +147,8 @@ fn the_image_is_reproducible_and_runs_under_containerd_as_nonroot_read_only() {
         "pulled by digest {digest}: {listed}"
     );
 
+    // Unique per process: runc's state is shared by every containerd here.
+    let serve_id = format!("pb-serve-{}", std::process::id());
     let run = |id: &str| -> Vec<String> {
         [
             "--address",
@@ -189,7 +191,7 @@ fn the_image_is_reproducible_and_runs_under_containerd_as_nonroot_read_only() {
 
     // The standalone broker from inside the container, on the host network.
     let mut child = Command::new("ctr")
-        .args(run(&format!("pb-serve-{}", std::process::id())))
+        .args(run(&serve_id))
         .args([
             "/usr/local/bin/pullbroker",
             "serve",
@@ -242,14 +244,14 @@ fn the_image_is_reproducible_and_runs_under_containerd_as_nonroot_read_only() {
     let tasks = containerd.ctr(&["task", "ls"]).unwrap();
     let pid = tasks
         .lines()
-        .find(|l| l.starts_with("pb-serve"))
+        .find(|l| l.starts_with(&serve_id))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or_else(|| panic!("pb-serve in {tasks}"));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "{uid}");
     containerd
-        .ctr(&["task", "kill", "--signal", "SIGTERM", "pb-serve"])
+        .ctr(&["task", "kill", "--signal", "SIGTERM", &serve_id])
         .unwrap();
     let mut serving = serving;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
