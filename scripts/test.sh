@@ -17,6 +17,20 @@ if [ ! -f /etc/containers/policy.json ]; then
   echo '{"default":[{"type":"insecureAcceptAnything"}]}' > /etc/containers/policy.json
 fi
 
+# AWS's STS and ECR APIs for the ecr-source tests: moto in server mode, in a
+# virtual environment of its own (crates/testenv/src/aws.rs starts it).
+MOTO=/opt/pullbroker-moto
+if [ ! -x "$MOTO/bin/moto_server" ]; then
+  ensure_tools python3=python3
+  if ! python3 -m venv "$MOTO" >/dev/null 2>&1; then
+    # Debian's python3 makes venvs only with python3-venv.
+    rm -rf "$MOTO"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$MOTO"
+  fi
+  "$MOTO/bin/pip" install --quiet 'moto[server]==5.2.5'
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # No dependency that nothing uses (cargo-machete reads the sources, no build).

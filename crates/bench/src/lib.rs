@@ -276,3 +276,92 @@ impl Drop for FakeProcess {
         let _ = self.child.wait();
     }
 }
+
+#[derive(Clone, Copy)]
+/// A load run's shape (`wrk` and the open loop).
+pub struct Opts {
+    pub duration: u64,
+    pub rate: f64,
+    pub connections: usize,
+}
+
+/// What one `wrk` run measured.
+pub struct WrkResult {
+    pub rps: f64,
+    pub p50: String,
+    pub p99: String,
+    pub requests: u64,
+}
+
+/// `wrk` against `url` (closed loop, two threads); fails on any non-2xx.
+pub fn wrk(
+    url: &str,
+    script: Option<&Path>,
+    headers: &[String],
+    o: &Opts,
+    env: &[(&str, &str)],
+) -> Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{}", o.connections),
+        &format!("-d{}s", o.duration),
+        "--latency",
+    ]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(url).envs(env.iter().copied());
+    let out = cmd
+        .output()
+        .context("cannot run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    };
+    let rps = field("Requests/sec:").context("no Requests/sec")?.parse()?;
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(WrkResult {
+        rps,
+        p50: field("50%").unwrap_or_default(),
+        p99: field("99%").unwrap_or_default(),
+        requests,
+    })
+}
+
+/// A wrk script posting `/v1/exchange` for `image` with the tokens of the
+/// file named by `$TOKENS`, one a line, cycling.
+pub fn write_exchange_lua(path: &Path, image: &str) -> Result<std::path::PathBuf> {
+    std::fs::write(
+        path,
+        format!(
+            r#"local tokens = {{}}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local i = math.random(#tokens)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, nil, '{{"token":"' .. tokens[i] .. '","image":"{image}"}}')
+end
+"#
+        ),
+    )?;
+    Ok(path.to_path_buf())
+}

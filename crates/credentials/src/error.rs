@@ -42,6 +42,16 @@ pub enum Error {
         command: String,
         problem: ExecProblem,
     },
+    /// An ECR source failed (AWS's code and message, never a token).
+    #[error("ecr source in {region}: {problem}")]
+    Ecr {
+        region: String,
+        problem: pullbroker_aws::Error,
+    },
+    /// A source's token expired before it was served (clock skew, or an
+    /// upstream answering with a past expiry).
+    #[error("the source's credential expired at {expires_at}, before it could be used")]
+    Expired { expires_at: i64 },
 }
 
 /// Why one run of an exec source failed.

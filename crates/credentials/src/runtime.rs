@@ -30,7 +30,7 @@ pub enum CredentialRuntime {
     },
     /// A static upstream credential (dockerconfigjson).
     Static { config: DockerConfig },
-    /// Short-lived upstream credentials from an exec source, refreshed.
+    /// Short-lived upstream credentials from an exec or ECR source, refreshed.
     Refreshing {
         source: std::sync::Arc<crate::source::Refresher>,
     },
@@ -281,6 +281,11 @@ pub fn credential_runtime(
             .unwrap_or_default();
         return Ok(CredentialRuntime::Refreshing {
             source: refreshers.get(name, e, registry, exec_dir),
+        });
+    }
+    if let Some(e) = &spec.source.ecr {
+        return Ok(CredentialRuntime::Refreshing {
+            source: refreshers.get_ecr(name, e, &spec.registries)?,
         });
     }
     if let Some(r) = &spec.source.secret_ref {

@@ -1,5 +1,5 @@
-//! Upstream credentials that expire and are refreshed (ECR-style tokens):
-//! the `exec` credential source.
+//! Upstream credentials that expire and are refreshed: the `exec` and
+//! `ecr` credential sources, behind one [`Refresher`].
 //!
 //! The executable speaks the kubelet credential-provider exec protocol: a
 //! `CredentialProviderRequest` (v1) on stdin naming an image of the
@@ -13,6 +13,10 @@
 //! refresh). Executables are looked up by file name in one operator-given
 //! directory; without it exec sources are refused.
 //! Errors never include the executable's output: it holds secrets.
+//!
+//! An `ecr` source ([`pullbroker_aws::Ecr`]) asks ECR for a token with the
+//! process's AWS identity; its docker config names the credential's
+//! registries, and its lifetime is the token's own `expiresAt`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,7 +26,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use pullbroker_core::policy::model::ExecSource;
+use pullbroker_core::policy::model::{EcrSource, ExecSource};
 use pullbroker_core::time::UnixTime;
 use pullbroker_core::DockerConfig;
 use serde_json::{json, Value};
@@ -143,15 +147,27 @@ fn refresh_due(issued_at: i64, expires_at: i64, fraction: f64) -> i64 {
     issued_at.saturating_add((life * fraction) as i64)
 }
 
-/// Keeps one exec source's current credential.
+/// Keeps one refreshing source's current credential.
 pub struct Refresher {
     name: String,
-    spec: ExecSource,
-    registry: String,
-    /// Where executables live (kubelet's `--image-credential-provider-bin-dir`).
-    dir: Option<PathBuf>,
+    fetch: Fetch,
     /// Held across a run: callers arriving meanwhile wait for its outcome.
     state: tokio::sync::Mutex<State>,
+}
+
+/// Where a [`Refresher`] gets a new credential.
+enum Fetch {
+    Exec {
+        spec: ExecSource,
+        registry: String,
+        /// Where executables live (kubelet's `--image-credential-provider-bin-dir`).
+        dir: Option<PathBuf>,
+    },
+    Ecr {
+        source: pullbroker_aws::Ecr,
+        /// The credential's registry patterns: the docker config's keys.
+        registries: Vec<String>,
+    },
 }
 
 /// What a [`Refresher`] serves.
@@ -214,9 +230,9 @@ impl fmt::Debug for Refreshers {
 }
 
 impl Refreshers {
-    /// The refresher for a credential: the same one while its spec is
-    /// unchanged, so neither a reload nor the end of a reconcile throws the
-    /// current credential away.
+    /// The refresher for an exec credential: the same one while its spec
+    /// is unchanged, so neither a reload nor the end of a reconcile throws
+    /// the current credential away.
     pub fn get(
         &self,
         name: &str,
@@ -224,11 +240,39 @@ impl Refreshers {
         registry: &str,
         dir: Option<&std::path::Path>,
     ) -> Arc<Refresher> {
-        let key = format!(
-            "{name}\0{registry}\0{dir:?}\0{}",
-            // A struct of strings and lists of strings always serializes.
-            serde_json::to_string(spec).expect("serializable")
-        );
+        // A struct of strings and lists of strings always serializes.
+        let spec_json = serde_json::to_string(spec).expect("serializable");
+        let key = format!("exec\0{name}\0{registry}\0{dir:?}\0{spec_json}");
+        self.get_or_make(name, key, || Fetch::Exec {
+            spec: spec.clone(),
+            registry: registry.into(),
+            dir: dir.map(PathBuf::from),
+        })
+    }
+
+    /// The refresher for an ECR credential, kept like [`Refreshers::get`]'s
+    /// (and with it the AWS credentials the SDK caches).
+    pub fn get_ecr(
+        &self,
+        name: &str,
+        spec: &EcrSource,
+        registries: &[String],
+    ) -> Result<Arc<Refresher>, Error> {
+        let source = pullbroker_aws::Ecr::new(name, spec, registries).map_err(Error::Invalid)?;
+        let spec_json = serde_json::to_string(spec).expect("serializable");
+        let key = format!("ecr\0{name}\0{registries:?}\0{spec_json}");
+        Ok(self.get_or_make(name, key, || Fetch::Ecr {
+            source,
+            registries: registries.to_vec(),
+        }))
+    }
+
+    fn get_or_make(
+        &self,
+        name: &str,
+        key: String,
+        fetch: impl FnOnce() -> Fetch,
+    ) -> Arc<Refresher> {
         let mut all = self.0.lock().expect("poisoned");
         let now = std::time::Instant::now();
         if let Some((_, used, r)) = all.get_mut(&key) {
@@ -238,9 +282,7 @@ impl Refreshers {
         all.retain(|_, (n, used, _)| n != name || now.duration_since(*used) < STALE);
         let r = Arc::new(Refresher {
             name: name.into(),
-            spec: spec.clone(),
-            registry: registry.into(),
-            dir: dir.map(PathBuf::from),
+            fetch: fetch(),
             state: tokio::sync::Mutex::default(),
         });
         all.insert(key, (name.to_string(), now, r.clone()));
@@ -275,10 +317,10 @@ impl Refresher {
         tokio::spawn(async move { this.refresh(now, refresh_after).await })
             .await
             .unwrap_or_else(|e| {
-                Err(Error::Exec {
-                    command: self.spec.command.clone(),
-                    problem: ExecProblem::Io(format!("the refresh task ended: {e}")),
-                })
+                Err(Error::Invalid(format!(
+                    "credential {:?}: the refresh task ended: {e}",
+                    self.name
+                )))
             })
     }
 
@@ -306,7 +348,7 @@ impl Refresher {
         match self.run(now).await {
             Ok(u) => {
                 let fresh = Arc::new(u);
-                tracing::info!(credential = %self.name, expires_at = fresh.expires_at, "exec source refreshed");
+                tracing::info!(credential = %self.name, source = self.fetch.kind(), expires_at = fresh.expires_at, "credential source refreshed");
                 state.current = Some(fresh.clone());
                 state.failure = None;
                 Ok(Served {
@@ -318,7 +360,7 @@ impl Refresher {
                 let served = stale(&error);
                 let streak = state.failure.as_ref().map_or(0, |f| f.streak) + 1;
                 let retry_at = now.saturating_add(backoff(streak));
-                tracing::warn!(credential = %self.name, %error, retry_at, serving_cached = unexpired.is_some(), "exec source refresh failed");
+                tracing::warn!(credential = %self.name, source = self.fetch.kind(), %error, retry_at, serving_cached = unexpired.is_some(), "credential source refresh failed");
                 state.failure = Some(Failure {
                     error: error.clone(),
                     retry_at,
@@ -330,77 +372,140 @@ impl Refresher {
     }
 
     async fn run(&self, now: i64) -> Result<Upstream, Error> {
-        let fail = |problem| Error::Exec {
-            command: self.spec.command.clone(),
-            problem,
-        };
-        let dir = self
-            .dir
-            .clone()
-            .ok_or_else(|| fail(ExecProblem::Disabled))?;
-        let path = dir.join(&self.spec.command);
-        let timeout = Error::duration(
-            "exec.timeout",
-            self.spec.timeout.as_deref(),
-            Duration::from_secs(30),
-        )?;
-        let default_lifetime = Error::duration(
-            "exec.defaultLifetime",
-            self.spec.default_lifetime.as_deref(),
-            Duration::from_secs(3600),
-        )?;
-        let mut child = tokio::process::Command::new(&path)
-            .args(&self.spec.args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                fail(ExecProblem::Spawn {
-                    path: path.display().to_string(),
-                    cause: e.to_string(),
+        match &self.fetch {
+            Fetch::Exec {
+                spec,
+                registry,
+                dir,
+            } => run_exec(spec, registry, dir.as_deref(), now).await,
+            Fetch::Ecr { source, registries } => {
+                let token = source.token().await.map_err(|problem| Error::Ecr {
+                    region: source.region().to_string(),
+                    problem,
+                })?;
+                if token.expires_at <= now {
+                    return Err(Error::Expired {
+                        expires_at: token.expires_at,
+                    });
+                }
+                let (config, dockerconfigjson) = ecr_config(registries, &token)?;
+                Ok(Upstream {
+                    config,
+                    dockerconfigjson,
+                    issued_at: now,
+                    expires_at: token.expires_at,
                 })
-            })?;
-        // The registry patterns may be globs; a concrete image is what the protocol asks about.
-        let host = self.registry.replace("*.", "x.");
-        let request = json!({"apiVersion": "credentialprovider.kubelet.k8s.io/v1", "kind": "CredentialProviderRequest",
-            "image": format!("{host}/pullbroker/source")});
-        let mut stdin = child.stdin.take().expect("piped");
-        let mut stdout = child.stdout.take().expect("piped");
-        let io = async {
-            stdin.write_all(request.to_string().as_bytes()).await.ok();
-            drop(stdin);
-            let mut out = Vec::new();
-            (&mut stdout)
-                .take(MAX_OUTPUT)
-                .read_to_end(&mut out)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = child.wait().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((status, out))
-        };
-        let (status, out) = tokio::time::timeout(timeout, io)
-            .await
-            .map_err(|_| fail(ExecProblem::Timeout(timeout)))?
-            .map_err(|e| fail(ExecProblem::Io(e)))?;
-        if !status.success() {
-            return Err(fail(ExecProblem::Exited(status.to_string())));
+            }
         }
-        let (config, dockerconfigjson, lifetime) = parse_response(&out).map_err(fail)?;
-        Ok(Upstream {
-            config,
-            dockerconfigjson,
-            issued_at: now,
-            expires_at: UnixTime(now)
-                .plus(
-                    lifetime
-                        .unwrap_or(default_lifetime)
-                        .max(Duration::from_secs(1)),
-                )
-                .0,
-        })
     }
+}
+
+impl Fetch {
+    fn kind(&self) -> &'static str {
+        match self {
+            Fetch::Exec { .. } => "exec",
+            Fetch::Ecr { .. } => "ecr",
+        }
+    }
+}
+
+/// The docker config an ECR token makes: the token for each of the
+/// credential's registries.
+fn ecr_config(
+    registries: &[String],
+    token: &pullbroker_aws::EcrToken,
+) -> Result<(DockerConfig, Vec<u8>), Error> {
+    use secrecy::ExposeSecret as _;
+    let (user, password) = (&token.username, token.password.expose_secret());
+    let auth = STANDARD.encode(format!("{user}:{password}"));
+    let auths: serde_json::Map<String, Value> = registries
+        .iter()
+        .map(|r| {
+            (
+                r.clone(),
+                json!({"username": user, "password": password, "auth": auth}),
+            )
+        })
+        .collect();
+    let raw = serde_json::to_vec(&json!({ "auths": auths })).expect("serializable");
+    let config = DockerConfig::parse(&raw)?;
+    Ok((config, raw))
+}
+
+/// One run of an exec source.
+async fn run_exec(
+    spec: &ExecSource,
+    registry: &str,
+    dir: Option<&std::path::Path>,
+    now: i64,
+) -> Result<Upstream, Error> {
+    let fail = |problem| Error::Exec {
+        command: spec.command.clone(),
+        problem,
+    };
+    let dir = dir.ok_or_else(|| fail(ExecProblem::Disabled))?;
+    let path = dir.join(&spec.command);
+    let timeout = Error::duration(
+        "exec.timeout",
+        spec.timeout.as_deref(),
+        Duration::from_secs(30),
+    )?;
+    let default_lifetime = Error::duration(
+        "exec.defaultLifetime",
+        spec.default_lifetime.as_deref(),
+        Duration::from_secs(3600),
+    )?;
+    let mut child = tokio::process::Command::new(&path)
+        .args(&spec.args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            fail(ExecProblem::Spawn {
+                path: path.display().to_string(),
+                cause: e.to_string(),
+            })
+        })?;
+    // The registry patterns may be globs; a concrete image is what the protocol asks about.
+    let host = registry.replace("*.", "x.");
+    let request = json!({"apiVersion": "credentialprovider.kubelet.k8s.io/v1", "kind": "CredentialProviderRequest",
+            "image": format!("{host}/pullbroker/source")});
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let io = async {
+        stdin.write_all(request.to_string().as_bytes()).await.ok();
+        drop(stdin);
+        let mut out = Vec::new();
+        (&mut stdout)
+            .take(MAX_OUTPUT)
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = child.wait().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, out))
+    };
+    let (status, out) = tokio::time::timeout(timeout, io)
+        .await
+        .map_err(|_| fail(ExecProblem::Timeout(timeout)))?
+        .map_err(|e| fail(ExecProblem::Io(e)))?;
+    if !status.success() {
+        return Err(fail(ExecProblem::Exited(status.to_string())));
+    }
+    let (config, dockerconfigjson, lifetime) = parse_response(&out).map_err(fail)?;
+    Ok(Upstream {
+        config,
+        dockerconfigjson,
+        issued_at: now,
+        expires_at: UnixTime(now)
+            .plus(
+                lifetime
+                    .unwrap_or(default_lifetime)
+                    .max(Duration::from_secs(1)),
+            )
+            .0,
+    })
 }
 
 #[cfg(test)]

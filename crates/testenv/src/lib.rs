@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod api_log;
+pub mod aws;
 pub mod containerd;
 pub mod fakeapi;
 pub mod fixtures;

@@ -30,20 +30,13 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use pullbroker_bench::{
     percentile, proc_cpu, push_blob, put_manifest, serve_tls_too, start_broker,
-    write_broker_config, BENCH_SERVICE as SERVICE,
+    write_broker_config, write_exchange_lua, wrk, Opts, WrkResult, BENCH_SERVICE as SERVICE,
 };
 use pullbroker_broker::satoken::{IssuerSettings, JwksSource, Verifier};
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use pullbroker_testenv::{fixtures, Auth, Registry, RegistryOptions};
 
 const TOKENS: usize = 2000;
-
-#[derive(Clone, Copy)]
-struct Opts {
-    duration: u64,
-    rate: f64,
-    connections: usize,
-}
 
 fn opts() -> Result<Opts> {
     let mut o = Opts {
@@ -66,64 +59,6 @@ fn opts() -> Result<Opts> {
         }
     }
     Ok(o)
-}
-
-struct WrkResult {
-    rps: f64,
-    p50: String,
-    p99: String,
-    requests: u64,
-}
-
-fn wrk(
-    url: &str,
-    script: Option<&Path>,
-    headers: &[String],
-    o: &Opts,
-    env: &[(&str, &str)],
-) -> Result<WrkResult> {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        "-t2",
-        &format!("-c{}", o.connections),
-        &format!("-d{}s", o.duration),
-        "--latency",
-    ]);
-    if let Some(s) = script {
-        cmd.arg("-s").arg(s);
-    }
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.arg(url).envs(env.iter().copied());
-    let out = cmd
-        .output()
-        .context("cannot run wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "wrk failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
-    let field = |prefix: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(prefix))
-            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
-    };
-    let rps = field("Requests/sec:").context("no Requests/sec")?.parse()?;
-    let requests = text
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    Ok(WrkResult {
-        rps,
-        p50: field("50%").unwrap_or_default(),
-        p99: field("99%").unwrap_or_default(),
-        requests,
-    })
 }
 
 /// Open-loop load at `rate` for `duration`; latencies from scheduled times.
@@ -459,25 +394,6 @@ fn main() -> Result<()> {
 
 /// A wrk script posting `/v1/exchange` for `image`, cycling through the
 /// tokens in the file named by `$TOKENS`.
-fn write_exchange_lua(path: &Path, image: &str) -> Result<std::path::PathBuf> {
-    std::fs::write(
-        path,
-        format!(
-            r#"local tokens = {{}}
-for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
-local i = math.random(#tokens)
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = i % #tokens + 1
-  return wrk.format(nil, nil, nil, '{{"token":"' .. tokens[i] .. '","image":"{image}"}}')
-end
-"#
-        ),
-    )?;
-    Ok(path.to_path_buf())
-}
-
 /// The default positive TokenReview cache ttl, as configured below.
 const REVIEW_TTL_SECS: u64 = 5;
 

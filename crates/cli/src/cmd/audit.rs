@@ -600,6 +600,8 @@ fn page(
                         "token issuer"
                     } else if c.source.exec.is_some() {
                         "exec"
+                    } else if c.source.ecr.is_some() {
+                        "ecr"
                     } else {
                         "static"
                     };

@@ -98,6 +98,102 @@ pub struct CredentialSource {
     /// refreshed from their real expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecSource>,
+    /// Amazon ECR tokens obtained with the broker's own AWS identity (IRSA,
+    /// EKS Pod Identity, environment credentials): no static keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecr: Option<EcrSource>,
+}
+
+/// Amazon ECR `GetAuthorizationToken` with the identity the broker and
+/// controller run as, optionally assuming `roleArn` first. The token is
+/// refreshed from its real `expiresAt` and opens every registry and
+/// repository the identity can read in the region (ECR's deprecated
+/// `registryIds` never narrowed that, so there is no such field): a grant
+/// narrows who gets it, never what it opens upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EcrSource {
+    /// AWS region (default: the region in the registries' host names,
+    /// `ACCOUNT.dkr.ecr.REGION.amazonaws.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A role to assume with the broker's identity for this credential
+    /// (`arn:aws:iam::ACCOUNT:role/NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+impl EcrSource {
+    /// The region the token is asked in: `region`, else the one every
+    /// registry host names.
+    pub fn region_for(&self, registries: &[String]) -> Result<String, String> {
+        if let Some(r) = &self.region {
+            return Ok(r.clone());
+        }
+        let mut found: Option<&str> = None;
+        for host in registries {
+            let host = host.split(':').next().unwrap_or_default();
+            let region = ecr_host_region(host).ok_or_else(|| {
+                format!("ecr.region is required: registry {host:?} is not ACCOUNT.dkr.ecr.REGION.amazonaws.com")
+            })?;
+            if found.is_some_and(|f| f != region) {
+                return Err(format!(
+                    "ecr.region is required: the registries name two regions ({} and {region})",
+                    found.unwrap_or_default()
+                ));
+            }
+            found = Some(region);
+        }
+        found
+            .map(str::to_string)
+            .ok_or_else(|| "ecr.region is required".to_string())
+    }
+}
+
+/// `us-east-1` of `123456789012.dkr.ecr.us-east-1.amazonaws.com` (also
+/// `.amazonaws.com.cn`, `dkr-ecr` FIPS names and a `*` account label).
+fn ecr_host_region(host: &str) -> Option<&str> {
+    let rest = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    let (_, after) = rest
+        .split_once(".dkr.ecr.")
+        .or_else(|| rest.split_once(".dkr.ecr-fips."))?;
+    valid_region(after).then_some(after)
+}
+
+fn valid_region(r: &str) -> bool {
+    let parts: Vec<&str> = r.split('-').collect();
+    parts.len() >= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`.
+fn valid_role_arn(arn: &str) -> bool {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource
+            .strip_prefix("role/")
+            .is_some_and(|n| !n.is_empty() && !n.ends_with('/'))
 }
 
 /// An executable speaking the kubelet credential-provider exec protocol
@@ -482,7 +578,7 @@ impl RegistryCredentialSpec {
     pub fn upstream_copy(&self) -> Option<UpstreamCopy> {
         if self.source.secret_ref.is_some() {
             Some(UpstreamCopy::Password)
-        } else if self.source.exec.is_some() {
+        } else if self.source.exec.is_some() || self.source.ecr.is_some() {
             Some(UpstreamCopy::Token)
         } else {
             None
@@ -524,9 +620,27 @@ impl RegistryCredentialSpec {
             self.source.secret_ref.is_some(),
             self.source.token_issuer.is_some(),
             self.source.exec.is_some(),
+            self.source.ecr.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
-            return Err("source must set exactly one of secretRef, tokenIssuer and exec".into());
+            return Err(
+                "source must set exactly one of secretRef, tokenIssuer, exec and ecr".into(),
+            );
+        }
+        if let Some(e) = &self.source.ecr {
+            if let Some(r) = &e.region {
+                if !valid_region(r) {
+                    return Err(format!("ecr.region {r:?} is not an AWS region (us-east-1)"));
+                }
+            }
+            e.region_for(&self.registries)?;
+            if let Some(arn) = &e.role_arn {
+                if !valid_role_arn(arn) {
+                    return Err(format!(
+                        "ecr.roleArn {arn:?} is not a role ARN (arn:aws:iam::123456789012:role/NAME)"
+                    ));
+                }
+            }
         }
         if let Some(e) = &self.source.exec {
             let c = &e.command;
@@ -752,6 +866,49 @@ mod tests {
         assert!(exec("timeout", "2h")
             .unwrap_err()
             .contains("between 1s and 10m"));
+    }
+
+    #[test]
+    fn an_ecr_source_knows_its_region_and_role() {
+        let ecr = |yaml: &str| {
+            serde_yaml::from_str::<RegistryCredentialSpec>(yaml)
+                .unwrap()
+                .validate()
+        };
+        assert!(ecr(
+            "registries: [123456789012.dkr.ecr.eu-west-1.amazonaws.com]\nsource: {ecr: {}}"
+        )
+        .is_ok());
+        assert!(ecr("registries: ['*.dkr.ecr.cn-north-1.amazonaws.com.cn']\nsource: {ecr: {roleArn: 'arn:aws-cn:iam::123456789012:role/pull'}}").is_ok());
+        assert!(ecr("registries: [registry.corp]\nsource: {ecr: {region: us-east-1}}").is_ok());
+        let e = ecr("registries: [registry.corp]\nsource: {ecr: {}}").unwrap_err();
+        assert!(e.contains("ecr.region is required"), "{e}");
+        let e = ecr("registries: [1.dkr.ecr.us-east-1.amazonaws.com, 1.dkr.ecr.us-west-2.amazonaws.com]\nsource: {ecr: {}}").unwrap_err();
+        assert!(e.contains("two regions"), "{e}");
+        for bad in [
+            "arn:aws:iam::123:role/x",
+            "arn:aws:s3:::bucket",
+            "arn:aws:iam::123456789012:user/x",
+            "role/x",
+        ] {
+            let e = ecr(&format!(
+                "registries: [r]\nsource: {{ecr: {{region: us-east-1, roleArn: '{bad}'}}}}"
+            ))
+            .unwrap_err();
+            assert!(e.contains("ecr.roleArn"), "{bad}: {e}");
+        }
+        let e = ecr("registries: [r]\nsource: {ecr: {region: 'US East'}}").unwrap_err();
+        assert!(e.contains("ecr.region"), "{e}");
+        assert!(serde_yaml::from_str::<RegistryCredentialSpec>(
+            "registries: [r]\nsource: {ecr: {region: us-east-1, registryIds: ['123456789012']}}"
+        )
+        .is_err());
+        let e = ecr("registries: [r]\nsource: {ecr: {region: us-east-1}, exec: {command: c}}")
+            .unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        let spec: RegistryCredentialSpec =
+            serde_yaml::from_str("registries: [r]\nsource: {ecr: {region: us-east-1}}").unwrap();
+        assert_eq!(spec.upstream_copy(), Some(UpstreamCopy::Token));
     }
 
     proptest::proptest! {
