@@ -37,7 +37,7 @@ const REG: &str = "registry.corp.example";
 const CANARY: &str = "CANARY-adopt-51c2";
 
 fn rotated(i: usize) -> bool {
-    i % 25 == 0
+    i.is_multiple_of(25)
 }
 
 /// A namespace with its `default` service account, as Kubernetes'
