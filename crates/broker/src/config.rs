@@ -23,7 +23,7 @@ use serde_yaml::Value;
 use crate::satoken::{IssuerSettings, JwksSource};
 use crate::Error;
 pub use pullbroker_credentials::runtime::{
-    assemble, credential_runtime, Assembled, CredentialRuntime, Secrets, Trust,
+    assemble, credential_runtime, Assembled, ConfigMaps, CredentialRuntime, Secrets, Trust,
 };
 pub use pullbroker_credentials::source::Refreshers;
 
@@ -287,15 +287,7 @@ impl Snapshot {
     /// The registry client's per-registry trust, in credential-name order
     /// (as grants decide), from each credential's `transport`.
     pub fn registry_tls(&self) -> Vec<pullbroker_registry::RegistryTls> {
-        self.trust
-            .values()
-            .map(|t| pullbroker_registry::RegistryTls {
-                registries: t.registries.clone(),
-                ca_pems: t.ca_pem.iter().cloned().collect(),
-                ca_only: t.ca_only,
-                plain_http: t.plain_http,
-            })
-            .collect()
+        self.trust.values().map(registry_tls).collect()
     }
 
     /// The token-issuer credential whose registry `service` this is.
@@ -306,6 +298,16 @@ impl Snapshot {
             }
             _ => None,
         })
+    }
+}
+
+/// A credential's trust as the registry client takes it.
+pub fn registry_tls(t: &Trust) -> pullbroker_registry::RegistryTls {
+    pullbroker_registry::RegistryTls {
+        registries: t.registries.clone(),
+        ca_pems: t.ca_pem.iter().cloned().collect(),
+        ca_only: t.ca_only,
+        plain_http: t.plain_http,
     }
 }
 
@@ -364,6 +366,8 @@ fn parse_with(
     let mut credentials = Vec::new();
     let mut grants = Vec::new();
     let mut secrets: Secrets = BTreeMap::new();
+    // Shaped like the Secrets (name → namespace, data) until the namespace is checked.
+    let mut config_maps: Secrets = BTreeMap::new();
     let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
 
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -425,6 +429,12 @@ fn parse_with(
                 secrets.insert(name.clone(), (ns, data));
                 Ok(())
             }),
+            "ConfigMap" => expect_api("v1").and_then(|_| {
+                let data = config_map_data(&doc).map_err(|e| format!("{what}: {e}"))?;
+                let ns = doc.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str).map(str::to_string);
+                config_maps.insert(name.clone(), (ns, data));
+                Ok(())
+            }),
             "Namespace" => expect_api("v1").and_then(|_| {
                 let labels = doc
                     .get("metadata")
@@ -437,7 +447,7 @@ fn parse_with(
                 namespaces.insert(name.clone(), labels);
                 Ok(())
             }),
-            other => Err(format!("document {} has unsupported kind {other:?} (BrokerConfig, RegistryCredential, PullGrant, Secret, Namespace)", i + 1)),
+            other => Err(format!("document {} has unsupported kind {other:?} (BrokerConfig, RegistryCredential, PullGrant, Secret, ConfigMap, Namespace)", i + 1)),
         };
         if let Err(e) = result {
             problems.push(e);
@@ -451,21 +461,34 @@ fn parse_with(
         && !(credentials.is_empty()
             && grants.is_empty()
             && secrets.is_empty()
+            && config_maps.is_empty()
             && namespaces.is_empty())
     {
-        problems.push("with policySource: kubernetes, RegistryCredentials, PullGrants, Secrets and Namespaces come from the cluster; remove them from the file".into());
+        problems.push("with policySource: kubernetes, RegistryCredentials, PullGrants, Secrets, ConfigMaps and Namespaces come from the cluster; remove them from the file".into());
     }
     let system_ns = broker
         .system_namespace
         .clone()
         .unwrap_or_else(|| "pullbroker-system".into());
-    for (name, (ns, _)) in &secrets {
+    for (kind, name, ns) in secrets
+        .iter()
+        .map(|(name, (ns, _))| ("Secret", name, ns))
+        .chain(
+            config_maps
+                .iter()
+                .map(|(name, (ns, _))| ("ConfigMap", name, ns)),
+        )
+    {
         if ns.as_deref().is_some_and(|n| n != system_ns) {
             problems.push(format!(
-                "Secret {name:?}: central secrets live in namespace {system_ns:?}"
+                "{kind} {name:?}: central secrets and CA bundles live in namespace {system_ns:?}"
             ));
         }
     }
+    let config_maps: ConfigMaps = config_maps
+        .into_iter()
+        .map(|(name, (_, data))| (name, data))
+        .collect();
     let mut watched = vec![path.to_path_buf()];
     for (secret, files) in &broker.secret_files {
         let entry = secrets.entry(secret.clone()).or_default();
@@ -500,6 +523,7 @@ fn parse_with(
         credentials,
         grants,
         &secrets,
+        &config_maps,
         namespaces,
         exec_dir.as_deref(),
         refreshers,
@@ -603,32 +627,55 @@ fn report(path: &Path, problems: Vec<String>) -> Error {
     }
 }
 
+/// A Secret's `data` (base64) and `stringData` (text).
 fn secret_data(doc: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let mut out = entries(doc, "data", Encoding::Base64)?;
+    out.extend(entries(doc, "stringData", Encoding::Text)?);
+    Ok(out)
+}
+
+/// A ConfigMap's `data` (text) and `binaryData` (base64).
+fn config_map_data(doc: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let mut out = entries(doc, "data", Encoding::Text)?;
+    out.extend(entries(doc, "binaryData", Encoding::Base64)?);
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum Encoding {
+    Base64,
+    Text,
+}
+
+/// The string map at `field`, decoded.
+fn entries(
+    doc: &Value,
+    field: &str,
+    encoding: Encoding,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let mut out = BTreeMap::new();
-    if let Some(data) = doc.get("data").and_then(Value::as_mapping) {
-        for (k, v) in data {
-            let k = k.as_str().ok_or("data keys must be strings")?.to_string();
-            let v = v
-                .as_str()
-                .ok_or_else(|| format!("data[{k:?}] must be a base64 string"))?;
-            let compact: String = v.split_whitespace().collect();
-            let bytes = STANDARD
-                .decode(compact)
-                .map_err(|_| format!("data[{k:?}] is not valid base64"))?;
-            out.insert(k, bytes);
-        }
-    }
-    if let Some(data) = doc.get("stringData").and_then(Value::as_mapping) {
-        for (k, v) in data {
-            let k = k
-                .as_str()
-                .ok_or("stringData keys must be strings")?
-                .to_string();
-            let v = v
-                .as_str()
-                .ok_or_else(|| format!("stringData[{k:?}] must be a string"))?;
-            out.insert(k, v.as_bytes().to_vec());
-        }
+    let Some(data) = doc.get(field).and_then(Value::as_mapping) else {
+        return Ok(out);
+    };
+    for (k, v) in data {
+        let k = k
+            .as_str()
+            .ok_or_else(|| format!("{field} keys must be strings"))?
+            .to_string();
+        let v = v.as_str().ok_or_else(|| match encoding {
+            Encoding::Base64 => format!("{field}[{k:?}] must be a base64 string"),
+            Encoding::Text => format!("{field}[{k:?}] must be a string"),
+        })?;
+        let bytes = match encoding {
+            Encoding::Text => v.as_bytes().to_vec(),
+            Encoding::Base64 => {
+                let compact: String = v.split_whitespace().collect();
+                STANDARD
+                    .decode(compact)
+                    .map_err(|_| format!("{field}[{k:?}] is not valid base64"))?
+            }
+        };
+        out.insert(k, bytes);
     }
     Ok(out)
 }

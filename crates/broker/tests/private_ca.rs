@@ -4,7 +4,7 @@
 //! the registry and "unknown authority"; with it on the RegistryCredential
 //! (`transport.caBundle`) they pin and resolve the digests skopeo sees; the
 //! CA file replaced (a wrong CA, then the right one again) takes effect on
-//! reload, without a restart.
+//! reload, without a restart; the same from a ConfigMap.
 
 use std::time::Duration;
 
@@ -50,6 +50,14 @@ spec: {{credential: corp, subjects: {{namespaces: [team-a], serviceAccounts: [ap
 }
 
 const WITH_CA: &str = "  transport:\n    caBundle: {secretName: corp-ca, key: ca.crt}\n";
+
+/// The CA in a ConfigMap document of its own, named by the credential.
+fn with_config_map(pem: &str) -> String {
+    let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "  transport:\n    caBundle: {{configMapName: corp-trust}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: corp-trust, namespace: pullbroker-system}}\ndata:\n  ca.crt: |\n{indented}"
+    )
+}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -126,7 +134,7 @@ async fn start(ca: &PrivateCa) -> Setup {
         data_dir: None,
     })
     .unwrap();
-    for tag in ["v1", "v2", "v3", "v4", "v5"] {
+    for tag in ["v1", "v2", "v3", "v4", "v5", "v6", "v7"] {
         skopeo::copy(
             &env.layout,
             "v1",
@@ -202,6 +210,29 @@ async fn a_registry_behind_a_private_ca_is_reached_once_its_ca_is_on_the_credent
     let r = s.resolve(&image("v5")).await;
     assert_eq!(r["digest"].as_str(), Some(want.as_str()), "{r}");
 
+    // The same CA from a ConfigMap (as trust distributors keep them):
+    // served. (Each step asks a tag not resolved before: digests are cached.)
+    s.reconfigure(&with_config_map(&ca.cert_pem), "").await;
+    let r = s.resolve(&image("v6")).await;
+    assert_eq!(r["digest"].as_str(), Some(want.as_str()), "{r}");
+    // Another CA in the ConfigMap: refused again.
+    s.reconfigure(&with_config_map(&other.cert_pem), "").await;
+    let r = s.resolve(&image("v7")).await;
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("unknown authority"), "{r}");
+    // A ConfigMap without a certificate under the key: an error naming it.
+    std::fs::write(
+        s.dir.path().join("broker.yaml"),
+        config_yaml(&host, &with_config_map("no certificate here")),
+    )
+    .unwrap();
+    let err = s.broker.reload().await.unwrap_err().to_string();
+    assert!(
+        err.contains("ConfigMap \"corp-trust\"") && err.contains("PEM"),
+        "{err}"
+    );
+    s.reconfigure(WITH_CA, &ca.cert_pem).await;
+
     // A bundle that holds no certificate is a configuration error naming
     // the Secret; the last good configuration keeps serving.
     std::fs::write(s.dir.path().join("ca.crt"), "not a certificate").unwrap();
@@ -241,4 +272,18 @@ fn transport_settings_are_checked_whole() {
         .unwrap_err()
         .contains("exclude"));
     assert!(spec("{plainHttp: true}").validate().is_ok());
+    assert!(spec("{caBundle: {configMapName: ca}}").validate().is_ok());
+    for neither_or_both in [
+        "{caBundle: {key: ca.crt}}",
+        "{caBundle: {secretName: ca, configMapName: ca}}",
+        "{caBundle: {secretName: ''}}",
+    ] {
+        assert!(
+            spec(neither_or_both)
+                .validate()
+                .unwrap_err()
+                .contains("exactly one of secretName and configMapName"),
+            "{neither_or_both}"
+        );
+    }
 }

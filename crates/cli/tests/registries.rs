@@ -4,7 +4,8 @@
 //! `transport.caBundle`) and known by a name only a real forward proxy
 //! (Debian `squid`) resolves. With `HTTPS_PROXY` set, registry traffic goes
 //! through the proxy while the API server and the issuer (loopback) never
-//! do; the CA Secret replaced takes effect without a restart.
+//! do; the CA Secret replaced takes effect without a restart, and so does a
+//! CA bundle from a ConfigMap.
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,7 @@ async fn serve_reaches_a_private_ca_registry_through_the_proxy_and_never_proxies
         data_dir: None,
     })
     .unwrap();
-    for tag in ["v1", "v2", "v3"] {
+    for tag in ["v1", "v2", "v3", "v4", "v5"] {
         let dest = format!("{}/apps/web:{tag}", registry.host());
         skopeo::copy(&env.layout, "v1", &dest, None, skopeo::Format::Oci, false).unwrap();
     }
@@ -142,23 +143,26 @@ async fn serve_reaches_a_private_ca_registry_through_the_proxy_and_never_proxies
             .as_i64()
             .unwrap()
     };
-    let replace_ca = |pem: &str| {
+    // A write to the API server, returning once the broker installed it.
+    let write = |method: &str, path: &str, body: Value| {
         let before = generation();
-        let (status, out) = procs::http(
-            &fake.url,
-            "PUT",
-            "/api/v1/namespaces/pullbroker-system/secrets/corp-ca",
-            &ca_secret(pem).to_string(),
-        );
+        let (status, out) = procs::http(&fake.url, method, path, &body.to_string());
         assert!(status < 300, "{out}");
         let start = Instant::now();
         while generation() == before {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "the change never arrived"
+                "{path}: the change never arrived"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    };
+    let replace_ca = |pem: &str| {
+        write(
+            "PUT",
+            "/api/v1/namespaces/pullbroker-system/secrets/corp-ca",
+            ca_secret(pem),
+        )
     };
     replace_ca(&other.cert_pem);
     let r = resolve("v2");
@@ -169,6 +173,36 @@ async fn serve_reaches_a_private_ca_registry_through_the_proxy_and_never_proxies
     );
     replace_ca(&ca.cert_pem);
     let r = resolve("v3");
+    assert_eq!(r["digest"].as_str(), Some(want.as_str()), "{r}");
+
+    // The CA from a ConfigMap instead (as trust-manager distributes it):
+    // the credential switched to it while it holds the wrong CA refuses;
+    // the ConfigMap mended serves, both without a restart.
+    let trust_map =
+        |pem: &str| json!({"metadata": {"name": "corp-trust"}, "data": {"ca.crt": pem}});
+    write(
+        "POST",
+        "/api/v1/namespaces/pullbroker-system/configmaps",
+        trust_map(&other.cert_pem),
+    );
+    // A custom resource is updated with its resourceVersion, as a real
+    // API server requires.
+    let path = "/apis/pullbroker.dev/v1alpha1/registrycredentials/harbor";
+    let (_, body) = procs::http(&fake.url, "GET", path, "");
+    let mut credential: Value = serde_json::from_str(&body).unwrap();
+    credential["spec"]["transport"] =
+        json!({"caBundle": {"configMapName": "corp-trust"}, "caOnly": true});
+    write("PUT", path, credential);
+    // Tags not resolved before: digests are cached.
+    let r = resolve("v4");
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("unknown authority"), "{r}");
+    write(
+        "PUT",
+        "/api/v1/namespaces/pullbroker-system/configmaps/corp-trust",
+        trust_map(&ca.cert_pem),
+    );
+    let r = resolve("v5");
     assert_eq!(r["digest"].as_str(), Some(want.as_str()), "{r}");
 
     // Stopped, its tunnels close and squid logs them: registry traffic went

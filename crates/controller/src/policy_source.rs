@@ -1,6 +1,7 @@
 //! The broker's policy from the cluster (`BrokerConfig.spec.policySource:
-//! kubernetes`): `RegistryCredential`s and `PullGrant`s, the Secrets of the
-//! system namespace, and namespace labels, from watch-backed caches. Every
+//! kubernetes`): `RegistryCredential`s and `PullGrant`s, the Secrets and
+//! ConfigMaps (CA bundles) of the system namespace, and namespace labels,
+//! from watch-backed caches. Every
 //! change rebuilds the policy with the same code the standalone file uses
 //! ([`pullbroker_credentials::runtime::assemble`]) and hands it to a
 //! [`PolicySink`] (the broker's `install_policy`, wired by the CLI: this crate
@@ -15,14 +16,14 @@
 //! backoff: a grant deleted as the API returns must stop allowing promptly.
 
 use futures::{stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use pullbroker_core::policy::{Problem, PullGrant, RegistryCredential};
-use pullbroker_credentials::runtime::{assemble, Secrets};
+use pullbroker_credentials::runtime::{assemble, ConfigMaps, Secrets};
 use pullbroker_credentials::runtime::{Assembled, PolicySink};
 use pullbroker_credentials::source::Refreshers;
 
@@ -30,6 +31,7 @@ struct Caches {
     credentials: Store<RegistryCredential>,
     grants: Store<PullGrant>,
     secrets: Store<Secret>,
+    config_maps: Store<ConfigMap>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
 }
 
@@ -47,6 +49,12 @@ impl Caches {
             .iter()
             .map(|s| (s.name_any(), (s.namespace(), crate::secret_data(s))))
             .collect();
+        let config_maps: ConfigMaps = self
+            .config_maps
+            .state()
+            .iter()
+            .map(|c| (c.name_any(), config_map_data(c)))
+            .collect();
         let labels = self
             .namespaces
             .state()
@@ -63,6 +71,7 @@ impl Caches {
             credentials,
             grants,
             &secrets,
+            &config_maps,
             labels,
             exec_dir.as_deref(),
             refreshers,
@@ -83,7 +92,7 @@ impl Caches {
 }
 
 /// Watch retry delays: 250 ms doubling to 2 s, reset by a working watch.
-/// The cap is low because staleness here is an authorization decision; four
+/// The cap is low because staleness here is an authorization decision; five
 /// watches retrying every 2 s is light even for a struggling API server.
 pub struct Prompt {
     next: std::time::Duration,
@@ -115,6 +124,24 @@ impl kube::runtime::utils::Backoff for Prompt {
     }
 }
 
+/// Every watch's bit: credentials, grants, Secrets, namespaces, ConfigMaps.
+const ALL_LISTED: u8 = 0b1_1111;
+
+/// A ConfigMap's `data` and `binaryData`, as bytes.
+fn config_map_data(c: &ConfigMap) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let text = c
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
+    let binary = c
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()));
+    text.chain(binary).collect()
+}
+
 /// What one watch stream reports.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Signal {
@@ -128,7 +155,7 @@ enum Signal {
 /// Any watch failing ends the round: the sink is told the policy is not
 /// current (it keeps serving the last one), and after a short backoff every
 /// watch starts again with a full list, so the policy is known current again
-/// exactly when all four lists have completed — a watch that merely resumes
+/// exactly when all five lists have completed — a watch that merely resumes
 /// would give no such signal.
 pub async fn run(client: Client, sink: std::sync::Arc<dyn PolicySink>, system_namespace: String) {
     let mut backoff = Prompt::default();
@@ -168,11 +195,13 @@ async fn round(
     let (credentials, cw) = reflector::store();
     let (grants, gw) = reflector::store();
     let (secrets, sw) = reflector::store();
+    let (config_maps, mw) = reflector::store();
     let (namespaces, nw) = reflector::store();
     let caches = Caches {
         credentials,
         grants,
         secrets,
+        config_maps,
         namespaces,
     };
     // Each stream says which cache changed and whether it finished a list.
@@ -217,6 +246,14 @@ async fn round(
             )
             .reflect(nw),
         ),
+        tag(
+            4,
+            watcher(
+                Api::<ConfigMap>::namespaced(client.clone(), system_namespace),
+                wc(),
+            )
+            .reflect(mw),
+        ),
     ]);
     // Whatever piled up while the last rebuild ran is handled by one rebuild.
     let mut batches = changes.ready_chunks(4096);
@@ -234,16 +271,16 @@ async fn round(
                     tracing::warn!(
                         "a policy watch failed; serving the last policy while it restarts"
                     );
-                    return listed == 0b1111;
+                    return listed == ALL_LISTED;
                 }
             }
         }
-        if listed == 0b1111 {
+        if listed == ALL_LISTED {
             if changed {
                 caches.install(sink, refreshers, problems);
             }
             sink.current(true);
         }
     }
-    listed == 0b1111
+    listed == ALL_LISTED
 }

@@ -15,6 +15,8 @@ pub enum Error {
     Material { what: &'static str, problem: String },
     #[error("Secret {name:?} does not exist")]
     NoSecret { name: String },
+    #[error("ConfigMap {name:?} does not exist")]
+    NoConfigMap { name: String },
     #[error("Secret {name:?} has no key {key:?}")]
     NoSecretKey { name: String, key: &'static str },
     /// What a Secret holds is unusable.

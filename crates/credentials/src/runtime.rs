@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use pullbroker_core::policy::model::CaBundleSource;
 use pullbroker_core::policy::{Named, Policy, Problem, PullGrantSpec, RegistryCredentialSpec};
 use pullbroker_core::DockerConfig;
 
@@ -17,6 +18,10 @@ use crate::{Error, Result};
 
 /// Central secrets by name: (namespace if given, key → bytes).
 pub type Secrets = BTreeMap<String, (Option<String>, BTreeMap<String, Vec<u8>>)>;
+
+/// ConfigMaps of the system namespace by name: key → bytes (`data` and
+/// `binaryData` alike). Only CA bundles are read from them.
+pub type ConfigMaps = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 /// A usable credential.
 #[derive(Clone)]
@@ -155,31 +160,21 @@ pub struct Trust {
 }
 
 /// A credential's [`Trust`], `None` when it has no `transport`.
-pub fn trust(spec: &RegistryCredentialSpec, secrets: &Secrets) -> Result<Option<Trust>> {
+pub fn trust(
+    spec: &RegistryCredentialSpec,
+    secrets: &Secrets,
+    config_maps: &ConfigMaps,
+) -> Result<Option<Trust>> {
     let Some(t) = &spec.transport else {
         return Ok(None);
     };
-    let ca_pem = match &t.ca_bundle {
+    let ca_pem = match t.ca_bundle.as_ref().map(|b| (b, b.source())) {
         None => None,
-        Some(b) => {
-            let (_, data) = secrets.get(&b.secret_name).ok_or_else(|| Error::NoSecret {
-                name: b.secret_name.clone(),
-            })?;
-            let pem = data.get(&b.key).ok_or_else(|| {
-                Error::material("caBundle.key", format!("{:?} is not in the Secret", b.key))
-                    .in_secret(&b.secret_name)
-            })?;
-            // Refused here, with the Secret's name, rather than by every
-            // request failing later.
-            let text = std::str::from_utf8(pem).unwrap_or_default();
-            if !text.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(Error::material(
-                    "caBundle",
-                    format!("key {:?} holds no PEM certificate", b.key),
-                )
-                .in_secret(&b.secret_name));
-            }
-            Some(pem.clone())
+        Some((b, Some(source))) => Some(ca_bundle(source, &b.key, secrets, config_maps)?),
+        Some((_, None)) => {
+            return Err(Error::Invalid(
+                "transport.caBundle names neither a Secret nor a ConfigMap".into(),
+            ))
         }
     };
     Ok(Some(Trust {
@@ -188,6 +183,43 @@ pub fn trust(spec: &RegistryCredentialSpec, secrets: &Secrets) -> Result<Option<
         ca_only: t.ca_only,
         plain_http: t.plain_http,
     }))
+}
+
+/// The PEM bundle under `key` of a Secret or ConfigMap, refused here, with
+/// the object's name, when it holds no certificate — rather than by every
+/// request failing later.
+fn ca_bundle(
+    source: CaBundleSource<'_>,
+    key: &str,
+    secrets: &Secrets,
+    config_maps: &ConfigMaps,
+) -> Result<Vec<u8>> {
+    let data = match source {
+        CaBundleSource::Secret(name) => {
+            secrets
+                .get(name)
+                .map(|(_, d)| d)
+                .ok_or_else(|| Error::NoSecret {
+                    name: name.to_string(),
+                })?
+        }
+        CaBundleSource::ConfigMap(name) => {
+            config_maps.get(name).ok_or_else(|| Error::NoConfigMap {
+                name: name.to_string(),
+            })?
+        }
+    };
+    let problem = match data.get(key) {
+        None => format!("caBundle.key {key:?} is not in it"),
+        Some(pem)
+            if std::str::from_utf8(pem)
+                .is_ok_and(|t| t.contains("-----BEGIN CERTIFICATE-----")) =>
+        {
+            return Ok(pem.clone())
+        }
+        Some(_) => format!("caBundle key {key:?} holds no PEM certificate"),
+    };
+    Err(Error::Invalid(format!("{source}: {problem}")))
 }
 
 /// What [`assemble`] makes of the documents.
@@ -207,6 +239,7 @@ pub fn assemble(
     credentials: Vec<Named<RegistryCredentialSpec>>,
     grants: Vec<Named<PullGrantSpec>>,
     secrets: &Secrets,
+    config_maps: &ConfigMaps,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     exec_dir: Option<&Path>,
     refreshers: &Refreshers,
@@ -221,7 +254,7 @@ pub fn assemble(
             continue;
         }
         let runtime = credential_runtime(&c.name, &c.spec, secrets, exec_dir, refreshers)
-            .and_then(|rt| Ok((rt, trust(&c.spec, secrets)?)));
+            .and_then(|rt| Ok((rt, trust(&c.spec, secrets, config_maps)?)));
         match runtime {
             Ok((rt, t)) => {
                 runtimes.insert(c.name.clone(), rt);

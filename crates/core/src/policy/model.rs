@@ -55,8 +55,8 @@ pub struct RegistryCredentialSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegistryTransport {
     /// A PEM CA bundle the registries' certificates chain to (an internal
-    /// CA), from a Secret in the system namespace; trusted beside the
-    /// system's roots. A change takes effect without a restart.
+    /// CA), from a Secret or ConfigMap in the system namespace; trusted
+    /// beside the system's roots. A change takes effect without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundleRef>,
     /// Trust only `caBundle`, not the system's roots.
@@ -69,15 +69,50 @@ pub struct RegistryTransport {
     pub plain_http: bool,
 }
 
-/// A key of a Secret in the system namespace.
+/// A key of a Secret or a ConfigMap in the system namespace: exactly one
+/// of `secretName` and `configMapName`. A CA is no secret, so the
+/// ConfigMaps that cluster-wide trust distributors (trust-manager, OpenShift's
+/// injected bundles) keep current serve as well as a Secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CaBundleRef {
     /// Secret name in the broker's system namespace.
-    pub secret_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// ConfigMap name in the broker's system namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_name: Option<String>,
     /// Key holding the PEM bundle (default `ca.crt`).
     #[serde(default = "default_ca_key")]
     pub key: String,
+}
+
+/// Where a CA bundle is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaBundleSource<'a> {
+    Secret(&'a str),
+    ConfigMap(&'a str),
+}
+
+impl CaBundleRef {
+    /// The one object it names; `None` when it names none or both
+    /// (refused by [`RegistryCredentialSpec::validate`]).
+    pub fn source(&self) -> Option<CaBundleSource<'_>> {
+        match (&self.secret_name, &self.config_map_name) {
+            (Some(s), None) if !s.is_empty() => Some(CaBundleSource::Secret(s)),
+            (None, Some(c)) if !c.is_empty() => Some(CaBundleSource::ConfigMap(c)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CaBundleSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaBundleSource::Secret(n) => write!(f, "Secret {n:?}"),
+            CaBundleSource::ConfigMap(n) => write!(f, "ConfigMap {n:?}"),
+        }
+    }
 }
 
 fn default_ca_key() -> String {
@@ -595,7 +630,7 @@ impl RegistryCredentialSpec {
             .chain(
                 self.transport
                     .iter()
-                    .flat_map(|t| t.ca_bundle.iter().map(|b| b.secret_name.as_str())),
+                    .flat_map(|t| t.ca_bundle.iter().filter_map(|b| b.secret_name.as_deref())),
             )
             .chain(s.token_issuer.iter().flat_map(|t| {
                 std::iter::once(t.signing_key_secret_ref.name.as_str()).chain(
@@ -672,8 +707,11 @@ impl RegistryCredentialSpec {
                 return Err("transport.plainHttp and transport.caBundle exclude each other: plain HTTP has no certificate to verify".into());
             }
             if let Some(b) = &t.ca_bundle {
-                if b.secret_name.is_empty() || b.key.is_empty() {
-                    return Err("transport.caBundle needs secretName and key".into());
+                if b.source().is_none() || b.key.is_empty() {
+                    return Err(
+                        "transport.caBundle needs exactly one of secretName and configMapName, and a key"
+                            .into(),
+                    );
                 }
             }
         }
