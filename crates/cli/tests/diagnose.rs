@@ -515,6 +515,60 @@ async fn diagnose_names_the_cause_the_candidate_and_the_fix_for_each_real_failur
         ] {
             assert!(text.contains(want), "{want:?} not in:\n{text}");
         }
+
+        c
+    })
+    .await
+    .unwrap();
+
+    // The CA on a RegistryCredential (transport.caBundle, from a
+    // ConfigMap of the system namespace): the re-check trusts it as the
+    // broker does, with no --ca-file. A bundle that cannot be read is
+    // named in a note.
+    let (tls, ca) = (env.tls.host(), env.dir.path().join("tls.crt"));
+    c.ns("pullbroker-system").await;
+    c.create(
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+            c.client.clone(),
+            "pullbroker-system",
+        ),
+        json!({"metadata": {"name": "registry-ca"},
+               "data": {"ca.crt": std::fs::read_to_string(&ca).unwrap()}}),
+    )
+    .await;
+    for (name, registry, bundle) in [
+        (
+            "private",
+            tls.as_str(),
+            json!({"configMapName": "registry-ca"}),
+        ),
+        (
+            "elsewhere",
+            "nowhere.example",
+            json!({"secretName": "absent-ca"}),
+        ),
+    ] {
+        c.create(
+            creds.clone(),
+            json!({"apiVersion": "pullbroker.dev/v1alpha1", "kind": "RegistryCredential",
+            "metadata": {"name": name}, "spec": {"registries": [registry],
+            "source": {"secretRef": {"name": "unused"}}, "transport": {"caBundle": bundle}}}),
+        )
+        .await;
+    }
+    let c = tokio::task::spawn_blocking(move || {
+        let (_, out, err) = diagnose(&c, &["pod", "unknown-ca/p", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        assert_eq!(
+            v["containers"][0]["candidates"][0]["check"]["result"], "pulled",
+            "{v}"
+        );
+        let notes = v["notes"].to_string();
+        assert!(
+            notes.contains("elsewhere") && notes.contains("absent-ca"),
+            "{notes}"
+        );
+        assert!(!notes.contains("private"), "{notes}");
         c
     })
     .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Pod, Secret, ServiceAccount};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::core::Selector;
 use pullbroker_core::audit::{
@@ -21,9 +21,11 @@ use pullbroker_core::diagnose::{
     classify, verdict, Candidate, Check, Facts, PluginAnswer, PullFailure, SecretProblem, Source,
     Verdict,
 };
+use pullbroker_core::policy::model::CaBundleSource;
 use pullbroker_core::policy::{Allowed, Decision, Purpose, Request, Subject, Target};
 use pullbroker_core::{Credential, DockerConfig, Reference};
-use pullbroker_registry::{ClientSettings, RegistryClient, RegistryError};
+use pullbroker_credentials::runtime;
+use pullbroker_registry::{ClientSettings, RegistryClient, RegistryError, RegistryTls};
 use serde::Serialize;
 
 use super::cluster::{self, ClusterPolicy};
@@ -42,6 +44,8 @@ one that applies;\n  \
 4. spots the service-account admission race (the service account has the secret, the pod does not);\n  \
 5. prints the cause and the exact fix.\n\n\
 The re-checks run from here, not from the node: DNS, proxies and trusted CAs may differ. \
+They trust what the broker trusts: each RegistryCredential's transport (its caBundle read from the \
+Secret or ConfigMap in --system-namespace, or plainHttp), plus --ca-file. \
 Never prints a secret.\n\n\
 Exit code 0 when no container has a pull problem, 1 when one does (or on error).\n\n\
 Examples:\n  pullbroker diagnose pod team-a/web-7d9f-x2x\n  pullbroker diagnose deployment web -n team-a\n  \
@@ -71,6 +75,9 @@ pub struct Args {
     /// Reach this registry (host[:port]) over plain HTTP only.
     #[arg(long, value_name = "REGISTRY")]
     plain_http: Vec<String>,
+    /// The broker's system namespace, where RegistryCredentials' CA bundles live.
+    #[arg(long, value_name = "NAMESPACE", default_value = "pullbroker-system")]
+    system_namespace: String,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: output::Report,
 }
@@ -113,6 +120,9 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     picked: Option<String>,
     network_checked: bool,
+    /// What limited the re-checks (a CA bundle that could not be read).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
     containers: Vec<ContainerReport>,
 }
 
@@ -600,6 +610,7 @@ async fn diagnose(args: &Args) -> Result<Report> {
     }
     let policy = cluster::policy(&client, &|_| {}).await?;
 
+    let mut trust_notes = Vec::new();
     let registry = if args.no_network {
         None
     } else {
@@ -610,19 +621,27 @@ async fn diagnose(args: &Args) -> Result<Report> {
                     .with_context(|| format!("cannot read CA file {}", path.display()))?,
             );
         }
-        Some(
-            RegistryClient::new(ClientSettings {
-                timeout: args.timeout,
-                connect_timeout: args.timeout.min(Duration::from_secs(5)),
-                // One answer per candidate is what is asked; kubelet backs off itself.
-                retries: 0,
-                plain_http: args.plain_http.clone(),
-                ca_pems,
-                // From where it runs, as docker or skopeo there would go.
-                ..ClientSettings::from_env()
-            })
-            .map_err(anyhow::Error::msg)?,
-        )
+        let registry = RegistryClient::new(ClientSettings {
+            timeout: args.timeout,
+            connect_timeout: args.timeout.min(Duration::from_secs(5)),
+            // One answer per candidate is what is asked; kubelet backs off itself.
+            retries: 0,
+            plain_http: args.plain_http.clone(),
+            ca_pems,
+            // From where it runs, as docker or skopeo there would go.
+            ..ClientSettings::from_env()
+        })
+        .map_err(anyhow::Error::msg)?;
+        if let Some(p) = &policy {
+            let (tls, unread) = cluster_trust(&client, &p.policy, &args.system_namespace).await;
+            trust_notes.extend(unread);
+            // Each bundle was checked to hold a certificate when read.
+            registry
+                .set_registry_tls(tls)
+                .map_err(anyhow::Error::msg)
+                .context("a CA bundle of a RegistryCredential is unusable")?;
+        }
+        Some(registry)
     };
 
     let status = pod.status.clone().unwrap_or_default();
@@ -727,6 +746,7 @@ async fn diagnose(args: &Args) -> Result<Report> {
         node: spec.node_name.clone(),
         picked,
         network_checked: registry.is_some(),
+        notes: trust_notes,
         containers,
     })
 }
@@ -738,9 +758,80 @@ fn label(f: PullFailure) -> String {
         .unwrap_or_default()
 }
 
+/// The per-registry trust the broker has: each RegistryCredential's
+/// `transport`, its CA bundle read from the system namespace and checked by
+/// the broker's own code (`runtime::trust`). A bundle that cannot be read
+/// (no right to, or missing) is left out with a note saying so: those
+/// registries are then re-checked against the system's roots and
+/// `--ca-file` only.
+async fn cluster_trust(
+    client: &kube::Client,
+    policy: &pullbroker_core::policy::Policy,
+    system_namespace: &str,
+) -> (Vec<RegistryTls>, Vec<String>) {
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), system_namespace);
+    let maps_api: Api<ConfigMap> = Api::namespaced(client.clone(), system_namespace);
+    let (mut tls, mut notes) = (Vec::new(), Vec::new());
+    for (name, spec) in policy.credentials() {
+        let mut secrets = runtime::Secrets::new();
+        let mut maps = runtime::ConfigMaps::new();
+        match spec
+            .transport
+            .as_ref()
+            .and_then(|t| t.ca_bundle.as_ref())
+            .and_then(|b| b.source())
+        {
+            Some(CaBundleSource::Secret(n)) => match secrets_api.get_opt(n).await {
+                Ok(Some(secret)) => {
+                    let data = secret
+                        .data
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    secrets.insert(n.to_string(), (None, data));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    notes.push(format!("credential {name:?}: cannot read its CA bundle, Secret {system_namespace}/{n}: {e} (pass the CA with --ca-file)"));
+                    continue;
+                }
+            },
+            Some(CaBundleSource::ConfigMap(n)) => match maps_api.get_opt(n).await {
+                Ok(Some(map)) => {
+                    let text = map
+                        .data
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k, v.into_bytes()));
+                    let binary = map.binary_data.into_iter().flatten().map(|(k, v)| (k, v.0));
+                    maps.insert(n.to_string(), text.chain(binary).collect());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    notes.push(format!("credential {name:?}: cannot read its CA bundle, ConfigMap {system_namespace}/{n}: {e} (pass the CA with --ca-file)"));
+                    continue;
+                }
+            },
+            None => {}
+        }
+        match runtime::trust(spec, &secrets, &maps) {
+            Ok(Some(t)) => tls.push(pullbroker_broker::config::registry_tls(&t)),
+            Ok(None) => {}
+            Err(e) => notes.push(format!(
+                "credential {name:?}: {e}; its registries are re-checked without it"
+            )),
+        }
+    }
+    (tls, notes)
+}
+
 fn print_text(r: &Report) {
     if let Some(p) = &r.picked {
         println!("{p}");
+    }
+    for n in &r.notes {
+        println!("note: {n}");
     }
     print!("Pod {} (service account {}", r.pod, r.service_account);
     if let Some(n) = &r.node {
