@@ -523,6 +523,75 @@ fn kubelet_config_matches_the_credentials_registries_and_asks_for_the_pods_token
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be https://"));
 }
 
+/// Registries the broker reaches through a `transport` of their own are
+/// pulled by containerd on the nodes with the nodes' trust: kubelet-config
+/// says what each node needs, and the config itself stays the same.
+#[test]
+fn kubelet_config_names_the_node_trust_a_private_ca_registry_needs() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/standalone");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        examples.join("issuer-jwks.json"),
+        dir.path().join("issuer-jwks.json"),
+    )
+    .unwrap();
+    let ca = pullbroker_testenv::pki::PrivateCa::new("Corp Root CA").unwrap();
+    let pem: String = ca.cert_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: corp-trust, namespace: pullbroker-system}}\ndata:\n  ca.crt: |\n{pem}---\napiVersion: pullbroker.dev/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: harbor}}\nspec:\n  registries: [harbor.corp.example:8443]\n  source: {{secretRef: {{name: corp-pull}}}}\n  transport: {{caBundle: {{configMapName: corp-trust}}}}\n---\napiVersion: pullbroker.dev/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: lab}}\nspec:\n  registries: [lab.corp.example]\n  source: {{secretRef: {{name: corp-pull}}}}\n  transport: {{plainHttp: true}}\n",
+            std::fs::read_to_string(examples.join("broker.yaml")).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+        .args([
+            "kubelet-config",
+            "--config",
+            config.to_str().unwrap(),
+            "--broker-url",
+            "https://pb.corp.example:8443",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let p = provider(&String::from_utf8(out.stdout).unwrap());
+    let images: Vec<&str> = p["matchImages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        images.contains(&"harbor.corp.example:8443") && images.contains(&"lab.corp.example"),
+        "{images:?}"
+    );
+    for want in [
+        "registry harbor.corp.example:8443 (RegistryCredential \"harbor\")",
+        "ConfigMap \"corp-trust\", key \"ca.crt\"",
+        "/etc/containerd/certs.d/harbor.corp.example:8443/hosts.toml",
+        "ca = \"/etc/containerd/certs.d/harbor.corp.example:8443/ca.crt\"",
+        "server = \"http://lab.corp.example\"",
+    ] {
+        assert!(stderr.contains(want), "{want:?} not in:\n{stderr}");
+    }
+    // The example, with no transport, prints no such note.
+    let plain = Command::new(env!("CARGO_BIN_EXE_pullbroker"))
+        .args([
+            "kubelet-config",
+            "--config",
+            examples.join("broker.yaml").to_str().unwrap(),
+            "--broker-url",
+            "https://pb.corp.example:8443",
+        ])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("hosts.toml"));
+}
+
 #[test]
 fn kubelet_config_rbac_is_the_checked_in_component() {
     let printed = docs(&pullbroker(&["kubelet-config", "--rbac"]));

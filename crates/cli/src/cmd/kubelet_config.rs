@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pullbroker_broker::server::NARROW_ANNOTATION;
-use pullbroker_core::policy::model::RegistryCredential;
+use pullbroker_core::policy::model::{RegistryCredential, RegistryCredentialSpec};
 use serde::Serialize;
 
 use super::output;
@@ -21,7 +21,7 @@ use super::output;
     after_long_help = "Put the output at /etc/kubernetes/credential-providers/pullbroker.yaml on every node, the \
 plugin binary (pullbroker-credential-provider) in the kubelet's credential-provider bin dir and the broker's CA \
 at --ca-file, then start kubelet with --image-credential-provider-config and --image-credential-provider-bin-dir \
-(docs/kubelet-plugin.md). matchImages lists every registry of every RegistryCredential: kubelet asks the plugin \
+(docs/kubelet-plugin.md). A registry whose RegistryCredential has a transport (a private CA, plain HTTP) gets a note on stderr with the containerd hosts.toml every node needs for it. matchImages lists every registry of every RegistryCredential: kubelet asks the plugin \
 only for images there, and the broker answers by the pod's grants.\n\n\
 Examples:\n  pullbroker kubelet-config --from-cluster --broker-url https://pullbroker.corp.example:8443\n  \
 pullbroker kubelet-config --config broker.yaml --broker-url https://10.0.0.5:8443 -o json\n  \
@@ -158,28 +158,72 @@ pub fn rbac(audience: &str) -> (ClusterRole, ClusterRoleBinding) {
     )
 }
 
-async fn cluster_registries(context: Option<String>) -> Result<Vec<Vec<String>>> {
+async fn cluster_credentials(
+    context: Option<String>,
+) -> Result<Vec<(String, RegistryCredentialSpec)>> {
     let client = super::kube_client(context).await?;
     let api: kube::Api<RegistryCredential> = kube::Api::all(client);
     let list = api
         .list(&Default::default())
         .await
         .context("cannot list RegistryCredentials (are the CRDs installed? kubectl apply -k deploy/overlays/…)")?;
-    Ok(list.items.into_iter().map(|c| c.spec.registries).collect())
+    Ok(list
+        .items
+        .into_iter()
+        .map(|c| (c.metadata.name.unwrap_or_default(), c.spec))
+        .collect())
+}
+
+/// What the nodes need besides this file: kubelet's plugin hands containerd
+/// a credential, but containerd connects to the registry itself, with the
+/// node's trust. A registry behind a private CA (or plain HTTP) the broker
+/// reaches through `transport` needs the same in containerd's `hosts.toml`.
+fn node_trust_notes(credentials: &[(String, RegistryCredentialSpec)]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (name, spec) in credentials {
+        let Some(t) = &spec.transport else { continue };
+        for registry in &spec.registries {
+            let dir = format!("/etc/containerd/certs.d/{registry}");
+            let hosts = if t.plain_http {
+                format!("server = \"http://{registry}\"\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]")
+            } else {
+                format!("server = \"https://{registry}\"\n[host.\"https://{registry}\"]\n  ca = \"{dir}/ca.crt\"")
+            };
+            let what = match t.ca_bundle.as_ref().and_then(|b| b.source()) {
+                Some(source) => format!(
+                    "its CA bundle ({source}, key {:?}) as {dir}/ca.crt and",
+                    t.ca_bundle
+                        .as_ref()
+                        .map(|b| b.key.as_str())
+                        .unwrap_or_default()
+                ),
+                None => String::new(),
+            };
+            let wildcard = if registry.contains('*') {
+                " (one directory per host the pattern stands for)"
+            } else {
+                ""
+            };
+            notes.push(format!(
+                "registry {registry} (RegistryCredential {name:?}) has a transport of its own; containerd on every node pulls from it itself and needs {what} {dir}/hosts.toml{wildcard}:\n{hosts}"
+            ));
+        }
+    }
+    notes
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut audience = args.audience.clone();
-    let mut registries: Vec<Vec<String>> = Vec::new();
+    let mut credentials: Vec<(String, RegistryCredentialSpec)> = Vec::new();
     if let Some(file) = &args.config {
         let snapshot = pullbroker_broker::config::load(file).map_err(anyhow::Error::msg)?;
         audience = audience.or(Some(snapshot.issuer.audience.clone()));
-        registries.extend(
+        credentials.extend(
             snapshot
                 .policy
                 .credentials()
-                .values()
-                .map(|c| c.registries.clone()),
+                .iter()
+                .map(|(n, c)| (n.clone(), c.clone())),
         );
     }
     let audience = audience.unwrap_or_else(|| "pullbroker".into());
@@ -202,16 +246,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        registries.extend(runtime.block_on(cluster_registries(args.context.clone()))?);
+        credentials.extend(runtime.block_on(cluster_credentials(args.context.clone()))?);
     }
     for pattern in &args.match_images {
         if pattern.is_empty() || pattern.contains("://") {
             bail!("--match-image {pattern:?} must be host[:port][/path] without a scheme");
         }
     }
-    let match_images: BTreeSet<String> = registries
-        .into_iter()
-        .flatten()
+    for note in node_trust_notes(&credentials) {
+        eprintln!("note: {note}");
+    }
+    let match_images: BTreeSet<String> = credentials
+        .iter()
+        .flat_map(|(_, c)| &c.registries)
         .map(|r| r.to_ascii_lowercase())
         .chain(args.match_images.iter().cloned())
         .collect();
