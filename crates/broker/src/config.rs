@@ -18,7 +18,7 @@ use pullbroker_core::policy::model::{parse_duration, API_VERSION};
 use pullbroker_core::policy::{Named, Policy, PullGrantSpec, RegistryCredentialSpec};
 use secrecy::SecretString;
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use crate::satoken::{IssuerSettings, JwksSource};
 use crate::Error;
@@ -311,6 +311,40 @@ pub fn registry_tls(t: &Trust) -> pullbroker_registry::RegistryTls {
     }
 }
 
+/// The documents of a YAML stream, each with the line of the file it starts
+/// on. Split by hand because the YAML parser's stream API skips empty
+/// documents, and problems are reported by document number: a `---` at
+/// column 0 is always a document marker (YAML forbids it as content, even
+/// in block or quoted scalars), so splitting there is exact. A marker may
+/// carry content (`--- {…}`); an empty stretch before the first marker is
+/// no document.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs: Vec<(usize, String)> = vec![(1, String::new())];
+    for (n, line) in text.lines().enumerate() {
+        let rest = line
+            .strip_prefix("---")
+            .filter(|r| r.is_empty() || r.starts_with([' ', '\t']));
+        match rest {
+            Some(rest) => docs.push((n + 1, format!("{rest}\n"))),
+            None => {
+                let doc = &mut docs.last_mut().expect("one at least").1;
+                doc.push_str(line);
+                doc.push('\n');
+            }
+        }
+    }
+    if docs.len() > 1 && blank(&docs[0].1) {
+        docs.remove(0);
+    }
+    docs
+}
+
+/// Only blank lines and comments: an empty document.
+fn blank(doc: &str) -> bool {
+    doc.lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+}
+
 fn meta_name(doc: &Value) -> Result<String, String> {
     doc.get("metadata")
         .and_then(|m| m.get("name"))
@@ -324,8 +358,8 @@ fn spec<T: serde::de::DeserializeOwned>(doc: &Value, what: &str) -> Result<T, St
         .get("spec")
         .cloned()
         .ok_or_else(|| format!("{what}: spec is required"))?;
-    // serde_yaml messages quote values; specs hold no secrets, so keep them.
-    serde_yaml::from_value(spec).map_err(|e| format!("{what}: {e}"))
+    // serde's messages quote values; specs hold no secrets, so keep them.
+    serde_json::from_value(spec).map_err(|e| format!("{what}: {e}"))
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -370,16 +404,23 @@ fn parse_with(
     let mut config_maps: Secrets = BTreeMap::new();
     let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
 
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let doc = match Value::deserialize(de) {
+    for (i, (first_line, source)) in documents(text).into_iter().enumerate() {
+        if blank(&source) {
+            continue;
+        }
+        let doc = match serde_saphyr::from_str::<Value>(&source) {
             Ok(Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
                 return Err(Error::Yaml {
                     path: path.to_path_buf(),
                     document: i + 1,
-                    line: e.location().map(|l| l.line()),
-                })
+                    // The line in the file, not in the document.
+                    line: e
+                        .location()
+                        .filter(|l| l.line() > 0)
+                        .map(|l| first_line + l.line() as usize - 1),
+                });
             }
         };
         let kind = doc
@@ -440,7 +481,7 @@ fn parse_with(
                     .get("metadata")
                     .and_then(|m| m.get("labels"))
                     .cloned()
-                    .map(serde_yaml::from_value::<BTreeMap<String, String>>)
+                    .map(serde_json::from_value::<BTreeMap<String, String>>)
                     .transpose()
                     .map_err(|e| format!("{what}: labels: {e}"))?
                     .unwrap_or_default();
@@ -654,14 +695,10 @@ fn entries(
     encoding: Encoding,
 ) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let mut out = BTreeMap::new();
-    let Some(data) = doc.get(field).and_then(Value::as_mapping) else {
+    let Some(data) = doc.get(field).and_then(Value::as_object) else {
         return Ok(out);
     };
     for (k, v) in data {
-        let k = k
-            .as_str()
-            .ok_or_else(|| format!("{field} keys must be strings"))?
-            .to_string();
         let v = v.as_str().ok_or_else(|| match encoding {
             Encoding::Base64 => format!("{field}[{k:?}] must be a base64 string"),
             Encoding::Text => format!("{field}[{k:?}] must be a string"),
@@ -675,7 +712,7 @@ fn entries(
                     .map_err(|_| format!("{field}[{k:?}] is not valid base64"))?
             }
         };
-        out.insert(k, bytes);
+        out.insert(k.clone(), bytes);
     }
     Ok(out)
 }

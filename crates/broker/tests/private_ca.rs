@@ -248,7 +248,7 @@ async fn a_registry_behind_a_private_ca_is_reached_once_its_ca_is_on_the_credent
 fn transport_settings_are_checked_whole() {
     use pullbroker_core::policy::model::RegistryCredentialSpec;
     let spec = |transport: &str| -> RegistryCredentialSpec {
-        serde_yaml::from_str(&format!(
+        serde_saphyr::from_str(&format!(
             "registries: [r.example]\nsource: {{secretRef: {{name: s}}}}\ntransport: {transport}"
         ))
         .unwrap()

@@ -17,11 +17,11 @@ const BROKER: &str = "apiVersion: pullbroker.dev/v1alpha1\nkind: BrokerConfig\nm
 
 /// A policy with one grant named `grant`.
 fn policy(grant: &str) -> Policy {
-    let credential = serde_yaml::from_str(
+    let credential = serde_saphyr::from_str(
         "registries: [registry.corp.example]\nsource: {secretRef: {name: corp-pull}}",
     )
     .unwrap();
-    let spec = serde_yaml::from_str(
+    let spec = serde_saphyr::from_str(
         "credential: corp\nsubjects: {namespaces: [team-a], serviceAccounts: [web]}\nrepositories: ['apps/**']\npurposes: [pull]",
     )
     .unwrap();

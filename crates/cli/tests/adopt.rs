@@ -504,13 +504,13 @@ async fn adopt_plans_proves_and_applies_grants_that_keep_every_pod_pulling() {
     let yaml = String::from_utf8(out.stdout).unwrap();
     let (mut secrets, mut rcs, mut pgs) = (Vec::new(), Vec::new(), Vec::new());
     for doc in yaml.split("\n---\n").filter(|d| d.contains("kind:")) {
-        let kind: Value = serde_yaml::from_str(doc).unwrap();
+        let kind: Value = serde_saphyr::from_str(doc).unwrap();
         match kind["kind"].as_str().unwrap() {
-            "Secret" => secrets.push(serde_yaml::from_str::<Secret>(doc).unwrap()),
+            "Secret" => secrets.push(serde_saphyr::from_str::<Secret>(doc).unwrap()),
             "RegistryCredential" => {
-                rcs.push(serde_yaml::from_str::<RegistryCredential>(doc).unwrap())
+                rcs.push(serde_saphyr::from_str::<RegistryCredential>(doc).unwrap())
             }
-            "PullGrant" => pgs.push(serde_yaml::from_str::<PullGrant>(doc).unwrap()),
+            "PullGrant" => pgs.push(serde_saphyr::from_str::<PullGrant>(doc).unwrap()),
             other => panic!("unexpected {other}"),
         }
     }

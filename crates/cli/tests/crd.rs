@@ -4,8 +4,7 @@
 use std::process::Command;
 
 use pullbroker_core::policy::model::{PullGrant, PullGrantStatus, RegistryCredential};
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 const EXAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -19,9 +18,7 @@ fn crds() -> Vec<Value> {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap())
-        .collect()
+    serde_saphyr::from_multiple::<Value>(&text).unwrap()
 }
 
 #[test]
@@ -56,17 +53,17 @@ fn crds_are_cluster_scoped_with_status_columns_and_validation() {
             (Some(true), Some(true))
         );
         assert!(
-            v["subresources"]["status"].is_mapping(),
+            v["subresources"]["status"].is_object(),
             "status subresource"
         );
         let names: Vec<&str> = v["additionalPrinterColumns"]
-            .as_sequence()
+            .as_array()
             .unwrap()
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, columns);
-        let schema = serde_yaml::to_string(&v["schema"]["openAPIV3Schema"]).unwrap();
+        let schema = serde_saphyr::to_string(&v["schema"]["openAPIV3Schema"]).unwrap();
         assert!(
             !schema.contains("additionalProperties: false"),
             "structural schema"
@@ -74,7 +71,7 @@ fn crds_are_cluster_scoped_with_status_columns_and_validation() {
     }
     let grant = &crds[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     let required: Vec<&str> = grant["required"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|r| r.as_str().unwrap())
@@ -84,7 +81,7 @@ fn crds_are_cluster_scoped_with_status_columns_and_validation() {
     }
     assert_eq!(grant["properties"]["repositories"]["minItems"], 1);
     let purposes: Vec<&str> = grant["properties"]["purposes"]["items"]["enum"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|p| p.as_str().unwrap())
@@ -96,16 +93,15 @@ fn crds_are_cluster_scoped_with_status_columns_and_validation() {
 fn standalone_documents_are_the_cluster_objects() {
     let text = std::fs::read_to_string(EXAMPLE).unwrap();
     let (mut grants, mut creds) = (0, 0);
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = Value::deserialize(doc).unwrap();
+    for v in serde_saphyr::from_multiple::<Value>(&text).unwrap() {
         match v["kind"].as_str() {
             Some("PullGrant") => {
-                let g: PullGrant = serde_yaml::from_value(v).unwrap();
+                let g: PullGrant = serde_json::from_value(v).unwrap();
                 g.spec.validate().unwrap();
                 grants += 1;
             }
             Some("RegistryCredential") => {
-                let c: RegistryCredential = serde_yaml::from_value(v).unwrap();
+                let c: RegistryCredential = serde_json::from_value(v).unwrap();
                 c.spec.validate().unwrap();
                 creds += 1;
             }

@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 pub const OVERLAYS: [&str; 3] = ["kep4412", "sync", "admission"];
@@ -37,10 +37,7 @@ fn pullbroker(args: &[&str]) -> String {
 }
 
 fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    serde_saphyr::from_multiple::<Value>(yaml).unwrap()
 }
 
 /// `kubectl kustomize deploy/overlays/NAME`, as objects.
@@ -261,7 +258,7 @@ fn the_webhook_reaches_only_admissions_own_listener() {
         .as_i64()
         .unwrap();
     let config: Value =
-        serde_yaml::from_str(one("ConfigMap")["data"]["broker.yaml"].as_str().unwrap()).unwrap();
+        serde_saphyr::from_str(one("ConfigMap")["data"]["broker.yaml"].as_str().unwrap()).unwrap();
     let spec = &config["spec"];
     let admission_port = |key: &Value| -> i64 {
         key.as_str()
@@ -276,7 +273,7 @@ fn the_webhook_reaches_only_admissions_own_listener() {
     assert_ne!(admission_port(&spec["listen"]), container_port);
     // Without the component, no admission listener is opened.
     for overlay in ["kep4412", "sync"] {
-        let config: Value = serde_yaml::from_str(
+        let config: Value = serde_saphyr::from_str(
             render(overlay)
                 .iter()
                 .find(|d| d["kind"] == "ConfigMap")
@@ -396,7 +393,7 @@ fn workloads_are_hardened_and_the_broker_config_matches_its_mounts() {
             .unwrap();
         let config_path = PathBuf::from(&c.args.as_ref().unwrap()[config_arg + 1]);
         assert!(mount(&config_path), "{}", config_path.display());
-        let parsed: Value = serde_yaml::from_str(text).unwrap();
+        let parsed: Value = serde_saphyr::from_str(text).unwrap();
         let spec = &parsed["spec"];
         for f in [
             &spec["tls"]["certFile"],

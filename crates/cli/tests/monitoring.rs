@@ -22,7 +22,7 @@ fn monitoring() -> PathBuf {
 /// The PrometheusRule's rule groups, as a Prometheus rules file.
 fn rule_groups() -> Value {
     let text = std::fs::read_to_string(monitoring().join("prometheusrule.yaml")).unwrap();
-    let rule: Value = serde_yaml::from_str(&text).unwrap();
+    let rule: Value = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(rule["kind"], "PrometheusRule");
     json!({"groups": rule["spec"]["groups"]})
 }
@@ -56,7 +56,7 @@ fn the_alerts_pass_promtools_checks_and_unit_tests() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("rules.yaml"),
-        serde_yaml::to_string(&rule_groups()).unwrap(),
+        serde_saphyr::to_string(&rule_groups()).unwrap(),
     )
     .unwrap();
     std::fs::copy(
@@ -74,7 +74,7 @@ fn the_alerts_pass_promtools_checks_and_unit_tests() {
 
 #[test]
 fn every_alert_fires_and_stays_quiet_in_a_test_and_has_a_runbook() {
-    let tests: Value = serde_yaml::from_str(
+    let tests: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(monitoring().join("rules-test.yaml")).unwrap(),
     )
     .unwrap();
@@ -149,7 +149,8 @@ fn the_dashboards_queries_parse_as_promql() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("dashboard-queries.yaml"),
-        serde_yaml::to_string(&json!({"groups": [{"name": "dashboard", "rules": rules}]})).unwrap(),
+        serde_saphyr::to_string(&json!({"groups": [{"name": "dashboard", "rules": rules}]}))
+            .unwrap(),
     )
     .unwrap();
     promtool(dir.path(), &["check", "rules", "dashboard-queries.yaml"]);

@@ -718,14 +718,14 @@ mod tests {
         let creds = vec![
             Named {
                 name: "ecr".into(),
-                spec: serde_yaml::from_str(
+                spec: serde_saphyr::from_str(
                     "registries: [e.example]\nsource: {exec: {command: ecr-credential-provider}}",
                 )
                 .unwrap(),
             },
             Named {
                 name: "static".into(),
-                spec: serde_yaml::from_str(
+                spec: serde_saphyr::from_str(
                     "registries: [s.example]\nsource: {secretRef: {name: p}}",
                 )
                 .unwrap(),
@@ -733,7 +733,7 @@ mod tests {
         ];
         let grants = vec![Named {
             name: "g".into(),
-            spec: serde_yaml::from_str(grant).unwrap(),
+            spec: serde_saphyr::from_str(grant).unwrap(),
         }];
         let (policy, problems) = Policy::new(creds, grants, BTreeMap::new());
         assert!(problems.is_empty(), "{problems:?}");
@@ -815,11 +815,11 @@ mod tests {
         let report = |grant: &str| {
             let creds = vec![Named {
                 name: "corp".into(),
-                spec: serde_yaml::from_str("registries: [r.example]\nsource: {tokenIssuer: {signingKeySecretRef: {name: k}, service: s, issuer: i}}").unwrap(),
+                spec: serde_saphyr::from_str("registries: [r.example]\nsource: {tokenIssuer: {signingKeySecretRef: {name: k}, service: s, issuer: i}}").unwrap(),
             }];
             let grants = vec![Named {
                 name: "g".into(),
-                spec: serde_yaml::from_str(grant).unwrap(),
+                spec: serde_saphyr::from_str(grant).unwrap(),
             }];
             let (policy, _) = Policy::new(creds, grants, BTreeMap::new());
             audit(&Inputs {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::Serialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use crate::credential::Credential;
 use crate::dockerconfig::{DockerConfig, DockerConfigError};
@@ -58,14 +58,17 @@ fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 impl PullSecret {
     /// Reads a Secret manifest (YAML or JSON).
     pub fn parse(text: &str) -> Result<Self, SecretError> {
-        let doc: Value = serde_yaml::from_str(text).map_err(|e| match e.location() {
-            Some(l) => SecretError::Syntax {
-                line: l.line(),
-                column: l.column(),
-            },
-            None => SecretError::SyntaxNoLocation,
+        // Only the position: the parser's own message may quote the text.
+        let doc: Value = serde_saphyr::from_str(text).map_err(|e| {
+            match e.location().filter(|l| l.line() > 0) {
+                Some(l) => SecretError::Syntax {
+                    line: l.line() as usize,
+                    column: l.column() as usize,
+                },
+                None => SecretError::SyntaxNoLocation,
+            }
         })?;
-        if !doc.is_mapping() {
+        if !doc.is_object() {
             return Err(shape("a Secret manifest must be a mapping"));
         }
         match str_at(&doc, "kind") {
@@ -173,7 +176,7 @@ pub fn render_pull_secret(
         )]),
     };
     Ok(match format {
-        ManifestFormat::Yaml => serde_yaml::to_string(&manifest).map_err(|e| e.to_string())?,
+        ManifestFormat::Yaml => serde_saphyr::to_string(&manifest).map_err(|e| e.to_string())?,
         ManifestFormat::Json => {
             serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())? + "\n"
         }

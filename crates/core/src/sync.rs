@@ -515,15 +515,15 @@ mod tests {
 
     fn policy(grants: &[(&str, &str)], labels: &[(&str, &str, &str)]) -> Policy {
         let creds = vec![
-            Named { name: "corp".into(), spec: serde_yaml::from_str("registries: [r.example]\nsource: {tokenIssuer: {signingKeySecretRef: {name: k}, service: s, issuer: i}}").unwrap() },
-            Named { name: "static".into(), spec: serde_yaml::from_str("registries: [s.example]\nsource: {secretRef: {name: p}}").unwrap() },
-            Named { name: "ecr".into(), spec: serde_yaml::from_str("registries: [e.example]\nsource: {exec: {command: ecr-credential-provider}}").unwrap() },
+            Named { name: "corp".into(), spec: serde_saphyr::from_str("registries: [r.example]\nsource: {tokenIssuer: {signingKeySecretRef: {name: k}, service: s, issuer: i}}").unwrap() },
+            Named { name: "static".into(), spec: serde_saphyr::from_str("registries: [s.example]\nsource: {secretRef: {name: p}}").unwrap() },
+            Named { name: "ecr".into(), spec: serde_saphyr::from_str("registries: [e.example]\nsource: {exec: {command: ecr-credential-provider}}").unwrap() },
         ];
         let grants = grants
             .iter()
             .map(|(n, y)| Named {
                 name: n.to_string(),
-                spec: serde_yaml::from_str(y).unwrap(),
+                spec: serde_saphyr::from_str(y).unwrap(),
             })
             .collect();
         let mut ns_labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();

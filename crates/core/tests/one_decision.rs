@@ -18,7 +18,7 @@ fn credentials() -> Vec<Named<pullbroker_core::policy::RegistryCredentialSpec>> 
         .iter()
         .map(|name| Named {
             name: name.to_string(),
-            spec: serde_yaml::from_str(&format!(
+            spec: serde_saphyr::from_str(&format!(
                 "registries: [{name}.example]\nsource: {{tokenIssuer: {{signingKeySecretRef: {{name: k}}, service: {name}, issuer: i}}}}"
             ))
             .unwrap(),
@@ -53,7 +53,7 @@ fn policy(grants: &[String], tiers: &[Option<&str>]) -> Policy {
         .enumerate()
         .map(|(i, y)| Named {
             name: format!("g{i}"),
-            spec: serde_yaml::from_str(y).unwrap(),
+            spec: serde_saphyr::from_str(y).unwrap(),
         })
         .collect();
     let labels: BTreeMap<String, BTreeMap<String, String>> = NAMESPACES

@@ -34,7 +34,7 @@ fn policy() -> Policy {
 fn named<T: serde::de::DeserializeOwned>(name: &str, yaml: &str) -> Named<T> {
     Named {
         name: name.to_string(),
-        spec: serde_yaml::from_str(yaml).unwrap(),
+        spec: serde_saphyr::from_str(yaml).unwrap(),
     }
 }
 

@@ -303,15 +303,15 @@ fn manifests(plan: &Plan, namespace: &str, mode: &str) -> Result<String> {
     }
     for s in &secrets {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(s)?);
+        out.push_str(&serde_saphyr::to_string(s)?);
     }
     for c in &creds {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(c)?);
+        out.push_str(&serde_saphyr::to_string(c)?);
     }
     for g in &grants {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(g)?);
+        out.push_str(&serde_saphyr::to_string(g)?);
     }
     out.push_str("---\n# Clean-up, in this order, once applied:\n");
     for (i, step) in plan.cleanup.iter().enumerate() {

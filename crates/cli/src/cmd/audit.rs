@@ -482,7 +482,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ),
         Output::Yaml => print!(
             "{}",
-            serde_yaml::to_string(&Out {
+            serde_saphyr::to_string(&Out {
                 scanned: &scanned,
                 counts,
                 report: &report

@@ -25,7 +25,7 @@ pub fn print_objects<T: Serialize>(objects: &[T], format: Manifest) -> Result<()
         Manifest::Yaml => {
             let docs = objects
                 .iter()
-                .map(serde_yaml::to_string)
+                .map(serde_saphyr::to_string)
                 .collect::<Result<Vec<_>, _>>()?;
             print!("{}", docs.join("---\n"));
         }

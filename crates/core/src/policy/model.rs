@@ -793,7 +793,7 @@ mod tests {
             ("tenant".to_string(), "a".to_string()),
             ("tier".to_string(), "prod".to_string()),
         ]);
-        let sel = |yaml: &str| serde_yaml::from_str::<LabelSelector>(yaml).unwrap();
+        let sel = |yaml: &str| serde_saphyr::from_str::<LabelSelector>(yaml).unwrap();
         assert!(sel("matchLabels: {tenant: a}").matches(&labels));
         assert!(!sel("matchLabels: {tenant: b}").matches(&labels));
         assert!(
@@ -812,7 +812,7 @@ mod tests {
     #[test]
     fn validation_errors() {
         let grant = |yaml: &str| {
-            serde_yaml::from_str::<PullGrantSpec>(yaml)
+            serde_saphyr::from_str::<PullGrantSpec>(yaml)
                 .map_err(|e| e.to_string())
                 .and_then(|g| g.validate())
         };
@@ -834,7 +834,7 @@ mod tests {
         );
         assert!(grant("credential: c\nsubjects: {serviceAccounts: ['*']}\nrepositories: ['**']\npurposes: [pull]\n").unwrap_err().contains("namespaces"));
         let cred = |yaml: &str| {
-            serde_yaml::from_str::<RegistryCredentialSpec>(yaml)
+            serde_saphyr::from_str::<RegistryCredentialSpec>(yaml)
                 .unwrap()
                 .validate()
         };
@@ -878,7 +878,7 @@ mod tests {
         ));
 
         let issuer = |ttl: &str| {
-            serde_yaml::from_str::<RegistryCredentialSpec>(&format!(
+            serde_saphyr::from_str::<RegistryCredentialSpec>(&format!(
                 "registries: [r.io]\nsource: {{tokenIssuer: {{service: r.io, issuer: i, tokenTtl: {ttl}, signingKeySecretRef: {{name: k}}}}}}\n"
             ))
             .unwrap()
@@ -891,7 +891,7 @@ mod tests {
         assert!(issuer("13h").unwrap_err().contains("between 1s and 12h"));
         assert!(issuer("0s").is_err());
         let exec = |field: &str, v: &str| {
-            serde_yaml::from_str::<RegistryCredentialSpec>(&format!(
+            serde_saphyr::from_str::<RegistryCredentialSpec>(&format!(
                 "registries: [r.io]\nsource: {{exec: {{command: c, {field}: {v}}}}}\n"
             ))
             .unwrap()
@@ -909,7 +909,7 @@ mod tests {
     #[test]
     fn an_ecr_source_knows_its_region_and_role() {
         let ecr = |yaml: &str| {
-            serde_yaml::from_str::<RegistryCredentialSpec>(yaml)
+            serde_saphyr::from_str::<RegistryCredentialSpec>(yaml)
                 .unwrap()
                 .validate()
         };
@@ -937,7 +937,7 @@ mod tests {
         }
         let e = ecr("registries: [r]\nsource: {ecr: {region: 'US East'}}").unwrap_err();
         assert!(e.contains("ecr.region"), "{e}");
-        assert!(serde_yaml::from_str::<RegistryCredentialSpec>(
+        assert!(serde_saphyr::from_str::<RegistryCredentialSpec>(
             "registries: [r]\nsource: {ecr: {region: us-east-1, registryIds: ['123456789012']}}"
         )
         .is_err());
@@ -945,7 +945,7 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("exactly one"), "{e}");
         let spec: RegistryCredentialSpec =
-            serde_yaml::from_str("registries: [r]\nsource: {ecr: {region: us-east-1}}").unwrap();
+            serde_saphyr::from_str("registries: [r]\nsource: {ecr: {region: us-east-1}}").unwrap();
         assert_eq!(spec.upstream_copy(), Some(UpstreamCopy::Token));
     }
 

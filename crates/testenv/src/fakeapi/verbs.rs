@@ -485,7 +485,7 @@ pub(super) fn apply(
     };
     let force = q.get("force").is_some_and(|f| f == "true");
     let applied: Value =
-        match serde_json::from_slice(body).or_else(|_| serde_yaml::from_slice::<Value>(body)) {
+        match serde_json::from_slice(body).or_else(|_| serde_saphyr::from_slice::<Value>(body)) {
             Ok(v) => v,
             Err(e) => {
                 return status(
