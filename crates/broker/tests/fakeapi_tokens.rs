@@ -27,8 +27,15 @@ fn discovery_settings(url: impl Into<String>) -> IssuerSettings {
     }
 }
 
-/// Creates service account `team-a/NAME` on the fake API server.
+/// Creates service account `team-a/NAME` on the fake API server (and the
+/// namespace, the first time: creates in a missing one are refused).
 async fn create_account(fake: &FakeApi, name: &str) {
+    let _ = reqwest::Client::new()
+        .post(format!("{}/api/v1/namespaces", fake.url))
+        .json(&json!({"metadata": {"name": "team-a"}}))
+        .send()
+        .await
+        .unwrap();
     let resp = reqwest::Client::new()
         .post(format!(
             "{}/api/v1/namespaces/team-a/serviceaccounts",

@@ -23,6 +23,20 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
 }
 
+/// Namespaces to create in: a real API server refuses creates in one that
+/// does not exist.
+async fn namespaces(fake: &FakeApi, names: &[&str]) {
+    let api: Api<Namespace> = Api::all(fake.client().await);
+    for name in names {
+        api.create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": name}})),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 fn api_error(e: kube::Error) -> (u16, String) {
     match e {
         kube::Error::Api(s) => (s.code, s.reason),
@@ -226,6 +240,7 @@ async fn status_subresource_and_generation() {
 #[tokio::test]
 async fn watch_streams_changes_and_expires_old_versions() {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    namespaces(&fake, &["team-a", "p"]).await;
     let c = client(&fake).await;
     let secrets: Api<Secret> = Api::namespaced(c.clone(), "team-a");
     let mut events = watcher(
@@ -338,6 +353,7 @@ async fn watch_streams_changes_and_expires_old_versions() {
 #[tokio::test]
 async fn finalizers_hold_and_owners_collect() {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    namespaces(&fake, &["team-a", "p"]).await;
     let secrets: Api<Secret> = Api::namespaced(client(&fake).await, "team-a");
     let owner = secrets
         .create(
@@ -380,6 +396,7 @@ async fn finalizers_hold_and_owners_collect() {
 #[tokio::test]
 async fn token_request_and_token_review_answer_like_kube_apiserver() {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    namespaces(&fake, &["team-a", "p"]).await;
     let c = client(&fake).await;
     let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), "team-a");
     sas.create(
@@ -442,6 +459,7 @@ async fn token_request_and_token_review_answer_like_kube_apiserver() {
 #[tokio::test]
 async fn server_side_apply_owns_fields_and_conflicts() {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    namespaces(&fake, &["team-a", "p"]).await;
     let c = client(&fake).await;
     let secrets: Api<Secret> = Api::namespaced(c.clone(), "team-a");
     let ours = |label: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pullbroker-corp", "labels": {"x": label, "app.kubernetes.io/managed-by": "pullbroker"}}, "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}});
@@ -529,6 +547,7 @@ async fn server_side_apply_owns_fields_and_conflicts() {
 #[tokio::test]
 async fn image_pull_secrets_are_an_atomic_list() {
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    namespaces(&fake, &["team-a", "p"]).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client(&fake).await, "team-a");
     let with_ours = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}, "imagePullSecrets": [{"name": "pullbroker-corp"}]});
     sas.patch(

@@ -9,9 +9,15 @@
 //! (from a resourceVersion, ADDED/MODIFIED/DELETED lines — an object that a
 //! change moves out of a watch's selector is DELETED for it, into it ADDED,
 //! as the watch cache does — 410 Gone `Status` for versions older than its
-//! history), create (409 AlreadyExists,
-//! `generateName`), replace (409 Conflict on a stale `resourceVersion`), merge
-//! patch, JSON patch, server-side apply (field managers in `managedFields`,
+//! history; `BOOKMARK`s when asked — periodic, and after the initial
+//! objects of a streaming list, see [`FakeApi::set_bookmark_interval`]),
+//! create (409 AlreadyExists, `generateName`; 404 in a namespace that does
+//! not exist, 403 `NamespaceTerminating` in one being deleted),
+//! namespace deletion (`Terminating` at once, contents removed by a
+//! namespace controller, [`FakeApi::set_namespace_controller`]), replace
+//! (409 Conflict on a stale `resourceVersion`), merge patch, strategic
+//! merge patch (lists with a `patchMergeKey` merged by key; 415 for custom
+//! resources), JSON patch, server-side apply (field managers in `managedFields`,
 //! 409 conflicts on fields another manager owns unless `force`, atomic lists,
 //! ownership moving to whoever last changed a field), delete (finalizers hold the object with a
 //! `deletionTimestamp`; dependents with an `ownerReference` to it are deleted),
@@ -31,7 +37,17 @@
 //!   token is taken as the user name and only recorded, see [`crate::api_log`]);
 //! - no schema validation or defaulting (CRD schemas are not enforced);
 //! - server-side apply keeps `managedFields` but treats every list as atomic
-//!   (lists with merge keys, like `containers`, are merged by key upstream);
+//!   (`listType=map` lists, like a pod template's `containers`, are merged
+//!   by key upstream; none of the objects pullbroker applies has one);
+//! - strategic merge patch knows the merge keys of the pod template's lists
+//!   and `ServiceAccount.secrets` only, and none of `$retainKeys`,
+//!   `$setElementOrder` or primitive merge lists;
+//! - the namespace controller runs every 100 ms (the real one took ~4 s) and
+//!   deletes contents at once, with no discovery of kinds it was not given;
+//! - a new namespace has its `default` ServiceAccount never (the real
+//!   controller-manager creates one a moment later);
+//! - periodic bookmarks carry the last version this watch has delivered, a
+//!   real server's the watch cache's (never lower);
 //! - `limit`/`continue` page in (namespace, name) order, but later pages show
 //!   the current state rather than a snapshot at the first page's
 //!   resourceVersion (which every page reports);
@@ -42,9 +58,10 @@
 //!   Pod never runs (tests write its `status` as a kubelet would).
 //!
 //! Modules: `routing` (paths, queries, the request log, dispatch),
-//! `selectors` and `apply` (pure: label/field selectors; server-side apply's
-//! field ownership and merge), `verbs` (the store's get/list/watch/create/
-//! replace/patch/apply/delete), `auth` (TokenRequest, TokenReview).
+//! `selectors`, `apply` and `strategic` (pure: label/field selectors;
+//! server-side apply's field ownership and merge; strategic merge patch),
+//! `verbs` (the store's get/list/watch/create/replace/patch/apply/delete),
+//! `namespaces` (lifecycle), `auth` (TokenRequest, TokenReview).
 
 // Helpers return a ready `Response` as their error (the axum idiom); it is
 // built once per request, so its size does not matter here.
@@ -66,8 +83,10 @@ use crate::issuer::{now, TestIssuer};
 
 mod apply;
 mod auth;
+mod namespaces;
 mod routing;
 mod selectors;
+mod strategic;
 mod verbs;
 
 use apply::*;
@@ -95,6 +114,11 @@ pub struct ResourceType {
 }
 
 impl ResourceType {
+    /// A custom resource (a CRD's), not one kube-apiserver builds in.
+    fn is_custom(&self) -> bool {
+        !(self.group.is_empty() || self.group == "apps" || self.group.ends_with(".k8s.io"))
+    }
+
     fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.to_string()
@@ -105,6 +129,9 @@ impl ResourceType {
 }
 
 const HISTORY: usize = 10_000;
+
+/// How often a real API server sends a watch bookmark (about once a minute).
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 struct Event {
@@ -159,6 +186,12 @@ struct Inner {
     writes_left: Mutex<Option<usize>>,
     /// What `/version` answers ([`FakeApi::set_version`]).
     version: Mutex<(u32, u32)>,
+    /// Whether the namespace controller runs by itself
+    /// ([`FakeApi::set_namespace_controller`]).
+    namespace_controller: std::sync::atomic::AtomicBool,
+    /// How often a watch that allows bookmarks gets one
+    /// ([`FakeApi::set_bookmark_interval`]).
+    bookmark_interval: Mutex<Duration>,
 }
 
 /// The running fake API server.
@@ -341,11 +374,14 @@ impl FakeApi {
             hung: tokio::sync::watch::channel(false).0,
             version: Mutex::new((1, 36)),
             writes_left: Mutex::new(None),
+            namespace_controller: std::sync::atomic::AtomicBool::new(true),
+            bookmark_interval: Mutex::new(BOOKMARK_INTERVAL),
         });
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(inner.clone());
         let (down, down_rx) = tokio::sync::watch::channel(false);
+        let sweeper = inner.clone();
         let thread = std::thread::Builder::new()
             .name("fake-apiserver".into())
             .spawn(move || {
@@ -354,6 +390,19 @@ impl FakeApi {
                     .enable_all()
                     .build()
                     .expect("runtime");
+                rt.spawn(async move {
+                    let mut tick = tokio::time::interval(namespaces::SWEEP);
+                    loop {
+                        tick.tick().await;
+                        if sweeper
+                            .namespace_controller
+                            .load(std::sync::atomic::Ordering::SeqCst)
+                        {
+                            let mut s = sweeper.store.lock().expect("poisoned");
+                            sweeper.sweep_namespaces(&mut s);
+                        }
+                    }
+                });
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     let switched = Switched {
@@ -479,6 +528,29 @@ impl FakeApi {
     /// Ends [`FakeApi::refuse_writes_after`].
     pub fn allow_writes(&self) {
         *self.inner.writes_left.lock().expect("poisoned") = None;
+    }
+
+    /// Starts (`true`, the default) or stops the namespace controller that
+    /// empties and removes terminating namespaces. Stopped, a deleted
+    /// namespace stays `Terminating` with its contents until
+    /// [`FakeApi::run_namespace_controller`]: the window in which creates are
+    /// refused and updates still succeed, held open for a test.
+    pub fn set_namespace_controller(&self, running: bool) {
+        self.inner
+            .namespace_controller
+            .store(running, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How often watches that allow bookmarks get one, from the next watch
+    /// on ([`BOOKMARK_INTERVAL`] by default, as on a real server).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        *self.inner.bookmark_interval.lock().expect("poisoned") = every;
+    }
+
+    /// One pass of the namespace controller, now.
+    pub fn run_namespace_controller(&self) {
+        let mut s = self.inner.store.lock().expect("poisoned");
+        self.inner.sweep_namespaces(&mut s);
     }
 
     /// Drops watch history older than the newest event, as etcd compaction

@@ -116,20 +116,38 @@ pub(super) fn watch(
         .get("timeoutSeconds")
         .and_then(|v| v.parse().ok())
         .unwrap_or(300u64);
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    // A streaming list: the current objects as ADDED, then a bookmark
+    // marking the end of the initial state (v1.36 with
+    // `sendInitialEvents=true&resourceVersionMatch=NotOlderThan`).
+    let initial = bookmarks && q.get("sendInitialEvents").is_some_and(|b| b == "true");
+    let (res, ns, q) = (key(r), r.namespace.clone(), q.clone());
     let mut rx = inner.events.subscribe();
-    let (backlog, oldest) = {
+    let (backlog, oldest, current) = {
         let s = inner.store.lock().expect("poisoned");
         let oldest = s.history.front().map(|e| e.rv).unwrap_or(s.rv);
-        (
+        let backlog: Vec<(Value, &'static str)> = if initial {
+            s.objects
+                .iter()
+                .filter(|((k, n, _), o)| {
+                    *k == res && (ns.is_empty() || *n == ns) && selected(&q, o)
+                })
+                .map(|(_, o)| (o.clone(), "ADDED"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let history = if initial {
+            Vec::new()
+        } else {
             s.history
                 .iter()
                 .filter(|e| e.rv > from)
                 .cloned()
-                .collect::<Vec<_>>(),
-            oldest,
-        )
+                .collect::<Vec<_>>()
+        };
+        ((backlog, history), oldest, s.rv)
     };
-    let (res, ns, q) = (key(r), r.namespace.clone(), q.clone());
     // As the watch cache does: a modification that moves an object out of
     // the selection is DELETED for this watch, one that moves it in ADDED.
     let matches = move |e: &Event| -> Option<&'static str> {
@@ -146,7 +164,17 @@ pub(super) fn watch(
             _ => None,
         }
     };
-    let gone = from != 0 && from + 1 < oldest;
+    let gone = !initial && from != 0 && from + 1 < oldest;
+    let every = *inner.bookmark_interval.lock().expect("poisoned");
+    let (kind, api_version) = (r.resource.kind, r.resource.api_version());
+    // A bookmark carries only kind, apiVersion and metadata (v1.36).
+    let bookmark = move |rv: u64, end_of_initial: bool| {
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if end_of_initial {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": metadata}})
+    };
     let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
         let line = |v: Value| Bytes::from(format!("{v}\n"));
@@ -157,12 +185,24 @@ pub(super) fn watch(
             let _ = tx.send(line(st)).await;
             return;
         }
-        let mut last = from;
-        for (e, kind) in backlog
-            .into_iter()
-            .filter_map(|e| matches(&e).map(|k| (e, k)))
-        {
-            last = e.rv;
+        let (objects, history) = backlog;
+        // Every event up to `last` has been delivered (or was not ours).
+        let mut last = if initial { current } else { from };
+        for (o, kind) in objects {
+            if tx
+                .send(line(json!({"type": kind, "object": shown(&o)})))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if initial && tx.send(line(bookmark(current, true))).await.is_err() {
+            return;
+        }
+        for e in history {
+            last = last.max(e.rv);
+            let Some(kind) = matches(&e) else { continue };
             if tx
                 .send(line(json!({"type": kind, "object": shown(&e.object)})))
                 .await
@@ -173,13 +213,30 @@ pub(super) fn watch(
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
+        // Periodic bookmarks (about once a minute on a real server), only
+        // when asked for.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
-                ev = rx.recv() => match ev {
-                    Ok(e) if e.rv > last => if let Some(kind) = matches(&e) {
+                _ = tick.tick(), if bookmarks => {
+                    // Deliver what is already queued first: a bookmark
+                    // promises every event up to its version was sent.
+                    while let Ok(e) = rx.try_recv() {
+                        if e.rv <= last { continue; }
                         last = e.rv;
-                        if tx.send(line(json!({"type": kind, "object": shown(&e.object)}))).await.is_err() { return; }
+                        if let Some(kind) = matches(&e) {
+                            if tx.send(line(json!({"type": kind, "object": shown(&e.object)}))).await.is_err() { return; }
+                        }
+                    }
+                    if tx.send(line(bookmark(last, false))).await.is_err() { return; }
+                }
+                ev = rx.recv() => match ev {
+                    Ok(e) if e.rv > last => {
+                        last = e.rv;
+                        if let Some(kind) = matches(&e) {
+                            if tx.send(line(json!({"type": kind, "object": shown(&e.object)}))).await.is_err() { return; }
+                        }
                     },
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
@@ -237,6 +294,10 @@ pub(super) fn create(inner: &Inner, r: &Route, body: &[u8]) -> Response {
             )
         }
     };
+    // Admission before storage: NamespaceLifecycle refuses first.
+    if let Some(refused) = inner.admit_create(&s, r, &name) {
+        return refused;
+    }
     if s.objects
         .contains_key(&(key(r), r.namespace.clone(), name.clone()))
     {
@@ -273,6 +334,10 @@ pub(super) fn create(inner: &Inner, r: &Route, body: &[u8]) -> Response {
     meta["uid"] = json!(uid);
     meta["creationTimestamp"] = json!(rfc3339(now()));
     meta["generation"] = json!(1);
+    if namespaces::is_namespace(r) {
+        obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        obj["status"]["phase"] = json!("Active");
+    }
     let created = inner.commit(&mut s, r, "ADDED", obj);
     (StatusCode::CREATED, axum::Json(created)).into_response()
 }
@@ -389,8 +454,17 @@ pub(super) fn patch(
     store_update(inner, r, "patch", &manager_of(q), |old| {
         let mut target = old.clone();
         match kind.as_str() {
-            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                json_patch::merge(&mut target, &body)
+            "application/merge-patch+json" => json_patch::merge(&mut target, &body),
+            "application/strategic-merge-patch+json" if r.resource.is_custom() => {
+                return Err(status(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into(),
+                    json!({}),
+                ))
+            }
+            "application/strategic-merge-patch+json" => {
+                strategic::merge(r.resource.kind, &mut target, &body)
             }
             "application/json-patch+json" => {
                 let p: json_patch::Patch = serde_json::from_value(body).map_err(|e| {
@@ -440,6 +514,9 @@ pub(super) fn delete(inner: &Inner, r: &Route) -> Response {
     *s.requests
         .entry(format!("delete {}", r.resource.plural))
         .or_default() += 1;
+    if namespaces::is_namespace(r) {
+        return inner.terminate_namespace(&mut s, r, obj);
+    }
     if obj["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|f| !f.is_empty())
