@@ -14,7 +14,7 @@
 //! The SDK is used rather than a hand-written SigV4 client because the
 //! credential chain (web identity, container credentials, role chaining,
 //! their caching and refresh) is the hard part, and it is exactly what the
-//! SDK maintains. Its HTTPS client is built here over rustls with ring,
+//! SDK maintains. Its HTTPS client is built here over rustls with aws-lc-rs,
 //! the TLS stack the rest of pullbroker uses.
 //!
 //! [`EcrToken`]'s password is a [`SecretString`]; errors carry what AWS
@@ -156,7 +156,7 @@ impl Ecr {
 /// our HTTPS client and bounds.
 async fn base_config(region: &str) -> SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
         .build_https();
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))

@@ -1,4 +1,4 @@
-//! TLS for the broker's listeners (rustls, ring provider).
+//! TLS for the broker's listeners (rustls, aws-lc-rs provider: the one crypto library of the workspace).
 //!
 //! [`ReloadingCert`] is the server's certificate resolver: it holds the
 //! current certificate and key, re-reads the PEM files when their content
@@ -24,7 +24,7 @@ use crate::config::TlsSpec;
 
 /// The one crypto provider the broker's TLS uses.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A certificate and key read from files, swapped when the files change.

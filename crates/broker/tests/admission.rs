@@ -116,7 +116,7 @@ async fn limited_registry(upstream: String) -> Limited {
         out.body(axum::body::Body::from(resp.bytes().await.unwrap()))
             .unwrap()
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let limiting = Arc::new(AtomicBool::new(false));
     let manifests = Arc::new(AtomicUsize::new(0));
     let st = St {
@@ -359,7 +359,7 @@ async fn start() -> Pinning {
 }
 
 fn client(ca_pem: &str) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     pullbroker_broker::http_client(Some(ca_pem.as_bytes())).unwrap()
 }
 

@@ -85,7 +85,7 @@ fn canary_registry(count: Arc<AtomicUsize>) -> String {
 }
 
 async fn start(client_ca: Option<&str>) -> Running {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let env = Env::shared();
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::ec(KUBE_ISSUER);

@@ -69,7 +69,7 @@ async fn token_request(fake: &FakeApi, account: &str, audience: &str) -> String 
 
 #[tokio::test]
 async fn tokens_from_token_request_verify_by_discovery_and_review() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
     create_account(&fake, "app").await;
     let token_for = |audience: &'static str| token_request(&fake, "app", audience);
@@ -101,7 +101,7 @@ async fn tokens_from_token_request_verify_by_discovery_and_review() {
 /// full URL: both load the keys (the full URL used to get the suffix twice).
 #[tokio::test]
 async fn discovery_by_base_url_or_full_document_url() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
     for url in [
         fake.url.clone(),
@@ -122,7 +122,7 @@ async fn discovery_by_base_url_or_full_document_url() {
 #[tokio::test]
 async fn a_rotated_token_review_token_file_is_picked_up() {
     use pullbroker_broker::Broker;
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let record = seen.clone();
     let app = axum::Router::new().route(
@@ -210,7 +210,7 @@ async fn a_rotated_token_review_token_file_is_picked_up() {
 #[tokio::test]
 async fn a_hung_api_server_serves_recent_verdicts_and_refuses_the_rest_promptly() {
     use pullbroker_broker::tokenreview::ReviewCacheSettings;
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
     for account in ["app", "other"] {
         create_account(&fake, account).await;

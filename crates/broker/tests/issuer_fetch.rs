@@ -50,7 +50,7 @@ fn recorder(seen: &Seen, body: String) -> axum::routing::MethodRouter {
 
 #[tokio::test]
 async fn a_jwks_uri_on_another_origin_never_receives_the_fetch_token() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let issuer = TestIssuer::rsa(KUBE_ISSUER);
     let (discovery_seen, jwks_seen): (Seen, Seen) = Default::default();
     let keys = serve(axum::Router::new().route("/keys", recorder(&jwks_seen, issuer.jwks()))).await;
@@ -82,7 +82,7 @@ async fn a_jwks_uri_on_another_origin_never_receives_the_fetch_token() {
 
 #[tokio::test]
 async fn a_jwks_uri_on_the_same_origin_gets_the_fetch_token() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let issuer = TestIssuer::rsa(KUBE_ISSUER);
     let seen: Seen = Default::default();
     // The document names its own origin, known only once it listens.
@@ -106,7 +106,7 @@ async fn a_jwks_uri_on_the_same_origin_gets_the_fetch_token() {
 /// the broker starts without keys and says why, it does not buffer it.
 #[tokio::test]
 async fn an_oversized_jwks_is_refused_unread() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = sent.clone();
     let app = axum::Router::new().route(
@@ -142,7 +142,7 @@ async fn an_oversized_jwks_is_refused_unread() {
 /// loopback alone: its private key is in this repository.
 #[tokio::test]
 async fn the_dev_issuer_key_is_refused_beyond_loopback() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/standalone");
     let jwks = std::fs::read_to_string(root.join("issuer-jwks.json")).unwrap();
     let refused = Verifier::new(settings(JwksSource::Static(jwks.clone())), None)

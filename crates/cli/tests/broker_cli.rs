@@ -276,7 +276,7 @@ fn serve_over_tls_with_a_certificate_from_tls_cert() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let trusted = pullbroker_broker::http_client(Some(&ca)).unwrap();
         let resp = trusted
             .get(format!("https://{addr}/healthz"))

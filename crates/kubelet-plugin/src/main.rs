@@ -121,7 +121,10 @@ fn check_audience(token: &str, audience: &str) -> Result<(), PluginError> {
 }
 
 fn agent(args: &Args) -> Result<ureq::Agent, PluginError> {
-    let mut tls = ureq::tls::TlsConfig::builder();
+    // ureq calls the provider setting "unversioned": ureq is pinned by the lock file.
+    let mut tls = ureq::tls::TlsConfig::builder().unversioned_rustls_crypto_provider(
+        std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    );
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| PluginError(format!("cannot read CA file {}: {e}", path.display())))?;

@@ -225,7 +225,7 @@ fn main() -> Result<()> {
         .map(|i| format!("t{i}"))
         .collect();
     rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::new();
         let img = fixtures::image("amd64", "admission bench\n", None);
         push_blob(&http, &base, "demo/app", &img.layer).await?;

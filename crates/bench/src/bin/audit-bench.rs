@@ -136,7 +136,7 @@ fn main() -> Result<()> {
             .unwrap_or(d)
     };
     let (secrets, accounts, pods) = (arg(1, 10_000), arg(2, 20_000), arg(3, 50_000));
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fake = pullbroker_bench::FakeProcess::start()?;
     let base = fake.url.clone();
     let runtime = tokio::runtime::Runtime::new()?;

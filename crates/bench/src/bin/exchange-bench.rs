@@ -38,12 +38,14 @@ use pullbroker_testenv::{fixtures, Auth, Registry, RegistryOptions};
 
 const TOKENS: usize = 2000;
 
-fn opts() -> Result<Opts> {
+/// The options, and `--versus BIN`: another `pullbroker` build to compare.
+fn opts() -> Result<(Opts, Option<std::path::PathBuf>)> {
     let mut o = Opts {
         duration: 10,
         rate: 10_000.0,
         connections: 64,
     };
+    let mut versus = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().context("missing value");
@@ -51,14 +53,92 @@ fn opts() -> Result<Opts> {
             "--duration" => o.duration = val()?.parse()?,
             "--rate" => o.rate = val()?.parse()?,
             "--connections" => o.connections = val()?.parse()?,
+            "--versus" => versus = Some(val()?.into()),
             "-h" | "--help" => {
-                println!("exchange-bench [--duration 10] [--rate 10000] [--connections 64]");
+                println!("exchange-bench [--duration 10] [--rate 10000] [--connections 64] [--versus OTHER_PULLBROKER_BINARY]\n\n\
+                    --versus: only the TLS peak, of this build and of OTHER (another revision's release build),\n\
+                    alternating over 3 rounds in this one run; prints each one's median and the ratio.");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
         }
     }
-    Ok(o)
+    Ok((o, versus))
+}
+
+/// `/v1/exchange` TLS peak of two builds on the same machine, registry and
+/// tokens: each serves its own copy of the config on its own port; rounds
+/// alternate so drift in the machine's load falls on both alike.
+fn versus(
+    builds: [&Path; 2],
+    o: &Opts,
+    registry: &str,
+    issuer: &TestIssuer,
+    tokens: &Path,
+    lua: &Path,
+    dir: &Path,
+) -> Result<()> {
+    let mut brokers = Vec::new();
+    for (i, bin) in builds.iter().enumerate() {
+        let sub = dir.join(format!("build-{i}"));
+        std::fs::create_dir_all(&sub)?;
+        let port = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
+        let plain = pullbroker_testenv::registry::free_port().map_err(anyhow::Error::msg)?;
+        let config = write_broker_config(&sub, registry, issuer, port)?;
+        serve_tls_too(&config, plain)?;
+        let addr = format!("127.0.0.1:{port}");
+        brokers.push((start_broker(bin, &config, &addr)?, addr));
+    }
+    let tokens = tokens.to_str().context("path")?;
+    let run = |addr: &str, o: &Opts| {
+        wrk(
+            &format!("https://{addr}/v1/exchange"),
+            Some(lua),
+            &[],
+            o,
+            &[("TOKENS", tokens)],
+        )
+    };
+    for (_, addr) in &brokers {
+        run(addr, &Opts { duration: 2, ..*o })?;
+    }
+    let mut rps = [Vec::new(), Vec::new()];
+    let mut cpu = [Duration::ZERO; 2];
+    let mut requests = [0u64; 2];
+    for _round in 0..3 {
+        for (i, (child, addr)) in brokers.iter().enumerate() {
+            let cpu0 = proc_cpu(child.id());
+            let r = run(addr, o)?;
+            cpu[i] += proc_cpu(child.id()) - cpu0;
+            requests[i] += r.requests;
+            rps[i].push(r.rps);
+        }
+    }
+    for (mut child, _) in brokers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut rps[0]), median(&mut rps[1]));
+    println!(
+        "/v1/exchange peak over TLS, 3 alternating rounds of wrk -t2 -c{} -d{}s each",
+        o.connections, o.duration
+    );
+    println!("{:<60} {:>10} {:>14}", "build", "req/s", "CPU/exchange");
+    for (i, (bin, r)) in builds.iter().zip([a, b]).enumerate() {
+        let per = cpu[i] / requests[i].max(1) as u32;
+        println!(
+            "{:<60} {:>10.0} {:>11.1} µs",
+            bin.display(),
+            r,
+            per.as_secs_f64() * 1e6
+        );
+    }
+    println!("ratio (this build / other): {:.3}", a / b);
+    Ok(())
 }
 
 /// Open-loop load at `rate` for `duration`; latencies from scheduled times.
@@ -121,7 +201,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() -> Result<()> {
-    let o = opts()?;
+    let (o, other) = opts()?;
     pullbroker_testenv::process::require_tools(&["docker-registry", "wrk", "ab"])
         .map_err(anyhow::Error::msg)?;
     let bin = std::env::current_exe()?
@@ -147,7 +227,7 @@ fn main() -> Result<()> {
     })
     .map_err(anyhow::Error::msg)?;
     rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::new();
         let base = format!("http://{}", registry.host());
         let img = fixtures::image("amd64", "bench\n", None);
@@ -174,6 +254,22 @@ fn main() -> Result<()> {
         .collect();
     std::fs::write(dir.path().join("tokens.txt"), tokens.join("\n") + "\n")?;
     let lua = write_exchange_lua(&dir.path().join("exchange.lua"), &image)?;
+    if let Some(other) = &other {
+        ensure!(
+            other.is_file(),
+            "--versus {}: no such binary",
+            other.display()
+        );
+        return versus(
+            [&bin, other],
+            &o,
+            &registry.host(),
+            &issuer,
+            &dir.path().join("tokens.txt"),
+            &lua,
+            dir.path(),
+        );
+    }
 
     // The cost of verifying a never-seen token, in-process.
     let verify_cost = rt.block_on(async {
@@ -302,7 +398,7 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .context("ab printed no rate")?;
 
-    println!("broker: pullbroker serve (release) over TLS (rustls, ring), {TOKENS} distinct RS256 SA tokens, warm JWKS, wrk -t2 -c{} -d{}s (keep-alive)", o.connections, o.duration);
+    println!("broker: pullbroker serve (release) over TLS (rustls, aws-lc-rs), {TOKENS} distinct RS256 SA tokens, warm JWKS, wrk -t2 -c{} -d{}s (keep-alive)", o.connections, o.duration);
     println!();
     println!("{:<52} {:>12} {:>10} {:>10}", "", "req/s", "p50", "p99");
     println!(

@@ -86,7 +86,7 @@ fn pullbroker_bin() -> Result<PathBuf> {
 
 /// Pushes `repos × tags` distinct manifests; returns reference → digest.
 async fn seed(host: &str, o: &Opts) -> Result<Vec<(String, String)>> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let http = reqwest::Client::new();
     let base = format!("http://{host}");
     let work: Vec<usize> = (0..o.repos).collect();

@@ -163,7 +163,7 @@ async fn main() -> Result<()> {
     let n = args.first().copied().unwrap_or(10_000);
     let s = args.get(1).copied().unwrap_or(2);
     let objects = n * (1 + s);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))

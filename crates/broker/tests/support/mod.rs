@@ -239,7 +239,7 @@ pub async fn exchange(url: &str, token: &str, image: &str) -> (u16, serde_json::
 }
 
 pub fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Bounded: a hung broker fails the test instead of stalling the run.
     reqwest::Client::builder()
         .no_proxy()

@@ -24,7 +24,7 @@ pub(super) fn build_http_with(
     tls: Option<&RegistryTls>,
 ) -> Result<reqwest::Client, SetupError> {
     // reqwest is built without a default crypto provider; ring is ours.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut b = reqwest::Client::builder()
         .user_agent(settings.user_agent.clone())
         .timeout(settings.timeout)
