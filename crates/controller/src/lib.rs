@@ -25,10 +25,8 @@
 //! - [`lease`]: leader election; only the leader watches and writes.
 
 // Public: what the CLI, the benches and the tests use.
-pub mod api;
 pub mod lease;
 pub mod metrics;
-pub mod policy_source;
 pub mod seal;
 pub mod serving_cert;
 
@@ -56,12 +54,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use pullbroker_core::policy::{Named, Policy, PullGrant, RegistryCredential};
+use pullbroker_core::policy::{Policy, PullGrant, RegistryCredential};
 use pullbroker_core::sync::MANAGED_BY;
 use pullbroker_credentials::runtime::{credential_runtime, Secrets};
 use tokio::sync::Notify;
 
 use crate::index::Index;
+use pullbroker_cluster::{documents, secret_data};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,8 +76,6 @@ pub enum Error {
     Certificate(#[source] pullbroker_credentials::Error),
     #[error("invalid settings: {0}")]
     Settings(String),
-    #[error("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG): {0}")]
-    Connect(String),
 }
 
 /// How the controller runs.
@@ -163,7 +160,7 @@ pub(crate) struct Context {
     managed: Arc<Index<PartialObjectMeta<Secret>>>,
     marks: Mutex<reconcile::Marks>,
     /// Seals what we write; see [`seal`].
-    seal: pullbroker_core::sync::SealKey,
+    seal: pullbroker_core::seal::SealKey,
     /// The resourceVersion of each managed secret as we wrote or verified it.
     intact: Mutex<HashMap<(String, String), String>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -195,7 +192,7 @@ impl Context {
         client: Client,
         settings: Settings,
         metrics: Arc<Metrics>,
-        seal: pullbroker_core::sync::SealKey,
+        seal: pullbroker_core::seal::SealKey,
         caches: Caches,
         listed: usize,
     ) -> Arc<Context> {
@@ -430,7 +427,7 @@ impl Context {
             client,
             settings,
             Arc::default(),
-            pullbroker_core::sync::SealKey::from_bytes(&[7; 32]).expect("32 bytes"),
+            pullbroker_core::seal::SealKey::from_bytes(&[7; 32]).expect("32 bytes"),
             Caches {
                 namespaces: filled(cached.namespaces),
                 grants: filled(cached.grants),
@@ -442,46 +439,6 @@ impl Context {
             CACHES,
         )
     }
-}
-
-/// The credentials and grants in the caches, as the core's documents;
-/// objects being deleted are gone already as far as access goes.
-pub(crate) fn documents(
-    credentials: &Store<RegistryCredential>,
-    grants: &Store<PullGrant>,
-) -> (
-    Vec<Named<pullbroker_core::policy::RegistryCredentialSpec>>,
-    Vec<Named<pullbroker_core::policy::PullGrantSpec>>,
-) {
-    let live = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_none();
-    let credentials = credentials
-        .state()
-        .iter()
-        .filter(|c| live(&c.metadata))
-        .map(|c| Named {
-            name: c.name_any(),
-            spec: c.spec.clone(),
-        })
-        .collect();
-    let grants = grants
-        .state()
-        .iter()
-        .filter(|g| live(&g.metadata))
-        .map(|g| Named {
-            name: g.name_any(),
-            spec: g.spec.clone(),
-        })
-        .collect();
-    (credentials, grants)
-}
-
-/// A Secret's data as the broker's config code takes it.
-pub(crate) fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
-    s.data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect()
 }
 
 /// Drops what the controller never reads from a cached object.
@@ -559,7 +516,7 @@ pub async fn run_leader(
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let wc = crate::api::watch_config;
+    let wc = pullbroker_cluster::api::watch_config;
     let (namespaces, ns_writer) = reflector::store();
     let (grants, grant_writer) = reflector::store();
     let (credentials, cred_writer) = reflector::store();

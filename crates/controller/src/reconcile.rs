@@ -17,9 +17,10 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::ResourceExt;
 use pullbroker_core::policy::Policy;
+use pullbroker_core::seal::{self, SealedContent, SEAL};
 use pullbroker_core::sync::{
     self, Action, IssueSecret, Observed, ObservedNamespace, ObservedSecret, ObservedServiceAccount,
-    ReferenceChange, SealedContent, GRANT_LABEL, MANAGED_BY, SEAL,
+    ReferenceChange, GRANT_LABEL, MANAGED_BY,
 };
 use pullbroker_core::time::UnixTime;
 use serde_json::json;
@@ -384,7 +385,7 @@ async fn issue_secret(
     ]);
     let data = BTreeMap::from([(".dockerconfigjson".to_string(), issued.dockerconfigjson)]);
     let type_ = "kubernetes.io/dockerconfigjson";
-    let sealed = sync::seal(
+    let sealed = seal::seal(
         &ctx.seal,
         &SealedContent {
             namespace,

@@ -1,7 +1,7 @@
 //! The controller's seal key and the check of managed secrets against it.
 //!
 //! A managed secret sits in a tenant's namespace, where the tenant can edit
-//! it. The controller seals what it writes ([`pullbroker_core::sync::seal`])
+//! it. The controller seals what it writes ([`pullbroker_core::seal::seal`])
 //! with a key kept in the system namespace, and remembers the
 //! resourceVersion of each of its own writes. A secret at any other
 //! resourceVersion (someone else wrote it, or the controller restarted) is
@@ -15,9 +15,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
-use pullbroker_core::sync::{seal_verifies, SealKey, SealedContent};
+use pullbroker_core::seal::{seal_verifies, SealKey, SealedContent};
 
-use crate::{secret_data, Context, Error};
+use crate::{Context, Error};
+use pullbroker_cluster::secret_data;
 
 /// The Secret (in the system namespace) holding the seal key.
 pub const SEAL_KEY_SECRET: &str = "pullbroker-controller-seal";

@@ -135,7 +135,7 @@ pub async fn run(ctx: Arc<Context>) {
     ctx.wait_ready().await;
     let mut reported = Reported::default();
     let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let mut stream = watcher(pods, crate::api::watch_config())
+    let mut stream = watcher(pods, pullbroker_cluster::api::watch_config())
         .default_backoff()
         .boxed();
     while let Some(next) = stream.next().await {

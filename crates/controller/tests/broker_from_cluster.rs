@@ -29,7 +29,7 @@ async fn the_broker_follows_grants_and_labels_in_the_cluster() {
     let (broker, url, server) = serve_broker(&file).await;
     let (code, _) = get(&url, "/readyz").await;
     assert_eq!(code, 503, "not ready before the cluster's policy arrives");
-    let source = tokio::spawn(pullbroker_controller::policy_source::run(
+    let source = tokio::spawn(pullbroker_cluster::policy_source::run(
         c.broker.clone(),
         std::sync::Arc::new(broker.clone()),
         SYSTEM.into(),
@@ -136,7 +136,7 @@ fn broker_file(
 
 /// The cluster policy source feeding `broker`, until dropped.
 fn follow_cluster(c: &Cluster, broker: &pullbroker_broker::Broker) -> AbortOnDrop {
-    AbortOnDrop::from(tokio::spawn(pullbroker_controller::policy_source::run(
+    AbortOnDrop::from(tokio::spawn(pullbroker_cluster::policy_source::run(
         c.broker.clone(),
         std::sync::Arc::new(broker.clone()),
         SYSTEM.into(),

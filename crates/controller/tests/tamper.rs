@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use pullbroker_controller::seal::{intact, SEAL_KEY_SECRET};
-use pullbroker_core::sync::SealKey;
+use pullbroker_core::seal::SealKey;
 use pullbroker_credentials::mint::BrokerCredential;
 use serde_json::{json, Value};
 use support::*;

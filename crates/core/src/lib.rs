@@ -16,6 +16,7 @@
 //! - [`keychain`]: the small trait that hands credentials to a registry client.
 //! - [`libtrust`]: the key IDs docker/distribution registries expect in token headers.
 //! - [`sync`]: sync mode's desired state and plan (the controller's decisions, no I/O).
+//! - [`seal`]: the keyed MAC on the secrets sync writes, so a tenant's edit is detected.
 //! - [`jwt`]: reading (not verifying) a JWT's expiry for display.
 //! - [`admission`]: AdmissionReview digest pinning — kinds, pod specs, which
 //!   images to pin, the JSON Patch (the broker's webhook decides and resolves).
@@ -43,6 +44,7 @@ pub mod libtrust;
 pub mod policy;
 pub mod proxy;
 pub mod reference;
+pub mod seal;
 pub mod secret;
 pub mod sync;
 pub mod time;

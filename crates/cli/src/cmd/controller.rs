@@ -94,7 +94,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let client = pullbroker_controller::api::client().await?;
+        let client = pullbroker_cluster::api::client().await?;
         let identity = match args.identity {
             Some(i) => i,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -30,7 +30,7 @@ pub async fn kube_client(context: Option<String>) -> anyhow::Result<kube::Client
             .context("cannot find a kubeconfig or an in-cluster config")?,
         Err(e) => return Err(e).context("cannot load the kubeconfig"),
     };
-    Ok(kube::Client::try_from(
-        pullbroker_controller::api::bounded(config),
-    )?)
+    Ok(kube::Client::try_from(pullbroker_cluster::api::bounded(
+        config,
+    ))?)
 }

@@ -54,7 +54,7 @@ async fn serve(args: Args) -> Result<ExitCode> {
     let cluster = match snapshot.policy_source {
         config::PolicySource::Kubernetes => Some((
             snapshot.system_namespace.clone(),
-            pullbroker_controller::api::client()
+            pullbroker_cluster::api::client()
                 .await
                 .context("policySource is kubernetes")?,
         )),
@@ -107,7 +107,7 @@ async fn serve(args: Args) -> Result<ExitCode> {
     let watcher = broker.spawn_watcher(args.reload_interval);
     let cert_watcher = cert.as_ref().map(|c| c.spawn_watcher(args.reload_interval));
     let _cluster = cluster.map(|(system_namespace, client)| {
-        tokio::spawn(pullbroker_controller::policy_source::run(
+        tokio::spawn(pullbroker_cluster::policy_source::run(
             client,
             std::sync::Arc::new(broker.clone()),
             system_namespace,
