@@ -68,6 +68,8 @@ pub enum Error {
     Kube(&'static str, #[source] kube::Error),
     #[error("cannot issue a secret for grant {0:?} in namespace {1:?}: {2}")]
     Issue(String, String, String),
+    #[error("namespace {0} is being deleted")]
+    NamespaceTerminating(String),
     #[error("service account {0}/{1} kept changing under us; will retry")]
     Contended(String, String),
     #[error("the seal key: {0}")]

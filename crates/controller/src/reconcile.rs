@@ -244,6 +244,14 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Requeue,
                         due(&o);
                         Ok(())
                     }
+                    // The namespace went into deletion after we observed
+                    // it: nothing to create there, and no failure — its
+                    // watch event brings the reconcile that lets it go.
+                    Err(Error::NamespaceTerminating(ns)) => {
+                        tracing::info!(namespace = %ns, secret = %w.name, "namespace is being deleted; secret not created");
+                        not_issued.insert(&w.name);
+                        Ok(())
+                    }
                     Err(e) => {
                         not_issued.insert(&w.name);
                         Err(e)
@@ -443,7 +451,10 @@ async fn issue_secret(
                 &Patch::Apply(&secret),
             )
             .await
-            .map_err(|e| Error::Kube("apply secret", e))?;
+            .map_err(|e| match is_namespace_terminating(&e) {
+                true => Error::NamespaceTerminating(namespace.to_string()),
+                false => Error::Kube("apply secret", e),
+            })?;
         ctx.metrics.secret_applies.fetch_add(1, Ordering::Relaxed);
         // Apply keeps fields other managers own (a key a tenant added to a
         // secret it had also unlabelled): what we wrote must be all there is.
@@ -540,6 +551,13 @@ async fn update_references(
 }
 
 /// Backoff on errors: 1 s doubling to 5 min, per namespace.
+/// kube-apiserver's refusal to create in a namespace being deleted (403,
+/// cause `NamespaceTerminating`; `../shared/kubernetes-facts.md`).
+fn is_namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403
+        && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
 pub fn error_policy(ns: Arc<Namespace>, err: &Error, ctx: Arc<Context>) -> Requeue {
     let name = ns.name_any();
     // A reconcile that was running when its namespace went is not counted:
@@ -574,6 +592,21 @@ pub(crate) mod tests {
     use crate::{Cached, Settings};
 
     const SA: &str = "/api/v1/namespaces/team-a/serviceaccounts/app";
+
+    #[test]
+    fn a_create_refused_in_a_terminating_namespace_is_told_from_other_403s() {
+        // As kube-apiserver v1.36.2 answered (kubernetes-facts.md).
+        let terminating: kube::core::Status = object(
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"configmaps \"y\" is forbidden: unable to create new content in namespace facts3 because it is being terminated","reason":"Forbidden","details":{"name":"y","kind":"configmaps","causes":[{"reason":"NamespaceTerminating","message":"namespace facts3 is being terminated","field":"metadata.namespace"}]},"code":403}),
+        );
+        assert!(is_namespace_terminating(&kube::Error::Api(Box::new(
+            terminating
+        ))));
+        let rbac: kube::core::Status = object(
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"secrets is forbidden: User \"x\" cannot create resource \"secrets\"","reason":"Forbidden","details":{"kind":"secrets"},"code":403}),
+        );
+        assert!(!is_namespace_terminating(&kube::Error::Api(Box::new(rbac))));
+    }
 
     pub(crate) fn object<K: serde::de::DeserializeOwned>(v: Value) -> K {
         serde_json::from_value(v).expect("a valid object")
