@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
@@ -20,7 +19,7 @@ use pullbroker_core::admission::{self, Action, AdmissionRequest, Operation, Patc
 use pullbroker_core::policy::{FailurePolicy, Purpose, Request, Subject, Target};
 
 use super::resolve::{resolve_central, Failure};
-use super::{error, AppState};
+use super::{ApiError, AppState, Kind};
 use crate::config::Snapshot;
 use crate::metrics::AdmissionLabels;
 
@@ -49,8 +48,8 @@ pub(super) async fn pin(
         .iter()
         .find(|(k, _)| k == "timeout")
         .map(|(_, v)| v.as_str());
-    let resp = match admission::parse_review(&body) {
-        Err(e) => error(StatusCode::BAD_REQUEST, "invalid_review", e),
+    match admission::parse_review(&body) {
+        Err(e) => ApiError::new(Kind::BadRequest, "invalid_review", e).into_response(),
         Ok((uid, None)) => Json(admission::Response::allow().review(&uid)).into_response(),
         Ok((uid, Some(req))) => {
             let snapshot = st.snapshot.load_full();
@@ -58,8 +57,7 @@ pub(super) async fn pin(
             audit(&req, &answer);
             Json(answer.review(&uid)).into_response()
         }
-    };
-    st.count("admission", resp)
+    }
 }
 
 fn audit(req: &AdmissionRequest, answer: &admission::Response) {

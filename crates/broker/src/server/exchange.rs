@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pullbroker_core::policy::{Purpose, Request, Target};
@@ -16,7 +16,9 @@ use pullbroker_credentials::mint::{BrokerCredential, BROKER_USERNAME};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bearer, body_error, error, now, rfc3339, AppState, NARROW_ANNOTATION, REFRESH_AFTER};
+use super::{
+    bearer, body_error, now, rfc3339, ApiError, AppState, Kind, NARROW_ANNOTATION, REFRESH_AFTER,
+};
 use pullbroker_credentials::runtime::Current;
 
 /// The first username/password pair a docker config holds for `image`.
@@ -53,33 +55,22 @@ pub(super) async fn exchange(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let resp = match exchange_inner(&st, &headers, &body).await {
-        Ok(r) | Err(r) => r,
-    };
-    st.count("exchange", resp)
-}
-
-async fn exchange_inner(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, Response> {
-    let req: ExchangeRequest = serde_json::from_slice(body).map_err(body_error)?;
+) -> Result<Response, ApiError> {
+    let req: ExchangeRequest = serde_json::from_slice(&body).map_err(body_error)?;
     let token = req
         .token
         .as_deref()
-        .or_else(|| bearer(headers))
+        .or_else(|| bearer(&headers))
         .ok_or_else(|| {
-            error(
-                StatusCode::UNAUTHORIZED,
+            ApiError::new(
+                Kind::Unauthenticated,
                 "missing_token",
                 "a service-account token is required (body `token` or Authorization: Bearer)",
             )
         })?;
     let verified = st.verify(token).await?;
     let image = Reference::parse(&req.image)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_reference", e))?;
+        .map_err(|e| ApiError::new(Kind::BadRequest, "invalid_reference", e))?;
     let narrowed: Option<Vec<String>> =
         req.service_account_annotations
             .get(NARROW_ANNOTATION)
@@ -106,13 +97,13 @@ async fn exchange_inner(
     );
     let decision = decision
         .into_allow()
-        .map_err(|reason| error(StatusCode::FORBIDDEN, "denied", reason))?;
+        .map_err(|reason| ApiError::new(Kind::Denied, "denied", reason))?;
     let name = decision.credential.clone();
     let now = now();
     let mut expires_at = UnixTime(now).plus(decision.ttl).0.min(verified.expires_at);
     let runtime = snapshot.credentials.get(&name).ok_or_else(|| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError::new(
+            Kind::Internal,
             "misconfigured",
             format!("credential {name:?} is not loaded"),
         )
@@ -120,7 +111,7 @@ async fn exchange_inner(
     let current = runtime
         .current(&name, now, REFRESH_AFTER)
         .await
-        .map_err(|e| error(StatusCode::BAD_GATEWAY, "source_unavailable", e))?;
+        .map_err(|e| ApiError::new(Kind::Upstream, "source_unavailable", e))?;
     let kind = current.kind();
     let pair = match &current {
         Current::Mint { keys, .. } => {
@@ -140,8 +131,8 @@ async fn exchange_inner(
         }
     };
     let (username, password) = pair.ok_or_else(|| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError::new(
+            Kind::Internal,
             "misconfigured",
             format!(
                 "credential {name:?} holds no username/password for {}",

@@ -21,22 +21,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use pullbroker_core::policy::{Decision, Request, Target};
 use pullbroker_core::time::UnixTime;
 use pullbroker_registry::{ClientSettings, RegistryClient};
-use serde_json::json;
 
 mod admission;
+mod error;
 mod exchange;
 mod ops;
 mod resolve;
 mod token;
+
+pub use error::{ApiError, Kind, Shape};
 
 use crate::config::{self, CredentialRuntime, Snapshot};
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels, TokenLabels};
@@ -251,7 +253,7 @@ impl Broker {
             .layer(DefaultBodyLimit::max(256 * 1024))
             .layer(axum::middleware::from_fn_with_state(
                 self.state.clone(),
-                timed,
+                observed,
             ))
             .with_state(self.state.clone())
     }
@@ -381,9 +383,9 @@ fn next_jti(st: &AppState) -> String {
 
 /// serde's messages can quote values (a token given in the wrong place):
 /// report only where the body went wrong.
-fn body_error(e: serde_json::Error) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
+fn body_error(e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        Kind::BadRequest,
         "invalid_request",
         format!(
             "request body is not valid ({:?} error at line {}, column {})",
@@ -410,9 +412,23 @@ fn admission_route() -> axum::routing::MethodRouter<Arc<AppState>> {
     post(admission::pin).layer(DefaultBodyLimit::max(3 * 1024 * 1024))
 }
 
-/// Times every answer by its matched route, refusals by the limits and
-/// timeouts included (this layer wraps theirs).
-async fn timed(
+/// The `endpoint` label of an API route (`pullbroker_requests_total`);
+/// probes and metrics are not counted.
+fn endpoint(route: &str) -> Option<&'static str> {
+    Some(match route {
+        "/v1/exchange" => "exchange",
+        "/token" => "token",
+        "/v1/resolve" => "resolve",
+        "/v1/admission/pin" => "admission",
+        "/v1/credentials/{name}/rootcertbundle" => "rootcertbundle",
+        _ => return None,
+    })
+}
+
+/// Times and counts every answer by its matched route and status — the
+/// limits' refusals and timeouts included (this layer wraps theirs), so
+/// no handler counts for itself.
+async fn observed(
     axum::extract::State(st): axum::extract::State<Arc<AppState>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -424,6 +440,15 @@ async fn timed(
         .to_string();
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
+    if let Some(endpoint) = endpoint(&route) {
+        st.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                code: resp.status().as_u16(),
+            })
+            .inc();
+    }
     st.metrics
         .request_duration
         .get_or_create(&crate::metrics::RouteLabels { route })
@@ -463,17 +488,8 @@ async fn limited(st: Arc<AppState>, e: tower::BoxError) -> Response {
         .get_or_create(&crate::metrics::LimitLabels { reason })
         .inc();
     tracing::warn!(reason, "request refused by the broker's limits");
-    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    resp
-}
-
-fn error(status: StatusCode, class: &str, message: impl std::fmt::Display) -> Response {
-    (
-        status,
-        Json(json!({"error": {"class": class, "message": message.to_string()}})),
-    )
+    ApiError::new(Kind::Unavailable, "unavailable", message)
+        .retry_after()
         .into_response()
 }
 
@@ -488,18 +504,7 @@ impl AppState {
         }
     }
 
-    fn count(&self, endpoint: &'static str, resp: Response) -> Response {
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                endpoint,
-                code: resp.status().as_u16(),
-            })
-            .inc();
-        resp
-    }
-
-    async fn verify(&self, token: &str) -> Result<VerifiedToken, Response> {
+    async fn verify(&self, token: &str) -> Result<VerifiedToken, ApiError> {
         let verifier = self.verifier.load_full();
         match verifier.verify(token, now()).await {
             Ok(v) => {
@@ -518,14 +523,14 @@ impl AppState {
                     // A dependency's failure is not a verdict: retryable, and the
                     // detail (URLs, client errors) stays in our log.
                     tracing::warn!(class = e.class(), error = %e, "cannot verify service-account tokens");
-                    return Err(error(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                    return Err(ApiError::new(
+                        Kind::Unavailable,
                         "unavailable",
                         "service-account token verification is temporarily unavailable; retry",
                     ));
                 }
                 tracing::info!(target: "audit", class = e.class(), "service-account token refused");
-                Err(error(StatusCode::UNAUTHORIZED, e.class(), e))
+                Err(ApiError::new(Kind::Unauthenticated, e.class(), e))
             }
         }
     }

@@ -12,27 +12,25 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{error, AppState};
+use super::{ApiError, AppState, Kind};
 use crate::config::{self, CredentialRuntime};
 
 pub(super) async fn root_cert_bundle(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
-) -> Response {
-    let snapshot = st.snapshot.load();
-    let resp = match snapshot.credentials.get(&name) {
-        Some(CredentialRuntime::TokenIssuer { keys, .. }) => (
+) -> Result<Response, ApiError> {
+    match st.snapshot.load().credentials.get(&name) {
+        Some(CredentialRuntime::TokenIssuer { keys, .. }) => Ok((
             [(header::CONTENT_TYPE, "application/x-pem-file")],
             keys.bundle(),
         )
-            .into_response(),
-        _ => error(
-            StatusCode::NOT_FOUND,
+            .into_response()),
+        _ => Err(ApiError::new(
+            Kind::NotFound,
             "not_found",
             format!("no token-issuer credential {name:?}"),
-        ),
-    };
-    st.count("rootcertbundle", resp)
+        )),
+    }
 }
 
 /// What the broker depends on, as of now: the issuer's keys and, with

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    bearer, body_error, error, next_jti, now, AppState, MAX_RESOLVE_IMAGES, REFRESH_AFTER,
+    bearer, body_error, next_jti, now, ApiError, AppState, Kind, MAX_RESOLVE_IMAGES, REFRESH_AFTER,
 };
 use crate::config::Snapshot;
 use pullbroker_credentials::runtime::Current;
@@ -32,30 +32,20 @@ pub(super) async fn resolve(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let resp = match resolve_inner(&st, &headers, &body).await {
-        Ok(r) | Err(r) => r,
-    };
-    st.count("resolve", resp)
-}
-
-async fn resolve_inner(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, Response> {
-    let token = bearer(headers).ok_or_else(|| {
-        error(
-            StatusCode::UNAUTHORIZED,
+) -> Result<Response, ApiError> {
+    let st = &*st;
+    let token = bearer(&headers).ok_or_else(|| {
+        ApiError::new(
+            Kind::Unauthenticated,
             "missing_token",
             "Authorization: Bearer <service-account token> is required",
         )
     })?;
     let caller = st.verify(token).await?;
-    let req: ResolveRequest = serde_json::from_slice(body).map_err(body_error)?;
+    let req: ResolveRequest = serde_json::from_slice(&body).map_err(body_error)?;
     if req.images.len() > MAX_RESOLVE_IMAGES {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::new(
+            Kind::BadRequest,
             "invalid_request",
             format!("at most {MAX_RESOLVE_IMAGES} images per request"),
         ));

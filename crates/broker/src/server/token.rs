@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::Query;
 use axum::extract::State;
-use axum::http::header;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use axum::Json;
@@ -18,31 +17,20 @@ use pullbroker_credentials::mint::{
 };
 use serde_json::json;
 
-use super::{basic, next_jti, now, rfc3339, AppState};
+use super::{basic, next_jti, now, rfc3339, ApiError, AppState, Kind, Shape};
 use crate::config::CredentialRuntime;
 
 /// Token endpoint errors: distribution clients read the status; the body
 /// follows the registry error format.
-fn token_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    let mut resp = (
-        status,
-        Json(json!({"errors": [{"code": code, "message": message.to_string()}]})),
-    )
-        .into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Basic realm=\"pullbroker\""),
-        );
-    }
-    resp
+fn token_error(kind: Kind, code: &'static str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(kind, code, message).in_shape(Shape::Registry)
 }
 
 pub(super) async fn token_get(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<Vec<(String, String)>>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let service = q
         .iter()
         .find(|(k, _)| k == "service")
@@ -53,21 +41,27 @@ pub(super) async fn token_get(
         .filter(|(k, _)| k == "scope")
         .flat_map(|(_, v)| v.split(' ').map(str::to_string))
         .collect();
-    let resp = issue_registry_token(&st, &service, &scopes, basic(&headers)).await;
-    st.count("token", resp)
+    issue_registry_token(&st, &service, &scopes, basic(&headers)).await
 }
 
 pub(super) async fn token_post(
     State(st): State<Arc<AppState>>,
     Form(f): Form<Vec<(String, String)>>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let field = |name: &str| f.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let secret = match field("grant_type").as_deref() {
         Some("password") => field("username").zip(field("password")),
         Some("refresh_token") => field("refresh_token").map(|t| (BROKER_USERNAME.to_string(), t)),
         other => {
-            let resp = (StatusCode::BAD_REQUEST, Json(json!({"error": "unsupported_grant_type", "error_description": format!("grant_type {:?} is not supported (password, refresh_token)", other.unwrap_or(""))}))).into_response();
-            return st.count("token", resp);
+            return Err(ApiError::new(
+                Kind::BadRequest,
+                "unsupported_grant_type",
+                format!(
+                    "grant_type {:?} is not supported (password, refresh_token)",
+                    other.unwrap_or("")
+                ),
+            )
+            .in_shape(Shape::OAuth))
         }
     };
     let scopes: Vec<String> = field("scope")
@@ -79,8 +73,7 @@ pub(super) async fn token_post(
         })
         .unwrap_or_default();
     let service = field("service").unwrap_or_default();
-    let resp = issue_registry_token(&st, &service, &scopes, secret).await;
-    st.count("token", resp)
+    issue_registry_token(&st, &service, &scopes, secret).await
 }
 
 /// `repository:NAME:ACTIONS` → (type, name, actions).
@@ -95,13 +88,13 @@ async fn issue_registry_token(
     service: &str,
     scopes: &[String],
     secret: Option<(String, String)>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Some((_user, password)) = secret else {
-        return token_error(
-            StatusCode::UNAUTHORIZED,
+        return Err(token_error(
+            Kind::Unauthenticated,
             "UNAUTHORIZED",
             "credentials are required",
-        );
+        ));
     };
     let snapshot = st.snapshot.load();
     let Some((
@@ -114,11 +107,11 @@ async fn issue_registry_token(
         },
     )) = snapshot.by_service(service)
     else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
+        return Err(token_error(
+            Kind::BadRequest,
             "UNSUPPORTED",
             format!("service {service:?} is not a registry this broker issues tokens for"),
-        );
+        ));
     };
     let now = now();
     let (subject, auth_expires): (Subject, i64) = if password.starts_with(BROKER_CREDENTIAL_PREFIX)
@@ -126,33 +119,33 @@ async fn issue_registry_token(
         match BrokerCredential::open(&password, keys, now) {
             Ok(c) if c.cred == cred_name => (c.subject(), c.exp),
             Ok(_) => {
-                return token_error(
-                    StatusCode::UNAUTHORIZED,
+                return Err(token_error(
+                    Kind::Unauthenticated,
                     "UNAUTHORIZED",
                     "credential was issued for another registry",
-                )
+                ))
             }
             Err(e) => {
                 tracing::info!(target: "audit", endpoint = "token", reason = e, "broker credential refused");
-                return token_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e);
+                return Err(token_error(Kind::Unauthenticated, "UNAUTHORIZED", e));
             }
         }
     } else {
         match st.verify(&password).await {
             Ok(v) => (v.subject, v.expires_at),
-            Err(refused) if refused.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                return token_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
+            Err(refused) if refused.kind() == Kind::Unavailable => {
+                return Err(token_error(
+                    Kind::Unavailable,
                     "UNAVAILABLE",
                     "credential verification is temporarily unavailable; retry",
-                )
+                ))
             }
             Err(_) => {
-                return token_error(
-                    StatusCode::UNAUTHORIZED,
+                return Err(token_error(
+                    Kind::Unauthenticated,
                     "UNAUTHORIZED",
                     "invalid credentials",
-                )
+                ))
             }
         }
     };
@@ -198,14 +191,14 @@ async fn issue_registry_token(
     }
     let lifetime = lifetime.min(auth_expires - now);
     if lifetime <= 0 {
-        return token_error(
-            StatusCode::UNAUTHORIZED,
+        return Err(token_error(
+            Kind::Unauthenticated,
             "UNAUTHORIZED",
             "credentials have expired",
-        );
+        ));
     }
     match mint::registry_token(&keys.current, issuer, service, &subject.to_string(), &access, now, lifetime, &next_jti(st)) {
-        Ok(t) => Json(json!({"token": t, "access_token": t, "expires_in": lifetime, "issued_at": rfc3339(now)})).into_response(),
-        Err(e) => token_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e),
+        Ok(t) => Ok(Json(json!({"token": t, "access_token": t, "expires_in": lifetime, "issued_at": rfc3339(now)})).into_response()),
+        Err(e) => Err(token_error(Kind::Internal, "UNKNOWN", e)),
     }
 }
