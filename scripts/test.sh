@@ -36,6 +36,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # No dependency that nothing uses (cargo-machete reads the sources, no build).
 command -v cargo-machete >/dev/null 2>&1 || cargo install --locked --quiet cargo-machete --version 0.9.2
 cargo machete
+# Supply chain (deny.toml): permissive licenses only; one crypto library
+# (aws-lc-rs), no OpenSSL, no serde_yaml; the broker never depends on the
+# controller; crates.io only. Advisories need the RustSec database, whose git
+# host these machines do not reach: checked where a copy is present.
+command -v cargo-deny >/dev/null 2>&1 || cargo install --locked --quiet cargo-deny --version 0.20.2
+cargo deny --offline check bans licenses sources
+if [ -d "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" ]; then
+  cargo deny --offline check advisories
+else
+  echo "cargo deny: advisories not checked (no RustSec database on this machine)"
+fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # The fake API server records what our components ask of it (crates/testenv/src/api_log.rs);
