@@ -177,9 +177,12 @@ async fn beyond_the_concurrency_limit_requests_are_refused_at_once_and_probes_st
     );
     // The refusal is an exchange answered 503, counted as any answer is.
     assert_eq!(
-        metric(&r, r#"pullbroker_requests_total{endpoint="exchange",code="503"}"#)
-            .await
-            .as_deref(),
+        metric(
+            &r,
+            r#"pullbroker_requests_total{endpoint="exchange",code="503"}"#
+        )
+        .await
+        .as_deref(),
         Some(r#"pullbroker_requests_total{endpoint="exchange",code="503"} 1"#)
     );
 
@@ -231,9 +234,12 @@ async fn a_request_past_its_timeout_is_answered_503_and_its_work_dropped() {
         Some(r#"pullbroker_limited_requests_total{reason="timeout"} 1"#)
     );
     assert_eq!(
-        metric(&r, r#"pullbroker_requests_total{endpoint="exchange",code="503"}"#)
-            .await
-            .as_deref(),
+        metric(
+            &r,
+            r#"pullbroker_requests_total{endpoint="exchange",code="503"}"#
+        )
+        .await
+        .as_deref(),
         Some(r#"pullbroker_requests_total{endpoint="exchange",code="503"} 1"#),
         "a timed-out request is counted too"
     );
