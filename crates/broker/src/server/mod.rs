@@ -35,12 +35,13 @@ mod admission;
 mod error;
 mod exchange;
 mod ops;
+mod reload;
 mod resolve;
 mod token;
 
 pub use error::{ApiError, Kind, Shape};
 
-use crate::config::{self, CredentialRuntime, Snapshot};
+use crate::config::{CredentialRuntime, Snapshot};
 use crate::metrics::{DecisionLabels, Metrics, RequestLabels, TokenLabels};
 use crate::satoken::{VerifiedToken, Verifier};
 use crate::tokenreview::{HttpTokenReview, TokenReviewer};
@@ -176,13 +177,13 @@ impl Broker {
     }
 
     /// The broker's routes. The API ones are bounded by the snapshot's
-    /// [`config::Limits`] as it is now (a change takes a restart, like the
+    /// [`crate::config::Limits`] as it is now (a change takes a restart, like the
     /// listeners): beyond `maxConcurrentRequests` a request is answered 503
     /// at once, past `requestTimeout` it is answered 503 and its work (an
     /// exec source's run, a registry call) is dropped. Probes and metrics
     /// stay outside the limits.
     ///
-    /// With admission on its own listener ([`config::AdmissionListener`])
+    /// With admission on its own listener ([`crate::config::AdmissionListener`])
     /// this router does not serve `/v1/admission/pin`: see
     /// [`Broker::admission_router`].
     pub fn router(&self) -> Router {
@@ -261,112 +262,6 @@ impl Broker {
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.state.snapshot.load()
     }
-
-    /// Serves a policy and credentials read from elsewhere (the cluster),
-    /// keeping the file's broker settings.
-    pub fn install_policy(
-        &self,
-        policy: pullbroker_core::policy::Policy,
-        credentials: std::collections::BTreeMap<String, config::CredentialRuntime>,
-        trust: std::collections::BTreeMap<String, pullbroker_credentials::runtime::Trust>,
-    ) {
-        let (policy, credentials, trust) =
-            (Arc::new(policy), Arc::new(credentials), Arc::new(trust));
-        // rcu: a reload storing at the same moment is retried on, never
-        // undone by, this. Cloning a snapshot copies settings, not policies.
-        self.state.snapshot.rcu(|current| Snapshot {
-            policy: policy.clone(),
-            credentials: credentials.clone(),
-            trust: trust.clone(),
-            ..Snapshot::clone(current)
-        });
-        self.state.apply_registry_tls();
-        self.state.cluster_policy.store(true, Ordering::Relaxed);
-        let mut status = self.state.reload.lock().expect("poisoned");
-        status.generation += 1;
-        self.state
-            .metrics
-            .config_generation
-            .set(status.generation as i64);
-    }
-
-    /// Loads the config file again; on any problem the running config stays.
-    pub async fn reload(&self) -> crate::Result<()> {
-        let st = &self.state;
-        let Some(path) = &st.config_path else {
-            return Ok(());
-        };
-        let result = async {
-            let refreshers = st.snapshot.load().refreshers.clone();
-            let snapshot = config::load_with(path, &refreshers)?;
-            let fp = issuer_fingerprint(&snapshot);
-            if *st.issuer_fingerprint.lock().expect("poisoned") != fp {
-                let verifier = build_verifier(&snapshot, st.reviewer_override.clone()).await?;
-                st.verifier.store(verifier);
-                *st.issuer_fingerprint.lock().expect("poisoned") = fp;
-            }
-            // The cluster's policy is taken at the moment of the swap, not
-            // before the await above: one installed meanwhile is kept.
-            let from_cluster = snapshot.policy_source == config::PolicySource::Kubernetes;
-            st.snapshot.rcu(|current| {
-                if from_cluster {
-                    Snapshot {
-                        policy: current.policy.clone(),
-                        credentials: current.credentials.clone(),
-                        trust: current.trust.clone(),
-                        ..snapshot.clone()
-                    }
-                } else {
-                    snapshot.clone()
-                }
-            });
-            st.apply_registry_tls();
-            Ok::<(), crate::Error>(())
-        }
-        .await;
-        let mut status = st.reload.lock().expect("poisoned");
-        match &result {
-            Ok(()) => {
-                status.generation += 1;
-                status.last_error = None;
-                st.metrics.config_generation.set(status.generation as i64);
-                tracing::info!(generation = status.generation, "configuration reloaded");
-            }
-            Err(e) => {
-                status.last_error = Some(e.to_string());
-                st.metrics.config_reload_errors.inc();
-                tracing::warn!(error = %e, "configuration change rejected; keeping the last good configuration");
-            }
-        }
-        result
-    }
-
-    /// Polls the config file (and files it references) and reloads on change.
-    /// Polling works with every editor's save strategy and with ConfigMap
-    /// symlink swaps, where inotify watches go stale.
-    pub fn spawn_watcher(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let broker = self.clone();
-        // The config file itself is always watched: a rejected edit may have
-        // changed which other files it names.
-        let current = move |b: &Broker| {
-            let mut files = b.snapshot().watched.clone();
-            files.extend(b.state.config_path.clone());
-            fingerprint(&files)
-        };
-        tokio::spawn(async move {
-            let mut last = current(&broker);
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let now = current(&broker);
-                if now != last {
-                    let _ = broker.reload().await;
-                    // A reload may change which files are watched.
-                    last = current(&broker);
-                }
-            }
-        })
-    }
 }
 
 /// Refresh an exec source's credential at half its lifetime.
@@ -394,16 +289,6 @@ fn body_error(e: serde_json::Error) -> ApiError {
             e.column()
         ),
     )
-}
-
-fn fingerprint(paths: &[PathBuf]) -> Vec<String> {
-    paths
-        .iter()
-        .map(|p| match std::fs::metadata(p) {
-            Ok(m) => format!("{}:{:?}:{}", p.display(), m.modified().ok(), m.len()),
-            Err(_) => format!("{}:missing", p.display()),
-        })
-        .collect()
 }
 
 /// Counts a request while its handler runs (inside the limits).
@@ -494,16 +379,6 @@ async fn limited(st: Arc<AppState>, e: tower::BoxError) -> Response {
 }
 
 impl AppState {
-    /// Hands the snapshot's per-registry trust to the registry client. A
-    /// bundle that does not parse was refused when loaded; should one slip
-    /// through, the previous trust stays and the failure is logged.
-    fn apply_registry_tls(&self) {
-        let tls = self.snapshot.load().registry_tls();
-        if let Err(e) = self.resolver.client().set_registry_tls(tls) {
-            tracing::error!(error = %e, "registry trust not updated; keeping the previous one");
-        }
-    }
-
     async fn verify(&self, token: &str) -> Result<VerifiedToken, ApiError> {
         let verifier = self.verifier.load_full();
         match verifier.verify(token, now()).await {
