@@ -1,6 +1,6 @@
 //! What goes into a synced pull secret, by credential source:
 //!
-//! - token issuer → a broker credential minted for the namespace (`pbc1.…`,
+//! - token issuer → a broker credential minted for the namespace (an HS256 JWT,
 //!   empty service account), valid for the grant's ttl. The broker's `/token`
 //!   honours it only while a grant syncs that namespace, and only for the
 //!   repositories granted: the secret is scoped, short-lived and revocable;

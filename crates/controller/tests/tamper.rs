@@ -49,7 +49,7 @@ fn healthy(c: &Cluster, key: &SealKey, s: &Secret) -> bool {
             .map(String::as_str)
             == Some("pullbroker")
         && expires <= now + TTL
-        && BrokerCredential::open(&credential_in(s, REGISTRY).1, &c.keys(), now)
+        && BrokerCredential::open(&credential_in(s, REGISTRY).1, &c.keys())
             .is_ok_and(|b| b.ns == "team-a" && b.exp <= now + TTL)
 }
 

@@ -80,6 +80,11 @@ impl SigningKey {
     pub(crate) fn mac(&self) -> hmac::Hmac<Sha256> {
         hmac::Hmac::<Sha256>::new_from_slice(&self.mac_key).expect("HMAC takes any key length")
     }
+
+    /// The derived key as an HS256 JWT key (broker credentials).
+    pub(crate) fn mac_key(&self) -> &[u8] {
+        &self.mac_key
+    }
 }
 
 fn pem_body(pem: &str) -> Option<Vec<u8>> {

@@ -4,7 +4,7 @@
 //! - [`keys`]: token-issuer signing keys (ES256), the certificate a registry
 //!   trusts, the libtrust `kid`, and the derived MAC key for broker credentials.
 //! - [`mint`]: registry JWTs (distribution token auth) and the broker's own
-//!   short-lived credentials (`pbc1.…`).
+//!   short-lived credentials (HS256 JWTs, `typ: pbc+jwt`; the legacy `pbc1.…` still opens).
 //! - [`source`]: refreshing upstream credentials from an `exec` source.
 //! - [`runtime`]: the usable credential set built from the policy documents
 //!   and the central Secrets.

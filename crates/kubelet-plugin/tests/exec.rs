@@ -8,6 +8,7 @@ mod support;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use pullbroker_credentials::mint::BrokerCredential;
 use pullbroker_testenv::containerd::Containerd;
 use pullbroker_testenv::issuer::{TestIssuer, KUBE_ISSUER};
 use pullbroker_testenv::{process, skopeo};
@@ -56,7 +57,7 @@ async fn golden_responses_for_every_api_version() {
             .as_str()
             .unwrap_or_else(|| panic!("{api}: {got}"))
             .to_string();
-        assert!(password.starts_with("pbc1."));
+        assert!(BrokerCredential::is_one(&password), "a broker credential");
         let duration = got["cacheDuration"].as_str().unwrap().to_string();
         let secs: u64 = duration.trim_end_matches('s').parse().unwrap();
         assert!(
@@ -259,10 +260,11 @@ async fn talks_https_with_the_broker_ca_and_refuses_plain_http_off_loopback() {
     .await;
     assert!(ok.status.success(), "{}", stderr(&ok));
     let resp: Value = serde_json::from_slice(&ok.stdout).unwrap();
-    assert!(resp["auth"][format!("{}/demo/app", s.host())]["password"]
-        .as_str()
-        .unwrap()
-        .starts_with("pbc1."));
+    assert!(BrokerCredential::is_one(
+        resp["auth"][format!("{}/demo/app", s.host())]["password"]
+            .as_str()
+            .unwrap()
+    ));
 
     let (untrusted, _) = run(vec!["--broker-url".into(), https.clone()]).await;
     assert_eq!(untrusted.status.code(), Some(1));

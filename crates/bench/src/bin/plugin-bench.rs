@@ -111,7 +111,8 @@ fn main() -> Result<()> {
     };
     let key = format!("\"{registry}/demo/app\"");
     let plugin_ok = |o: &[u8]| String::from_utf8_lossy(o).contains(&key);
-    let curl_ok = |o: &[u8]| String::from_utf8_lossy(o).contains("pbc1.");
+    // The broker's own credential for the image (username `pullbroker`).
+    let curl_ok = |o: &[u8]| String::from_utf8_lossy(o).contains("\"username\":\"pullbroker\"");
     let rows = [
         (
             "plugin over TLS (as shipped)",

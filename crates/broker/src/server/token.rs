@@ -12,9 +12,7 @@ use axum::Form;
 use axum::Json;
 use pullbroker_core::policy::{Purpose, Request, Subject, Target};
 use pullbroker_core::time::secs;
-use pullbroker_credentials::mint::{
-    self, Access, BrokerCredential, BROKER_CREDENTIAL_PREFIX, BROKER_USERNAME,
-};
+use pullbroker_credentials::mint::{self, Access, BrokerCredential, BROKER_USERNAME};
 use serde_json::json;
 
 use super::{basic, next_jti, now, rfc3339, ApiError, AppState, Kind, Shape};
@@ -114,9 +112,8 @@ async fn issue_registry_token(
         ));
     };
     let now = now();
-    let (subject, auth_expires): (Subject, i64) = if password.starts_with(BROKER_CREDENTIAL_PREFIX)
-    {
-        match BrokerCredential::open(&password, keys, now) {
+    let (subject, auth_expires): (Subject, i64) = if BrokerCredential::is_one(&password) {
+        match BrokerCredential::open(&password, keys) {
             Ok(c) if c.cred == cred_name => (c.subject(), c.exp),
             Ok(_) => {
                 return Err(token_error(
