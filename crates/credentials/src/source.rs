@@ -153,6 +153,10 @@ pub struct Refresher {
     fetch: Fetch,
     /// Held across a run: callers arriving meanwhile wait for its outcome.
     state: tokio::sync::Mutex<State>,
+    /// The fresh credential, readable without that lock: every exchange
+    /// reads it, and under load a contended `try_lock` sent callers down
+    /// the slow path (a spawned task each) although nothing was due.
+    fresh: std::sync::RwLock<Option<Arc<Upstream>>>,
 }
 
 /// Where a [`Refresher`] gets a new credential.
@@ -284,6 +288,7 @@ impl Refreshers {
             name: name.into(),
             fetch: fetch(),
             state: tokio::sync::Mutex::default(),
+            fresh: std::sync::RwLock::default(),
         });
         all.insert(key, (name.to_string(), now, r.clone()));
         r
@@ -301,17 +306,14 @@ impl Refresher {
     /// deadline passes (admission's budget, the request timeout) drops only
     /// its wait, never the run that the callers queued behind it await.
     pub async fn current(self: &Arc<Self>, now: i64, refresh_after: f64) -> Result<Served, Error> {
-        if let Ok(state) = self.state.try_lock() {
-            if let Some(u) = state
-                .current
-                .as_ref()
-                .filter(|u| now < refresh_due(u.issued_at, u.expires_at, refresh_after))
-            {
-                return Ok(Served {
-                    upstream: u.clone(),
-                    refresh_failed: None,
-                });
-            }
+        let fresh = self.fresh.read().expect("poisoned").clone();
+        if let Some(u) =
+            fresh.filter(|u| now < refresh_due(u.issued_at, u.expires_at, refresh_after))
+        {
+            return Ok(Served {
+                upstream: u,
+                refresh_failed: None,
+            });
         }
         let this = Arc::clone(self);
         tokio::spawn(async move { this.refresh(now, refresh_after).await })
@@ -350,6 +352,7 @@ impl Refresher {
                 let fresh = Arc::new(u);
                 tracing::info!(credential = %self.name, source = self.fetch.kind(), expires_at = fresh.expires_at, "credential source refreshed");
                 state.current = Some(fresh.clone());
+                *self.fresh.write().expect("poisoned") = Some(fresh.clone());
                 state.failure = None;
                 Ok(Served {
                     upstream: fresh,
