@@ -10,6 +10,9 @@
 # that holds when the machine is busy with something else), peak RSS, the
 # size of each binary, and the gzip -9 size of both (the image layer is
 # those binaries plus a few KiB). Revisions are built one after another.
+# With KEEP_BINARIES=DIR each revision's two binaries are kept in DIR/<sha>/,
+# for a throughput comparison of the same builds afterwards
+# (`target/release/exchange-bench --versus DIR/<sha>/pullbroker`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 (($#)) || set -- HEAD
@@ -34,5 +37,9 @@ for rev in "$@"; do
   gz=$(cat "${bins[@]}" | gzip -n -9 | wc -c)
   printf '%-10s %8.0f %8.0f %9.0f %12d %12d %12d\n' "$sha" "$wall" "$(echo "$user + $sys" | bc)" \
     "$(echo "$rss / 1024" | bc)" "$(stat -c %s "${bins[0]}")" "$(stat -c %s "${bins[1]}")" "$gz"
+  if [ -n "${KEEP_BINARIES:-}" ]; then
+    mkdir -p "$KEEP_BINARIES/$sha"
+    cp "${bins[@]}" "$KEEP_BINARIES/$sha/"
+  fi
   rm -rf "$target"
 done
