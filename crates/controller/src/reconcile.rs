@@ -25,7 +25,8 @@ use pullbroker_core::sync::{
 use pullbroker_core::time::UnixTime;
 use serde_json::json;
 
-use crate::{Context, Error};
+use crate::context::Context;
+use crate::Error;
 
 pub const ISSUED_AT: &str = "pullbroker.dev/issued-at";
 pub const EXPIRES_AT: &str = "pullbroker.dev/expires-at";
@@ -588,8 +589,9 @@ pub(crate) mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::context::Cached;
     use crate::mock_api::{echo, status, step, Scripted};
-    use crate::{Cached, Settings};
+    use crate::Settings;
 
     const SA: &str = "/api/v1/namespaces/team-a/serviceaccounts/app";
 

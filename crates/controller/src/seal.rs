@@ -17,7 +17,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use pullbroker_core::seal::{seal_verifies, SealKey, SealedContent};
 
-use crate::{Context, Error};
+use crate::context::Context;
+use crate::Error;
 use pullbroker_cluster::secret_data;
 
 /// The Secret (in the system namespace) holding the seal key.

@@ -23,8 +23,8 @@ use pullbroker_core::sync::{self, Observed, ObservedNamespace};
 use pullbroker_credentials::runtime::CredentialRuntime;
 use serde_json::json;
 
+use crate::context::Context;
 use crate::reconcile::{now, observe_secret, rfc3339, CREDENTIAL};
-use crate::Context;
 
 const QUIET: Duration = Duration::from_millis(300);
 /// Rotation times move without any watch event; refresh them this often.

@@ -20,7 +20,7 @@ use pullbroker_core::policy::{Policy, Purpose, Request, Subject, Target};
 use pullbroker_core::sync::secret_name;
 use pullbroker_core::Reference;
 
-use crate::Context;
+use crate::context::Context;
 
 const STUCK: [&str; 2] = ["ErrImagePull", "ImagePullBackOff"];
 
