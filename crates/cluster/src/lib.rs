@@ -10,7 +10,7 @@ pub mod policy_source;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::Store;
 use kube::ResourceExt;
 use pullbroker_core::policy::{
@@ -64,4 +64,20 @@ pub fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
         .flatten()
         .map(|(k, v)| (k.clone(), v.0.clone()))
         .collect()
+}
+
+/// A ConfigMap's `data` and `binaryData`, as bytes, as the credential
+/// runtime takes a CA bundle.
+pub fn config_map_data(c: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let text = c
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
+    let binary = c
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()));
+    text.chain(binary).collect()
 }

@@ -53,7 +53,7 @@ impl Caches {
             .config_maps
             .state()
             .iter()
-            .map(|c| (c.name_any(), config_map_data(c)))
+            .map(|c| (c.name_any(), crate::config_map_data(c)))
             .collect();
         let labels = self
             .namespaces
@@ -126,21 +126,6 @@ impl kube::runtime::utils::Backoff for Prompt {
 
 /// Every watch's bit: credentials, grants, Secrets, namespaces, ConfigMaps.
 const ALL_LISTED: u8 = 0b1_1111;
-
-/// A ConfigMap's `data` and `binaryData`, as bytes.
-fn config_map_data(c: &ConfigMap) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let text = c
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
-    let binary = c
-        .binary_data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()));
-    text.chain(binary).collect()
-}
 
 /// What one watch stream reports.
 #[derive(Clone, Copy, PartialEq, Eq)]

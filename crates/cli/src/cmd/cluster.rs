@@ -55,12 +55,6 @@ pub struct ClusterPolicy {
     pub credentials: usize,
 }
 
-impl ClusterPolicy {
-    pub fn state(&self, credential: &str) -> Option<&CredentialState> {
-        self.states.iter().find(|s| s.name == credential)
-    }
-}
-
 fn is_not_found(e: &anyhow::Error) -> bool {
     e.downcast_ref::<kube::Error>()
         .is_some_and(|k| matches!(k, kube::Error::Api(s) if s.code == 404))

@@ -2,33 +2,33 @@
 //! status and Events, rebuilds the credentials kubelet would try in its
 //! order (the pod's `imagePullSecrets`, then the kubelet plugin through
 //! pullbroker's policy), re-tries each against the registry from here, and
-//! prints the cause and the fix that `core::diagnose::verdict` finds.
+//! prints the cause and the fix that `core::diagnose::verdict` finds. What
+//! is not I/O — which pod, what kubelet reported, the candidates, whether
+//! to re-check, the report — is `core::diagnose::gather`'s; this module
+//! reads the cluster into its types, re-checks against registries and
+//! prints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::cluster;
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Pod, Secret, ServiceAccount};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::core::Selector;
-use pullbroker_core::audit::{
-    config_key, pull_secret_config, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON,
+use pullbroker_core::diagnose::gather::{
+    self, connect_failure, failure_notes, kubelet_report, recheck, secret_config, ContainerReport,
+    ContainerState, EventNote, Gathered, PodOf, PodSummary, PullSecrets, Report,
 };
-use pullbroker_core::diagnose::{
-    classify, verdict, Candidate, Check, Facts, PluginAnswer, PullFailure, SecretProblem, Source,
-    Verdict,
-};
+use pullbroker_core::diagnose::{Candidate, Check, PluginAnswer, PullFailure, SecretProblem};
 use pullbroker_core::policy::model::CaBundleSource;
-use pullbroker_core::policy::{Allowed, Decision, Purpose, Request, Subject, Target};
-use pullbroker_core::{Credential, DockerConfig, Reference};
+use pullbroker_core::policy::Subject;
+use pullbroker_core::{Credential, Reference};
 use pullbroker_credentials::runtime;
 use pullbroker_registry::{ClientSettings, RegistryClient, RegistryError, RegistryTls};
-use serde::Serialize;
-
-use super::cluster::{self, ClusterPolicy};
 
 use super::output;
 
@@ -82,50 +82,6 @@ pub struct Args {
     output: output::Report,
 }
 
-const PULL_REASONS: &[&str] = &[
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "ErrImageNeverPull",
-];
-
-/// One container's image and what kubelet said about it.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ContainerReport {
-    container: String,
-    image: String,
-    /// `running`, `waiting: REASON`, `terminated: REASON`, or `unknown`.
-    state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reported: Option<PullFailure>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    candidates: Vec<Candidate>,
-    secret_problems: Vec<SecretProblem>,
-    admission_race: Vec<String>,
-    plugin: PluginAnswer,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    repository_exists: Option<bool>,
-    verdict: Verdict,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Report {
-    pod: String,
-    service_account: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    picked: Option<String>,
-    network_checked: bool,
-    /// What limited the re-checks (a CA bundle that could not be read).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    notes: Vec<String>,
-    containers: Vec<ContainerReport>,
-}
-
 pub fn run(args: Args) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -136,15 +92,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         output::Report::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         output::Report::Text => print_text(&report),
     }
-    let problem = report
-        .containers
-        .iter()
-        .any(|c| c.reported.is_some() || c.verdict.failure.is_some());
-    Ok(if problem {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if report.containers.iter().any(ContainerReport::has_problem) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 enum Kind {
@@ -176,46 +130,39 @@ fn target(args: &Args) -> Result<(Kind, Option<String>, String)> {
     Ok((kind, ns, name))
 }
 
-fn pull_failing(p: &Pod) -> bool {
-    let status = p.status.as_ref();
-    status
-        .into_iter()
-        .flat_map(|s| {
-            s.init_container_statuses
-                .iter()
-                .flatten()
-                .chain(s.container_statuses.iter().flatten())
-        })
-        .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
-        .any(|r| PULL_REASONS.contains(&r))
-}
-
 /// The pod to look at among a workload's (`what`, its pods selected by
-/// `selector`): one failing to pull, else one not running, else the first;
-/// with a line saying which was picked.
+/// `selector`), as `core::diagnose::gather::pick` chooses; with a line
+/// saying which was picked.
 async fn pick(pods: &Api<Pod>, selector: &str, what: &str) -> Result<(Pod, Option<String>)> {
     let mut found = cluster::list_all(pods, ListParams::default().labels(selector), &|_| {}, |p| p)
         .await
         .with_context(|| cluster::cannot_list("pods"))?;
-    found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let running = |p: &Pod| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|ph| ph == "Running" || ph == "Succeeded")
-    };
-    let i = found
-        .iter()
-        .position(pull_failing)
-        .or_else(|| found.iter().position(|p| !running(p)))
-        .or((!found.is_empty()).then_some(0))
-        .ok_or_else(|| anyhow!("{what} has no pods"))?;
+    let summaries: Vec<PodSummary> = found.iter().map(summary).collect();
+    let i = gather::pick(&summaries).ok_or_else(|| anyhow!("{what} has no pods"))?;
     let pod = found.swap_remove(i);
     let picked = format!(
         "pod {} of {what}",
         pod.metadata.name.as_deref().unwrap_or("")
     );
     Ok((pod, Some(picked)))
+}
+
+fn summary(p: &Pod) -> PodSummary {
+    let status = p.status.as_ref();
+    PodSummary {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        phase: status.and_then(|s| s.phase.clone()),
+        waiting_reasons: status
+            .into_iter()
+            .flat_map(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+            })
+            .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+            .collect(),
+    }
 }
 
 async fn find_pod(
@@ -277,68 +224,37 @@ async fn find_pod(
     }
 }
 
-/// The newest pull-failure note kubelet recorded per container, from Events
-/// whose `fieldPath` is `spec.containers{NAME}` (or `initContainers`).
-fn failure_notes(events: Vec<Event>) -> BTreeMap<String, String> {
-    let mut newest: BTreeMap<String, (i64, String)> = BTreeMap::new();
-    for e in events {
-        let is_pull_note = e.type_.as_deref() == Some("Warning")
-            && matches!(e.reason.as_deref(), Some("Failed" | "InspectFailed"))
-            && e.message
-                .as_deref()
-                .is_some_and(|m| !m.starts_with("Error: "));
-        if !is_pull_note {
-            continue;
-        }
-        let Some(path) = e.involved_object.field_path.as_deref() else {
-            continue;
-        };
-        let Some(container) = path
-            .split_once('{')
-            .and_then(|(_, rest)| rest.strip_suffix('}'))
-        else {
-            continue;
-        };
-        let when = e
+fn event_note(e: Event) -> EventNote {
+    EventNote {
+        type_: e.type_,
+        reason: e.reason,
+        message: e.message,
+        field_path: e.involved_object.field_path,
+        when: e
             .last_timestamp
-            .as_ref()
             .map(|t| t.0.as_second())
-            .or(e.event_time.as_ref().map(|t| t.0.as_second()))
-            .unwrap_or(0);
-        let message = e.message.unwrap_or_default();
-        match newest.get(container) {
-            Some((t, _)) if *t > when => {}
-            _ => {
-                newest.insert(container.to_string(), (when, message));
-            }
-        }
+            .or(e.event_time.map(|t| t.0.as_second())),
     }
-    newest.into_iter().map(|(k, (_, m))| (k, m)).collect()
 }
 
-fn state_of(status: Option<&ContainerStatus>) -> (String, Option<String>, Option<String>) {
+fn state_of(status: Option<&ContainerStatus>) -> ContainerState {
     let Some(state) = status.and_then(|s| s.state.as_ref()) else {
-        return ("unknown".into(), None, None);
+        return ContainerState::Unknown;
     };
     if let Some(w) = &state.waiting {
-        let reason = w.reason.clone().unwrap_or_default();
-        return (
-            format!("waiting: {reason}"),
-            Some(reason),
-            w.message.clone(),
-        );
+        ContainerState::Waiting {
+            reason: w.reason.clone(),
+            message: w.message.clone(),
+        }
+    } else if state.running.is_some() {
+        ContainerState::Running
+    } else if let Some(t) = &state.terminated {
+        ContainerState::Terminated {
+            reason: t.reason.clone(),
+        }
+    } else {
+        ContainerState::Unknown
     }
-    if state.running.is_some() {
-        return ("running".into(), None, None);
-    }
-    if let Some(t) = &state.terminated {
-        return (
-            format!("terminated: {}", t.reason.clone().unwrap_or_default()),
-            None,
-            None,
-        );
-    }
-    ("unknown".into(), None, None)
 }
 
 /// A registry error as the class kubelet's message would have.
@@ -349,173 +265,16 @@ fn failure_of(e: &RegistryError) -> PullFailure {
         RegistryError::NotFound { .. } => PullFailure::NotFound,
         RegistryError::Timeout { .. } => PullFailure::Timeout,
         RegistryError::RateLimited { .. } => PullFailure::RateLimited,
-        RegistryError::Connect { detail, .. } => {
-            let d = detail.to_ascii_lowercase();
-            if d.contains("certificate") || d.contains("tls") || d.contains("handshake") {
-                PullFailure::Tls
-            } else if d.contains("refused") {
-                PullFailure::Refused
-            } else if d.contains("lookup") || d.contains("dns") || d.contains("name or service") {
-                PullFailure::Dns
-            } else if d.contains("timed out") {
-                PullFailure::Timeout
-            } else {
-                PullFailure::Unknown
-            }
-        }
+        RegistryError::Connect { detail, .. } => connect_failure(detail),
         _ => PullFailure::Unknown,
     }
 }
 
-/// The docker config of a pull secret, or why it is not one.
-fn config_of(secret: &Secret) -> Result<DockerConfig, String> {
-    let type_ = secret.type_.as_deref().unwrap_or("Opaque");
-    if type_ != TYPE_DOCKERCONFIGJSON && type_ != TYPE_DOCKERCFG {
-        return Err(format!("type {type_}, not {TYPE_DOCKERCONFIGJSON}"));
-    }
-    let bytes = secret.data.as_ref().and_then(|d| d.get(config_key(type_)));
-    pull_secret_config(type_, bytes.map(|b| b.0.as_slice()))
-}
-
-/// What the cluster says about one image before any network check.
-struct Gathered {
-    candidates: Vec<(Candidate, Option<Credential>)>,
-    secret_problems: Vec<SecretProblem>,
-    admission_race: Vec<String>,
-    plugin: PluginAnswer,
-}
-
-fn gather(
-    image: &Reference,
-    pod_secrets: &[String],
-    secrets: &BTreeMap<String, Option<Secret>>,
-    account_secrets: &[String],
-    subject: &Subject,
-    policy: Option<&ClusterPolicy>,
-) -> Gathered {
-    let mut candidates = Vec::new();
-    let mut secret_problems = Vec::new();
-    for name in pod_secrets {
-        let config = match secrets.get(name).and_then(Option::as_ref) {
-            None => {
-                secret_problems.push(SecretProblem::Missing {
-                    secret: name.clone(),
-                });
-                continue;
-            }
-            Some(s) => match config_of(s) {
-                Ok(c) => c,
-                Err(why) => {
-                    secret_problems.push(SecretProblem::Unusable {
-                        secret: name.clone(),
-                        why,
-                    });
-                    continue;
-                }
-            },
-        };
-        let entries = config.candidates(image);
-        if entries.is_empty() {
-            secret_problems.push(SecretProblem::NoEntry {
-                secret: name.clone(),
-            });
-        }
-        for e in entries {
-            let username = match e.credential() {
-                Credential::Basic { username, .. } | Credential::IdentityToken { username, .. } => {
-                    Some(username.clone())
-                }
-                _ => None,
-            };
-            candidates.push((
-                Candidate {
-                    source: Source::PodSecret {
-                        secret: name.clone(),
-                        entry: e.key().to_string(),
-                        username,
-                    },
-                    check: Check::NotChecked {
-                        why: "not checked yet".into(),
-                    },
-                },
-                Some(e.credential().clone()),
-            ));
-        }
-    }
-    let admission_race = account_secrets
-        .iter()
-        .filter(|s| !pod_secrets.contains(s))
-        .filter(|s| {
-            secrets
-                .get(*s)
-                .and_then(Option::as_ref)
-                .and_then(|s| config_of(s).ok())
-                .is_some_and(|c| !c.candidates(image).is_empty())
-        })
-        .cloned()
-        .collect();
-    let plugin = match policy {
-        None => PluginAnswer::NotInstalled,
-        Some(p) => {
-            let d = p.policy.decide(&Request {
-                subject,
-                purpose: Purpose::Pull,
-                target: Target::Image {
-                    registry: image.registry(),
-                    repository: image.repository(),
-                },
-                on_behalf_of: None,
-                narrowed_to: None,
-            });
-            match d {
-                Decision::Allow(Allowed {
-                    grant, credential, ..
-                }) => {
-                    let state = p.state(&credential);
-                    let ready = state.and_then(|s| s.ready);
-                    candidates.push((
-                        Candidate {
-                            source: Source::Plugin {
-                                grant: grant.clone(),
-                                credential: credential.clone(),
-                            },
-                            check: Check::NotChecked {
-                                why: format!(
-                                    "the broker holds this credential; its RegistryCredential reports Ready={}",
-                                    ready.map_or("unknown".to_string(), |r| if r { "True".into() } else { "False".into() })
-                                ),
-                            },
-                        },
-                        None,
-                    ));
-                    PluginAnswer::Granted {
-                        grant,
-                        credential,
-                        ready,
-                        ready_reason: state.map(|s| s.reason.clone()).unwrap_or_default(),
-                    }
-                }
-                Decision::Deny { reason } => PluginAnswer::Denied { reason },
-            }
-        }
-    };
-    if candidates.is_empty() {
-        candidates.push((
-            Candidate {
-                source: Source::Anonymous,
-                check: Check::NotChecked {
-                    why: "not checked yet".into(),
-                },
-            },
-            Some(Credential::Anonymous),
-        ));
-    }
-    Gathered {
-        candidates,
-        secret_problems,
-        admission_race,
-        plugin,
-    }
+/// A pull secret as `core::diagnose::gather` reads it.
+fn pull_secret(secret: &Secret) -> Result<pullbroker_core::DockerConfig, String> {
+    secret_config(secret.type_.as_deref(), |key| {
+        Some(secret.data.as_ref()?.get(key)?.0.as_slice())
+    })
 }
 
 /// Re-tries each candidate that can be tried from here; asks whether the
@@ -588,7 +347,7 @@ async fn diagnose(args: &Args) -> Result<Report> {
     )
     .await
     .with_context(|| cluster::cannot_list("events"))?;
-    let notes = failure_notes(events);
+    let notes = failure_notes(events.into_iter().map(event_note));
 
     let account_secrets: Vec<String> = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
         .get_opt(&account)
@@ -600,13 +359,13 @@ async fn diagnose(args: &Args) -> Result<Report> {
         .map(|r| r.name)
         .collect();
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let mut secrets = BTreeMap::new();
+    let mut secrets = PullSecrets::new();
     let wanted: BTreeSet<&String> = pod_secrets.iter().chain(&account_secrets).collect();
     for s in wanted {
         let got = secrets_api.get_opt(s).await.with_context(|| {
             format!("cannot get secret {ns}/{s} (kubectl auth can-i get secrets -n {ns})")
         })?;
-        secrets.insert(s.clone(), got);
+        secrets.insert(s.clone(), got.as_ref().map(pull_secret));
     }
     let policy = cluster::policy(&client, &|_| {}).await?;
 
@@ -652,6 +411,15 @@ async fn diagnose(args: &Args) -> Result<Report> {
         .chain(status.container_statuses.into_iter().flatten())
         .collect();
     let subject = Subject::new(&ns, &account);
+    let cluster_policy = policy.as_ref().map(|p| gather::ClusterPolicy {
+        policy: &p.policy,
+        states: &p.states,
+    });
+    let of = PodOf {
+        namespace: &ns,
+        pod: &pod_name,
+        service_account: &account,
+    };
     let mut containers = Vec::new();
     for c in spec
         .init_containers
@@ -660,51 +428,26 @@ async fn diagnose(args: &Args) -> Result<Report> {
         .chain(spec.containers.iter())
     {
         let image = c.image.clone().unwrap_or_default();
-        let (state, reason, waiting_message) = state_of(statuses.iter().find(|s| s.name == c.name));
-        let pulling = reason.as_deref().is_some_and(|r| PULL_REASONS.contains(&r));
-        let note = notes.get(&c.name).cloned();
-        // The Event holds kubelet's full error; the waiting message repeats it.
-        let message = if pulling {
-            note.or(waiting_message)
-        } else {
-            None
-        };
-        let reported = match (reason.as_deref(), &message) {
-            (Some("InvalidImageName"), _) => Some(PullFailure::InvalidImageName),
-            (_, Some(m)) => Some(classify(m)),
-            _ if pulling => Some(PullFailure::Unknown),
-            _ => None,
-        };
+        let state = state_of(statuses.iter().find(|s| s.name == c.name));
+        let (message, reported) = kubelet_report(&state, notes.get(&c.name).map(String::as_str));
         // An invalid reference has no candidates: kubelet never pulls it.
-        let mut gathered = Gathered {
-            candidates: Vec::new(),
-            secret_problems: Vec::new(),
-            admission_race: Vec::new(),
-            plugin: PluginAnswer::NotInstalled,
-        };
+        let mut gathered = Gathered::default();
         let mut repository_exists = None;
         if let Ok(r) = Reference::parse(&image) {
-            gathered = gather(
+            gathered = gather::gather(
                 &r,
                 &pod_secrets,
                 &secrets,
                 &account_secrets,
                 &subject,
-                policy.as_ref(),
+                cluster_policy,
             );
-            let client = match (&registry, reported) {
-                (None, _) => Err("--no-network"),
-                (_, None) => Err("no pull failure reported"),
-                (_, Some(PullFailure::InvalidImageName | PullFailure::NotAPullFailure)) => {
-                    Err("not a registry problem")
-                }
-                (Some(client), _) => Ok(client),
-            };
-            match client {
-                Ok(client) => {
+            match (recheck(registry.is_some(), reported), &registry) {
+                (Ok(()), Some(client)) => {
                     repository_exists = check(client, &r, &mut gathered.candidates).await;
                 }
-                Err(why) => {
+                (why, _) => {
+                    let why = why.err().unwrap_or("--no-network");
                     for (cand, credential) in &mut gathered.candidates {
                         if credential.is_some() {
                             cand.check = Check::NotChecked { why: why.into() };
@@ -713,32 +456,14 @@ async fn diagnose(args: &Args) -> Result<Report> {
                 }
             }
         }
-        let candidates: Vec<Candidate> = gathered.candidates.into_iter().map(|(c, _)| c).collect();
-        let v = verdict(&Facts {
-            namespace: &ns,
-            pod: &pod_name,
-            service_account: &account,
-            image: &image,
-            reported,
-            candidates: &candidates,
-            secret_problems: &gathered.secret_problems,
-            admission_race: &gathered.admission_race,
-            plugin: &gathered.plugin,
+        containers.push(ContainerReport::new(
+            of,
+            (c.name.clone(), image),
+            &state,
+            (message, reported),
+            gathered,
             repository_exists,
-        });
-        containers.push(ContainerReport {
-            container: c.name.clone(),
-            image,
-            state,
-            reported,
-            message,
-            candidates,
-            secret_problems: gathered.secret_problems,
-            admission_race: gathered.admission_race,
-            plugin: gathered.plugin,
-            repository_exists,
-            verdict: v,
-        });
+        ));
     }
     Ok(Report {
         pod: format!("{ns}/{pod_name}"),
@@ -783,13 +508,10 @@ async fn cluster_trust(
         {
             Some(CaBundleSource::Secret(n)) => match secrets_api.get_opt(n).await {
                 Ok(Some(secret)) => {
-                    let data = secret
-                        .data
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    secrets.insert(n.to_string(), (None, data));
+                    secrets.insert(
+                        n.to_string(),
+                        (None, pullbroker_cluster::secret_data(&secret)),
+                    );
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -799,13 +521,7 @@ async fn cluster_trust(
             },
             Some(CaBundleSource::ConfigMap(n)) => match maps_api.get_opt(n).await {
                 Ok(Some(map)) => {
-                    let text = map
-                        .data
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| (k, v.into_bytes()));
-                    let binary = map.binary_data.into_iter().flatten().map(|(k, v)| (k, v.0));
-                    maps.insert(n.to_string(), text.chain(binary).collect());
+                    maps.insert(n.to_string(), pullbroker_cluster::config_map_data(&map));
                 }
                 Ok(None) => {}
                 Err(e) => {

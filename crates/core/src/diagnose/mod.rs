@@ -8,6 +8,12 @@
 //! (the pod's `imagePullSecrets`, then the credential-provider plugin
 //! through pullbroker's policy), and what re-trying each against the
 //! registry gave: the cause, the candidate that applies, the exact fix.
+//!
+//! [`gather`] holds the rest of the diagnosis that is not I/O: which pod
+//! to look at, what kubelet reported per container, the candidates in
+//! kubelet's order, and the report.
+
+pub mod gather;
 
 use serde::Serialize;
 
@@ -203,10 +209,11 @@ pub enum SecretProblem {
 
 /// pullbroker's policy for the pod's service account and image (the
 /// broker's `can-i`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "answer", rename_all = "camelCase")]
 pub enum PluginAnswer {
     /// pullbroker's CRDs are not installed: no plugin credential.
+    #[default]
     NotInstalled,
     Denied {
         reason: String,
