@@ -1,6 +1,6 @@
 //! The fake API server against what a real kube-apiserver v1.36.2 answered
 //! (`../shared/kubernetes-facts.md`): namespace lifecycle, strategic merge
-//! patch and watch bookmarks. The recorded answers are quoted here as the
+//! patch, server-side apply of map lists and watch bookmarks. The recorded answers are quoted here as the
 //! facts file gives them and compared whole.
 
 use std::time::Duration;
@@ -439,5 +439,140 @@ async fn watches_get_bookmarks_as_asked() {
         Some(bookmark.metadata.resource_version),
         added,
         "the bookmark follows the last event"
+    );
+}
+
+/// Server-side apply of a Deployment as two managers: a pod template's
+/// `containers` is a `listType=map` keyed by `name` ("a manager applying
+/// only `side` leaves the other containers in place"), while
+/// `ServiceAccount.imagePullSecrets` stays atomic (the applier owns the
+/// whole list).
+#[tokio::test]
+async fn server_side_apply_merges_containers_by_name_and_keeps_other_lists_atomic() {
+    let fake = FakeApi::start(TestIssuer::rsa(KUBE_ISSUER));
+    let c = fake.client().await;
+    namespace(&c, "team-a").await;
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "team-a");
+    let deployment = |containers: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": containers}}}})
+    };
+    let apply = |manager: &'static str, force: bool| {
+        let mut p = PatchParams::apply(manager);
+        p.force = force;
+        p
+    };
+    let images = |d: Deployment| -> Vec<(String, Option<String>)> {
+        d.spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .map(|c| (c.name, c.image))
+            .collect()
+    };
+    let both = json!([{"name": "app", "image": "app:1"}, {"name": "side", "image": "side:0"}]);
+    deployments
+        .patch(
+            "web",
+            &apply("deployer", false),
+            &Patch::Apply(deployment(both)),
+        )
+        .await
+        .unwrap();
+
+    // Another manager changing `side`'s image conflicts on that one field…
+    let side = deployment(json!([{"name": "side", "image": "side:1"}]));
+    let err = deployments
+        .patch("web", &apply("sidecar", false), &Patch::Apply(side.clone()))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (status.code, status.reason.as_str(), status.message.as_str()),
+        (
+            409,
+            "Conflict",
+            "Apply failed with 1 conflict: conflict with \"deployer\": .spec.template.spec.containers[name=\"side\"].image"
+        )
+    );
+    // …and, forced, changes only `side`: `app` stays.
+    let d = deployments
+        .patch("web", &apply("sidecar", true), &Patch::Apply(side))
+        .await
+        .unwrap();
+    assert_eq!(
+        images(d),
+        [
+            ("app".into(), Some("app:1".into())),
+            ("side".into(), Some("side:1".into()))
+        ]
+    );
+    // The deployer no longer applying `side` leaves it to the sidecar…
+    let d = deployments
+        .patch(
+            "web",
+            &apply("deployer", false),
+            &Patch::Apply(deployment(json!([{"name": "app", "image": "app:2"}]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        images(d),
+        [
+            ("app".into(), Some("app:2".into())),
+            ("side".into(), Some("side:1".into()))
+        ]
+    );
+    // …and once nobody applies it, the element goes whole.
+    let d = deployments
+        .patch(
+            "web",
+            &apply("sidecar", false),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"sidecar": "off"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(images(d), [("app".into(), Some("app:2".into()))]);
+
+    // ServiceAccount.imagePullSecrets: atomic, the applier owns the list.
+    let accounts: Api<ServiceAccount> = Api::namespaced(c.clone(), "team-a");
+    let sa = |names: &[&str]| {
+        let list: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}, "imagePullSecrets": list})
+    };
+    accounts
+        .patch(
+            "app",
+            &apply("user", false),
+            &Patch::Apply(sa(&["user-own"])),
+        )
+        .await
+        .unwrap();
+    let got = accounts
+        .patch(
+            "app",
+            &apply("pullbroker", true),
+            &Patch::Apply(sa(&["pullbroker-g"])),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = got
+        .image_pull_secrets
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["pullbroker-g"], "replaced whole, not merged");
+    let fields = serde_json::to_value(&got.metadata.managed_fields).unwrap();
+    assert_eq!(
+        fields[0]["fieldsV1"],
+        json!({"f:imagePullSecrets": {}}),
+        "the whole list is one field"
     );
 }

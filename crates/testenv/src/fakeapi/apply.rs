@@ -71,8 +71,52 @@ pub(super) fn manager_of(q: &BTreeMap<String, String>) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// Leaf paths of an object (maps recurse, lists and scalars are leaves).
-pub(super) fn leaf_paths(v: &Value, prefix: &mut FieldPath, out: &mut Vec<FieldPath>) {
+/// The key field of the lists server-side apply merges by key
+/// (`listType=map`) among those the fake knows: the containers of a Pod and
+/// of the pod templates of built-in workloads, keyed by `name`, as
+/// kube-apiserver merges them (`../shared/kubernetes-facts.md`). Every other
+/// list is atomic here; a CRD's list types (its schema's
+/// `x-kubernetes-list-type`) are not read.
+fn map_list_key(kind: &str, path: &[String]) -> Option<&'static str> {
+    let pod_spec = match kind {
+        "Pod" => 1,
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "PodTemplate" => 3,
+        "CronJob" => 6,
+        _ => return None,
+    };
+    let (last, parents) = path.split_last()?;
+    let containers = matches!(last.as_str(), "containers" | "initContainers");
+    let under_pod_spec = parents.len() == pod_spec
+        && parents
+            .first()
+            .is_some_and(|k| k == "spec" || k == "template")
+        && parents.last().is_some_and(|k| k == "spec");
+    (containers && under_pod_spec).then_some("name")
+}
+
+/// The path component of a map list's element: `k:{"name":"side"}`, as
+/// `managedFields` writes it.
+fn element_component(key: &str, value: &Value) -> String {
+    format!("k:{}", json!({ key: value }))
+}
+
+/// The key fields of an element component, or `None` for a field name.
+fn element_key(component: &str) -> Option<serde_json::Map<String, Value>> {
+    let key = component.strip_prefix("k:")?;
+    serde_json::from_str::<Value>(key)
+        .ok()?
+        .as_object()
+        .cloned()
+}
+
+fn is_element(v: &Value, key: &serde_json::Map<String, Value>) -> bool {
+    key.iter().all(|(k, want)| v.get(k) == Some(want))
+}
+
+/// Leaf paths of an object: maps recurse, `listType=map` lists recurse
+/// into their elements (one `k:{…}` component each), other lists and
+/// scalars are leaves.
+pub(super) fn leaf_paths(v: &Value, kind: &str, prefix: &mut FieldPath, out: &mut Vec<FieldPath>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
@@ -87,7 +131,18 @@ pub(super) fn leaf_paths(v: &Value, prefix: &mut FieldPath, out: &mut Vec<FieldP
                     continue;
                 }
                 prefix.push(k.clone());
-                leaf_paths(child, prefix, out);
+                leaf_paths(child, kind, prefix, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(items) if !items.is_empty() && map_list_key(kind, prefix).is_some() => {
+            let key = map_list_key(kind, prefix).expect("checked");
+            for item in items {
+                let Some(value) = item.get(key) else {
+                    continue;
+                };
+                prefix.push(element_component(key, value));
+                leaf_paths(item, kind, prefix, out);
                 prefix.pop();
             }
         }
@@ -101,46 +156,115 @@ pub(super) fn leaf_paths(v: &Value, prefix: &mut FieldPath, out: &mut Vec<FieldP
 
 pub(super) fn paths_of(v: &Value) -> Vec<FieldPath> {
     let mut out = Vec::new();
-    leaf_paths(v, &mut Vec::new(), &mut out);
+    let kind = v["kind"].as_str().unwrap_or_default();
+    leaf_paths(v, kind, &mut Vec::new(), &mut out);
     out
 }
 
-pub(super) fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |cur, k| cur.get(k))
-}
-
-pub(super) fn set_path(v: &mut Value, path: &[String], value: Value) {
-    let mut cur = v;
-    for k in &path[..path.len() - 1] {
-        if !cur.get(k).is_some_and(Value::is_object) {
-            cur[k.as_str()] = json!({});
-        }
-        cur = cur.get_mut(k).expect("just made");
+/// One step down a path: a field of an object, or the element of a map
+/// list that a `k:{…}` component names.
+fn child<'a>(v: &'a Value, component: &str) -> Option<&'a Value> {
+    match (element_key(component), v) {
+        (Some(key), Value::Array(items)) => items.iter().find(|i| is_element(i, &key)),
+        _ => v.get(component),
     }
-    cur[path[path.len() - 1].as_str()] = value;
 }
 
+pub(super) fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, k| child(cur, k))
+}
+
+/// Sets `path` to `value`, making the objects and map-list elements on the
+/// way.
+pub(super) fn set_path(v: &mut Value, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = v;
+    for k in parents {
+        cur = match element_key(k) {
+            Some(key) => {
+                if !cur.is_array() {
+                    *cur = json!([]);
+                }
+                let items = cur.as_array_mut().expect("just made");
+                let i = match items.iter().position(|i| is_element(i, &key)) {
+                    Some(i) => i,
+                    None => {
+                        items.push(Value::Object(key.clone()));
+                        items.len() - 1
+                    }
+                };
+                &mut items[i]
+            }
+            None => {
+                if !cur.get(k).is_some_and(|c| c.is_object() || c.is_array()) {
+                    cur[k.as_str()] = json!({});
+                }
+                cur.get_mut(k).expect("just made")
+            }
+        };
+    }
+    match element_key(last) {
+        Some(key) => {
+            if !cur.is_array() {
+                *cur = json!([]);
+            }
+            let items = cur.as_array_mut().expect("just made");
+            match items.iter().position(|i| is_element(i, &key)) {
+                Some(i) => items[i] = value,
+                None => items.push(value),
+            }
+        }
+        None => cur[last.as_str()] = value,
+    }
+}
+
+/// Removes the field or map-list element at `path`, if there.
 pub(super) fn remove_path(v: &mut Value, path: &[String]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
     let mut cur = v;
     for k in parents {
-        match cur.get_mut(k) {
+        let next = match element_key(k) {
+            Some(key) => cur
+                .as_array_mut()
+                .and_then(|items| items.iter_mut().find(|i| is_element(i, &key))),
+            None => cur.get_mut(k),
+        };
+        match next {
             Some(next) => cur = next,
             None => return,
         }
     }
-    if let Some(m) = cur.as_object_mut() {
-        m.remove(last);
+    match (element_key(last), cur) {
+        (Some(key), Value::Array(items)) => items.retain(|i| !is_element(i, &key)),
+        (None, Value::Object(m)) => {
+            m.remove(last);
+        }
+        _ => {}
     }
 }
 
+/// `fieldsV1` of field paths: `f:` before a field name; an element's
+/// `k:{…}` as it is.
 pub(super) fn to_fields_v1(paths: &[FieldPath]) -> Value {
     let mut root = json!({});
     for p in paths {
-        let keyed: Vec<String> = p.iter().map(|k| format!("f:{k}")).collect();
-        set_path(&mut root, &keyed, json!({}));
+        let mut cur = &mut root;
+        for k in p {
+            let k = if k.starts_with("k:") {
+                k.clone()
+            } else {
+                format!("f:{k}")
+            };
+            cur = cur
+                .as_object_mut()
+                .expect("fieldsV1 is objects")
+                .entry(k)
+                .or_insert_with(|| json!({}));
+        }
     }
     root
 }
@@ -153,7 +277,7 @@ pub(super) fn from_fields_v1(v: &Value) -> Vec<FieldPath> {
             None => out.push(prefix.clone()),
             Some(m) => {
                 for (k, child) in m {
-                    prefix.push(k.trim_start_matches("f:").to_string());
+                    prefix.push(k.strip_prefix("f:").unwrap_or(k).to_string());
                     walk(child, prefix, out);
                     prefix.pop();
                 }
@@ -198,6 +322,25 @@ pub(super) fn write_managed(obj: &mut Value, entries: &[(String, String, Vec<Fie
     } else {
         obj["metadata"]["managedFields"] = Value::Array(list);
     }
+}
+
+/// A field as kube-apiserver names it in a conflict:
+/// `.spec.template.spec.containers[name="side"].image`.
+pub(super) fn field_name(path: &[String]) -> String {
+    let mut out = String::new();
+    for k in path {
+        match element_key(k) {
+            Some(key) => {
+                let keys: Vec<String> = key.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                out.push_str(&format!("[{}]", keys.join(",")));
+            }
+            None => {
+                out.push('.');
+                out.push_str(k);
+            }
+        }
+    }
+    out
 }
 
 /// Does `a` overlap `b` (one is a prefix of the other)?
@@ -271,7 +414,7 @@ pub(super) fn apply_fields(
         for p in paths {
             if let Some(a) = applied_paths.iter().find(|a| overlaps(a, p)) {
                 if lookup(old, a) != lookup(applied, a) {
-                    conflicts.push((m.clone(), format!(".{}", a.join("."))));
+                    conflicts.push((m.clone(), field_name(a)));
                 }
             }
         }
@@ -289,12 +432,29 @@ pub(super) fn apply_fields(
         .filter(|(m, op, _)| *m == manager && op == "Apply")
         .flat_map(|(_, _, p)| p.clone())
         .collect();
-    for p in previous.iter().filter(|p| !applied_paths.contains(p)) {
-        let shared = entries
+    let owned_by_others = |p: &[String]| {
+        entries
             .iter()
-            .any(|(m, _, paths)| *m != manager && paths.iter().any(|q| overlaps(q, p)));
-        if !shared {
+            .any(|(m, _, paths)| *m != manager && paths.iter().any(|q| overlaps(q, p)))
+    };
+    let mut dropped_elements = Vec::new();
+    for p in previous.iter().filter(|p| !applied_paths.contains(p)) {
+        // A map-list element goes whole once nobody owns a field of it:
+        // its key fields stay while anyone does.
+        if let Some(i) = p.iter().rposition(|k| k.starts_with("k:")) {
+            dropped_elements.push(p[..=i].to_vec());
+            if i + 2 == p.len() && element_key(&p[i]).is_some_and(|k| k.contains_key(&p[i + 1])) {
+                continue;
+            }
+        }
+        if !owned_by_others(p) {
             remove_path(&mut new, p);
+        }
+    }
+    for element in dropped_elements {
+        let applied_now = applied_paths.iter().any(|a| overlaps(a, &element));
+        if !applied_now && !owned_by_others(&element) {
+            remove_path(&mut new, &element);
         }
     }
     for p in &applied_paths {
@@ -303,10 +463,15 @@ pub(super) fn apply_fields(
         }
     }
     // Ownership: this manager's Apply set is exactly what it applied; forced
-    // fields leave their previous owners.
+    // fields leave their previous owners; a field applied with the value it
+    // has is owned by both.
     for (m, _, paths) in entries.iter_mut() {
         if *m != manager {
-            paths.retain(|p| !applied_paths.iter().any(|a| overlaps(a, p)));
+            paths.retain(|p| {
+                !applied_paths
+                    .iter()
+                    .any(|a| overlaps(a, p) && lookup(old, a) != lookup(applied, a))
+            });
         }
     }
     entries.retain(|(m, op, _)| !(*m == manager && op == "Apply"));

@@ -18,7 +18,8 @@
 //! (409 Conflict on a stale `resourceVersion`), merge patch, strategic
 //! merge patch (lists with a `patchMergeKey` merged by key; 415 for custom
 //! resources), JSON patch, server-side apply (field managers in `managedFields`,
-//! 409 conflicts on fields another manager owns unless `force`, atomic lists,
+//! 409 conflicts on fields another manager owns unless `force`, atomic lists
+//! and pod containers merged by name,
 //! ownership moving to whoever last changed a field), delete (finalizers hold the object with a
 //! `deletionTimestamp`; dependents with an `ownerReference` to it are deleted),
 //! the `/status` subresource (spec and status change independently;
@@ -36,9 +37,11 @@
 //! - no authentication or authorization: every request is admitted (a bearer
 //!   token is taken as the user name and only recorded, see [`crate::api_log`]);
 //! - no schema validation or defaulting (CRD schemas are not enforced);
-//! - server-side apply keeps `managedFields` but treats every list as atomic
-//!   (`listType=map` lists, like a pod template's `containers`, are merged
-//!   by key upstream; none of the objects pullbroker applies has one);
+//! - server-side apply merges by key only the `listType=map` lists it knows
+//!   (the `containers` and `initContainers` of a Pod and of built-in pod
+//!   templates, by `name`); every other list is atomic, `listType=set` and
+//!   a CRD schema's `x-kubernetes-list-type` included; an element's own
+//!   `.` entry is not written in `managedFields`;
 //! - strategic merge patch knows the merge keys of the pod template's lists
 //!   and `ServiceAccount.secrets` only, and none of `$retainKeys`,
 //!   `$setElementOrder` or primitive merge lists;
