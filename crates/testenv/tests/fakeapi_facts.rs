@@ -40,6 +40,19 @@ async fn raw(base: &str, method: &str, path: &str, content_type: &str, body: &st
     (code, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// A Deployment's containers: (name, image), in order.
+fn images(d: Deployment) -> Vec<(String, Option<String>)> {
+    d.spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| (c.name, c.image))
+        .collect()
+}
+
 async fn namespace(c: &Client, name: &str) {
     Api::<Namespace>::all(c.clone())
         .create(
@@ -242,17 +255,6 @@ async fn strategic_merge_patch_merges_by_key_where_kubernetes_does() {
         )
         .await
         .unwrap();
-    let images = |d: Deployment| -> Vec<(String, Option<String>)> {
-        d.spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers
-            .into_iter()
-            .map(|c| (c.name, c.image))
-            .collect()
-    };
     // Strategic: containers merge by name — only `side` changes.
     let side = json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "image": "side:1"}]}}}});
     let d = deployments
@@ -462,17 +464,6 @@ async fn server_side_apply_merges_containers_by_name_and_keeps_other_lists_atomi
         let mut p = PatchParams::apply(manager);
         p.force = force;
         p
-    };
-    let images = |d: Deployment| -> Vec<(String, Option<String>)> {
-        d.spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers
-            .into_iter()
-            .map(|c| (c.name, c.image))
-            .collect()
     };
     let both = json!([{"name": "app", "image": "app:1"}, {"name": "side", "image": "side:0"}]);
     deployments
