@@ -20,10 +20,23 @@
 # the same commit, toolchain and Debian packages give the same digest
 # (crates/cli/tests/image.rs packs twice and compares). Prints the digest and
 # the compressed size.
+#
+# Supply chain: the binaries are built with `cargo auditable`, so each
+# carries the list of crates compiled into it (a `.dep-v0` section that
+# trivy, grype and syft read). Beside the image, the layout holds a
+# CycloneDX 1.5 SBOM (cargo-cyclonedx) of the two shipped packages, pruned
+# to the crates the binaries' audit data name (cargo metadata also lists
+# optional crates no feature enables), as an OCI artifact whose `subject` is
+# the image: `oras discover`/`trivy --sbom-sources oci` find it, and
+# `skopeo copy` of the tag copies the image alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-tools.sh
 ensure_tools jq=jq ldd=libc-bin
+# Cargo subcommands, pinned (crates.io).
+command -v cargo-auditable >/dev/null 2>&1 || cargo install --locked --quiet cargo-auditable --version 0.7.7
+command -v cargo-cyclonedx >/dev/null 2>&1 || cargo install --locked --quiet cargo-cyclonedx --version 0.5.9
+command -v rust-audit-info >/dev/null 2>&1 || cargo install --locked --quiet rust-audit-info --version 0.5.4
 
 out=target/image/oci
 tag=$(cargo metadata --no-deps --format-version 1 | jq -r '.packages[] | select(.name == "pullbroker") | .version')
@@ -33,7 +46,7 @@ while (($#)); do
     --out) out="$2"; shift 2 ;;
     --tag) tag="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,7 +57,7 @@ if ((build)); then
   # binaries do not depend on where the tree or the cargo home lives.
   RUSTFLAGS="--remap-path-prefix=$PWD=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
   CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release --locked --target-dir "$target_dir" \
+    cargo auditable build --release --locked --target-dir "$target_dir" \
       -p pullbroker -p pullbroker-credential-provider >&2
 fi
 bins=("$target_dir/release/pullbroker" "$target_dir/release/pullbroker-credential-provider")
@@ -54,7 +67,8 @@ epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+sbom_name=".image-sbom-$$"
+trap 'rm -rf "$work"; rm -f crates/*/"$sbom_name".json' EXIT
 root="$work/rootfs"
 mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp"
 install -m 0755 "${bins[@]}" "$root/usr/local/bin/"
@@ -116,6 +130,46 @@ jq -cn --arg md "$manifest" --argjson ms "$manifest_size" --arg t "$tag" '{
     annotations: {"org.opencontainers.image.ref.name": $t}}]}' | tr -d '\n' >"$out/index.json"
 printf '{"imageLayoutVersion":"1.0.0"}' >"$out/oci-layout"
 
+# The SBOM: cargo-cyclonedx writes one per workspace package beside its
+# Cargo.toml; the shipped two are merged, kept to what the binaries' audit
+# data name, dated like the layer, checkout paths remapped as in the binaries.
+SOURCE_DATE_EPOCH=$epoch cargo cyclonedx -q --format json --spec-version 1.5 \
+  --override-filename "$sbom_name" --manifest-path Cargo.toml
+audited=$(for b in "${bins[@]}"; do rust-audit-info "$b"; done |
+  jq -cs '[.[].packages[] | "\(.name)@\(.version)"] | unique')
+jq -S -s --argjson keep "$audited" '
+  def id: "\(.name)@\(.version)";
+  (.[0].metadata.component | del(.components)) as $main
+  | (.[1].metadata.component | del(.components)) as $provider
+  | ([.[0].components[], .[1].components[], $provider]
+     | map(select(id as $i | $keep | index($i))) | unique_by(."bom-ref")) as $components
+  | ([$main."bom-ref"] + [$components[]."bom-ref"]) as $refs
+  | .[0] + {
+      components: $components,
+      dependencies: ([.[].dependencies[] | select(.ref as $r | $refs | index($r))
+        | .dependsOn |= ((. // []) | map(select(. as $d | $refs | index($d))))] | unique_by(.ref))
+    }' crates/cli/"$sbom_name".json crates/kubelet-plugin/"$sbom_name".json |
+  sed "s|file://$PWD|file:///src|g" | tr -d '\n' >"$work/sbom.cdx.json"
+rm -f crates/*/"$sbom_name".json
+read -r sbom sbom_size < <(blob "$work/sbom.cdx.json")
+printf '{}' >"$work/empty.json"
+read -r empty empty_size < <(blob "$work/empty.json")
+jq -cn --arg ed "$empty" --argjson es "$empty_size" --arg sd "$sbom" --argjson ss "$sbom_size" \
+  --arg md "$manifest" --argjson ms "$manifest_size" --arg c "$created" '{
+  schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
+  artifactType: "application/vnd.cyclonedx+json",
+  config: {mediaType: "application/vnd.oci.empty.v1+json", digest: $ed, size: $es, data: "e30="},
+  layers: [{mediaType: "application/vnd.cyclonedx+json", digest: $sd, size: $ss,
+    annotations: {"org.opencontainers.image.title": "pullbroker.cdx.json"}}],
+  subject: {mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $md, size: $ms},
+  annotations: {"org.opencontainers.image.created": $c}}' | tr -d '\n' >"$work/sbom-manifest.json"
+read -r sbom_manifest sbom_manifest_size < <(blob "$work/sbom-manifest.json")
+jq -c --arg d "$sbom_manifest" --argjson s "$sbom_manifest_size" '.manifests += [{
+  mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $d, size: $s,
+  artifactType: "application/vnd.cyclonedx+json"}]' "$out/index.json" >"$work/index.json"
+mv "$work/index.json" "$out/index.json"
+
 echo "image oci:$out:$tag"
 echo "digest $manifest"
 echo "compressed $layer_size bytes (layer), uncompressed $(stat -c %s "$work/layer.tar") bytes"
+echo "sbom $sbom_manifest ($(jq '.components | length' "$work/sbom.cdx.json") components)"

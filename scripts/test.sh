@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive: real registries and real clients (containerd ships ctr),
 # kubectl (kustomize, plugin lookup), chromium (the audit page in a real browser) and
 # promtool from Debian's prometheus (the shipped alerts and dashboard queries) and
-# squid (a real forward proxy for the registry-proxy tests).
+# squid (a real forward proxy for the registry-proxy tests); binutils' objcopy reads
+# the dependency list cargo auditable puts in the image's binaries.
 source scripts/ensure-tools.sh
-ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd kubectl=kubectl chromium=chromium promtool=prometheus squid=squid
+ensure_tools docker-registry=docker-registry skopeo=skopeo containerd=containerd ctr=containerd kubectl=kubectl chromium=chromium promtool=prometheus squid=squid objcopy=binutils
 # skopeo refuses to run without a signature policy; containers-common ships one.
 if [ ! -f /etc/containers/policy.json ]; then
   mkdir -p /etc/containers

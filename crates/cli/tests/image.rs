@@ -3,6 +3,7 @@
 //! containerd and run by it (host network, read-only root filesystem, as
 //! the image's user 65532) it prints its version and serves the standalone broker.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +16,14 @@ use serde_json::Value;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where scripts/image.sh wrote the image (`PULLBROKER_IMAGE_LAYOUT`, else
+/// its default).
+fn layout() -> PathBuf {
+    std::env::var_os("PULLBROKER_IMAGE_LAYOUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/image/oci"))
 }
 
 /// The layout's tag and manifest digest.
@@ -53,9 +62,7 @@ impl Drop for Running {
 #[test]
 #[ignore = "needs the image: scripts/test.sh runs scripts/image.sh, then this"]
 fn the_image_is_reproducible_and_runs_under_containerd_as_nonroot_read_only() {
-    let layout = std::env::var_os("PULLBROKER_IMAGE_LAYOUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/image/oci"));
+    let layout = layout();
     assert!(
         layout.join("index.json").exists(),
         "no image at {} — run scripts/image.sh",
@@ -266,4 +273,205 @@ fn the_image_is_reproducible_and_runs_under_containerd_as_nonroot_read_only() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "graceful stop: {status}");
+}
+
+/// `name@version` of every package in `Cargo.lock`.
+fn lock_packages() -> BTreeSet<String> {
+    let lock = std::fs::read_to_string(workspace().join("Cargo.lock")).unwrap();
+    let mut out = BTreeSet::new();
+    let mut name = None;
+    for line in lock.lines() {
+        let value = |l: &str, key: &str| {
+            l.strip_prefix(key)
+                .map(|v| v.trim_matches(|c| c == '"' || c == ' ').to_string())
+        };
+        if let Some(n) = value(line, "name = ") {
+            name = Some(n);
+        } else if let (Some(v), Some(n)) = (value(line, "version = "), name.take()) {
+            out.insert(format!("{n}@{v}"));
+        }
+    }
+    out
+}
+
+/// The crates `cargo auditable` recorded in a binary: its `.dep-v0`
+/// section (zlib-compressed JSON), read with binutils and flate2 — not with
+/// the tool that wrote the SBOM.
+fn audited(binary: &Path) -> Vec<Value> {
+    let section = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new("objcopy")
+        .arg(format!(
+            "--dump-section=.dep-v0={}",
+            section.path().display()
+        ))
+        .arg(binary)
+        .arg(section.path().with_extension("copy"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(section.path().with_extension("copy"));
+    assert!(
+        out.status.success(),
+        "{}: no .dep-v0 section (not built with cargo auditable?): {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut json = String::new();
+    flate2::read::ZlibDecoder::new(std::fs::File::open(section.path()).unwrap())
+        .read_to_string(&mut json)
+        .unwrap();
+    let data: Value = serde_json::from_str(&json).unwrap();
+    data["packages"].as_array().unwrap().clone()
+}
+
+#[test]
+#[ignore = "needs the image: scripts/test.sh runs scripts/image.sh, then this"]
+fn the_binaries_carry_their_dependency_list_and_an_sbom_names_what_they_hold() {
+    let layout = layout();
+    let (_, digest) = index(&layout);
+    let lock = lock_packages();
+    let id = |p: &Value| {
+        format!(
+            "{}@{}",
+            p["name"].as_str().unwrap(),
+            p["version"].as_str().unwrap()
+        )
+    };
+
+    // The binaries as shipped: out of the image's layer.
+    let manifest: Value = serde_json::from_slice(&blob(&layout, &digest)).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let untar = Command::new("tar")
+        .arg("-xzf")
+        .arg(
+            layout
+                .join("blobs/sha256")
+                .join(layer.trim_start_matches("sha256:")),
+        )
+        .arg("-C")
+        .arg(root.path())
+        .args([
+            "./usr/local/bin/pullbroker",
+            "./usr/local/bin/pullbroker-credential-provider",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        untar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&untar.stderr)
+    );
+    let mut compiled = BTreeSet::new();
+    for (binary, root_package, must) in [
+        (
+            "pullbroker",
+            "pullbroker",
+            &["kube", "tokio", "rustls", "aws-lc-rs", "pullbroker-broker"][..],
+        ),
+        (
+            "pullbroker-credential-provider",
+            "pullbroker-credential-provider",
+            &["ureq", "aws-lc-rs"][..],
+        ),
+    ] {
+        let packages = audited(&root.path().join("usr/local/bin").join(binary));
+        let names: BTreeSet<&str> = packages
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            packages
+                .iter()
+                .any(|p| p["name"] == root_package && p["root"] == true),
+            "{binary}: its own package is the root"
+        );
+        for m in must {
+            assert!(names.contains(m), "{binary} lists {m}: {names:?}");
+        }
+        // cargo auditable writes `cargo metadata`'s resolve, which lists ring
+        // under rustls-webpki because its `alloc` feature names the weak
+        // `ring?/alloc`, though no feature turns ring on (`cargo tree -i
+        // ring` prints nothing, and cargo deny bans it). So ring may be
+        // listed, reached from rustls-webpki alone, and never compiled.
+        if let Some(ring) = packages.iter().position(|p| p["name"] == "ring") {
+            let dependents: Vec<&str> = packages
+                .iter()
+                .filter(|p| {
+                    p["dependencies"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|i| i.as_u64() == Some(ring as u64)))
+                })
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(dependents, ["rustls-webpki"], "{binary}: who needs ring");
+        }
+        let build = workspace().join("target/image/build/release/deps");
+        if build.exists() {
+            let compiled_ring: Vec<_> = std::fs::read_dir(&build)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("libring-"))
+                .collect();
+            assert!(compiled_ring.is_empty(), "the image's build compiled ring");
+        }
+        for p in &packages {
+            assert!(
+                lock.contains(&id(p)),
+                "{binary}: {} is not in Cargo.lock",
+                id(p)
+            );
+        }
+        compiled.extend(packages.iter().map(id));
+    }
+
+    // The SBOM: an artifact whose subject is the image, beside it in the layout.
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let sboms: Vec<&Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["artifactType"] == "application/vnd.cyclonedx+json")
+        .collect();
+    assert_eq!(sboms.len(), 1, "{index}");
+    let artifact: Value =
+        serde_json::from_slice(&blob(&layout, sboms[0]["digest"].as_str().unwrap())).unwrap();
+    assert_eq!(artifact["subject"]["digest"], digest.as_str());
+    assert_eq!(
+        artifact["layers"][0]["mediaType"],
+        "application/vnd.cyclonedx+json"
+    );
+    let sbom: Value = serde_json::from_slice(&blob(
+        &layout,
+        artifact["layers"][0]["digest"].as_str().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(sbom["bomFormat"], "CycloneDX");
+    assert_eq!(sbom["specVersion"], "1.5");
+    assert_eq!(sbom["metadata"]["component"]["name"], "pullbroker");
+    let listed: BTreeSet<String> = sbom["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id)
+        .chain([id(&sbom["metadata"]["component"])])
+        .collect();
+    // Exactly what the binaries hold, every one a crate of the lock file.
+    assert_eq!(
+        listed, compiled,
+        "SBOM components vs the binaries' audit data"
+    );
+    assert!(listed.is_subset(&lock));
+    for c in sbom["components"].as_array().unwrap() {
+        let purl = c["purl"].as_str().unwrap_or_default();
+        assert!(purl.starts_with(&format!("pkg:cargo/{}", id(c))), "{c}");
+    }
+    assert!(
+        !String::from_utf8_lossy(&blob(
+            &layout,
+            artifact["layers"][0]["digest"].as_str().unwrap()
+        ))
+        .contains(&workspace().canonicalize().unwrap().display().to_string()),
+        "no path of this checkout in the SBOM"
+    );
 }
