@@ -18,6 +18,12 @@ pub struct SigningKey {
     encoding: EncodingKey,
     /// Derived key for HMAC'ing broker-issued credentials.
     mac_key: [u8; 32],
+    /// HMAC-SHA256 already keyed with `mac_key`: cloned per credential, so
+    /// minting does not redo the key schedule.
+    keyed_mac: hmac::Hmac<Sha256>,
+    /// `base64url(header) + "."` of the broker credentials this key signs:
+    /// the same for every one.
+    credential_header: String,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -52,11 +58,16 @@ impl SigningKey {
         let mut h = Sha256::new();
         h.update(b"pullbroker/broker-credential/v1\0");
         h.update(key.serialize_der());
+        let mac_key: [u8; 32] = h.finalize().into();
+        let kid = pullbroker_core::libtrust::key_id(&spki);
         Ok(SigningKey {
-            kid: pullbroker_core::libtrust::key_id(&spki),
+            credential_header: crate::mint::credential_header(&kid),
+            kid,
             cert_pem: cert_pem.to_string(),
             encoding,
-            mac_key: h.finalize().into(),
+            keyed_mac: hmac::Hmac::<Sha256>::new_from_slice(&mac_key)
+                .expect("HMAC takes any key length"),
+            mac_key,
         })
     }
 
@@ -78,7 +89,12 @@ impl SigningKey {
     }
 
     pub(crate) fn mac(&self) -> hmac::Hmac<Sha256> {
-        hmac::Hmac::<Sha256>::new_from_slice(&self.mac_key).expect("HMAC takes any key length")
+        self.keyed_mac.clone()
+    }
+
+    /// `base64url(header) + "."` of a broker credential signed by this key.
+    pub(crate) fn credential_header(&self) -> &str {
+        &self.credential_header
     }
 
     /// The derived key as an HS256 JWT key (broker credentials).
