@@ -40,13 +40,15 @@ fn index(layout: &Path) -> (String, String) {
     )
 }
 
+/// Where the layout keeps the blob `digest` names.
+fn blob_path(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
 fn blob(layout: &Path, digest: &str) -> Vec<u8> {
-    std::fs::read(
-        layout
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:")),
-    )
-    .unwrap()
+    std::fs::read(blob_path(layout, digest)).unwrap()
 }
 
 /// Kills `ctr run` (and so the container) if the test fails half-way.
@@ -109,14 +111,7 @@ fn the_image_is_reproducible_and_runs_under_containerd_as_nonroot_read_only() {
     // No shell, no package manager: only what the binaries need.
     let listing = Command::new("tar")
         .arg("-tzf")
-        .arg(
-            layout.join("blobs/sha256").join(
-                layer["digest"]
-                    .as_str()
-                    .unwrap()
-                    .trim_start_matches("sha256:"),
-            ),
-        )
+        .arg(blob_path(&layout, layer["digest"].as_str().unwrap()))
         .output()
         .unwrap();
     let files = String::from_utf8(listing.stdout).unwrap();
@@ -343,11 +338,7 @@ fn the_binaries_carry_their_dependency_list_and_an_sbom_names_what_they_hold() {
     let root = tempfile::tempdir().unwrap();
     let untar = Command::new("tar")
         .arg("-xzf")
-        .arg(
-            layout
-                .join("blobs/sha256")
-                .join(layer.trim_start_matches("sha256:")),
-        )
+        .arg(blob_path(&layout, layer))
         .arg("-C")
         .arg(root.path())
         .args([
@@ -441,11 +432,8 @@ fn the_binaries_carry_their_dependency_list_and_an_sbom_names_what_they_hold() {
         artifact["layers"][0]["mediaType"],
         "application/vnd.cyclonedx+json"
     );
-    let sbom: Value = serde_json::from_slice(&blob(
-        &layout,
-        artifact["layers"][0]["digest"].as_str().unwrap(),
-    ))
-    .unwrap();
+    let sbom_bytes = blob(&layout, artifact["layers"][0]["digest"].as_str().unwrap());
+    let sbom: Value = serde_json::from_slice(&sbom_bytes).unwrap();
     assert_eq!(sbom["bomFormat"], "CycloneDX");
     assert_eq!(sbom["specVersion"], "1.5");
     assert_eq!(sbom["metadata"]["component"]["name"], "pullbroker");
@@ -467,11 +455,8 @@ fn the_binaries_carry_their_dependency_list_and_an_sbom_names_what_they_hold() {
         assert!(purl.starts_with(&format!("pkg:cargo/{}", id(c))), "{c}");
     }
     assert!(
-        !String::from_utf8_lossy(&blob(
-            &layout,
-            artifact["layers"][0]["digest"].as_str().unwrap()
-        ))
-        .contains(&workspace().canonicalize().unwrap().display().to_string()),
+        !String::from_utf8_lossy(&sbom_bytes)
+            .contains(&workspace().canonicalize().unwrap().display().to_string()),
         "no path of this checkout in the SBOM"
     );
 }
